@@ -1,0 +1,84 @@
+"""Every configuration key, documented, with the paper's defaults (Gowal, Rebuffi et al. 2021, App. A).
+
+Presets import `get_config()` from here and change only what differs. Any key can be overridden on
+the command line: `--config.train.beta=3.0`. Unknown keys are rejected by ml_collections.
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # --- Real data ---------------------------------------------------------------------------------
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'cifar10'         # cifar10 | cifar100 | svhn | digits
+  c.dataset.data_dir = ''            # tfds data_dir ('' = tfds default); may be gs://
+  c.dataset.holdout = 1024           # first N training images: never trained on, used for selection
+  c.dataset.pad = 4                  # pad-and-random-crop augmentation (0 = off)
+  c.dataset.flip = True              # random horizontal flip (wrong for digits/SVHN)
+  c.dataset.test_size = 0            # evaluate on the first N test images (0 = all)
+
+  # --- Generated data ----------------------------------------------------------------------------
+  c.generated = ml_collections.ConfigDict()
+  c.generated.path = ''              # manifest JSON of the shards ('' = real data only)
+  c.generated.alpha = 0.3            # share of REAL images in every batch (exact: round(alpha*B))
+  c.generated.label_smoothing = 0.1  # applied to generated examples only
+  c.generated.cycle_length = 16      # shards read in parallel (interleave)
+  c.generated.shuffle_window = 10_000
+  c.generated.on_corrupt = 'raise'   # raise | skip (skipped records are counted and logged)
+
+  # --- Input pipeline ----------------------------------------------------------------------------
+  c.loader = ml_collections.ConfigDict()
+  c.loader.worker_count = 0          # Grain multiprocessing workers (0 = in-process)
+  c.loader.prefetch = 2              # batches prefetched by a background thread
+
+  # --- Model -------------------------------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'wrn-28-10'         # see models/registry.py
+  c.model.dtype = 'float32'          # compute dtype: float32 | bfloat16 (parameters stay float32)
+  c.model.bn_momentum = 0.99
+  c.model.bn_epsilon = 1e-5
+
+  # --- Threat model ------------------------------------------------------------------------------
+  c.threat = ml_collections.ConfigDict()
+  c.threat.norm = 'linf'             # linf | l2
+  c.threat.eps = 8 / 255             # l2 preset: 128/255
+
+  # --- Training objective ------------------------------------------------------------------------
+  c.train = ml_collections.ConfigDict()
+  c.train.loss = 'trades'            # trades | madry | standard (no attack: the pseudo-labeller)
+  c.train.beta = 6.0                 # TRADES robustness weight
+  c.train.attack_steps = 10          # inner maximisation: Adam steps
+  c.train.attack_lr = 0.1            # Adam learning rate, x0.1 after half the steps
+  c.train.batch_size = 1024          # global batch
+  c.train.num_epochs = 400           # CIFAR-10-equivalent epochs: steps = epochs*epoch_size/batch
+  c.train.epoch_size = 50_000
+  c.train.log_every_steps = 100
+
+  # --- Outer optimiser ---------------------------------------------------------------------------
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr_per_256 = 0.1           # peak lr = lr_per_256 * batch_size / 256
+  c.optim.momentum = 0.9             # Nesterov
+  c.optim.warmup_epochs = 10
+  c.optim.weight_decay = 5e-4        # L2 on conv/dense kernels and biases, not on BatchNorm
+  c.optim.ema_decay = 0.995          # EMA decay min(ema_decay, (1+t)/(10+t))
+
+  # --- Evaluation and checkpoint selection -------------------------------------------------------
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 2000          # clean + PGD on the test set, PGD on the held-out set
+  c.eval.pgd_steps = 40              # selection attack: PGD-40 on the margin loss
+  c.eval.batch_size = 512
+  c.eval.attacks = 'aa+mt,standard'  # cascades run by trainer.evaluate after training
+
+  # --- Checkpoints -------------------------------------------------------------------------------
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 3              # periodic checkpoints kept (the best one is kept apart)
+
+  # --- Device mesh -------------------------------------------------------------------------------
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                   # -1: all remaining devices
+  c.mesh.fsdp = 1                    # >1 shards parameters, optimiser and EMA state (ZeRO-3 style)
+  c.distributed = False              # call jax.distributed.initialize() (set on TPU pods)
+  return c

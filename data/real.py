@@ -1,0 +1,84 @@
+"""Real datasets: CIFAR-10/100 and SVHN through tensorflow_datasets, and sklearn's built-in digits.
+
+`load(name, split, data_dir)` returns `dict(image=uint8 NHWC, label=int64)` held in memory — the
+real sets are small (≤ 73K images); only generated data is streamed. `digits` ships inside
+scikit-learn, so the demo and the tests run offline.
+"""
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  shape: tuple  # (H, W, C)
+  mean: tuple   # per channel, in [0, 1] pixel units
+  std: tuple
+  tfds_name: str = ''
+
+
+DATASETS = {
+    'cifar10': DatasetInfo(10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616),
+                           'cifar10'),
+    'cifar100': DatasetInfo(100, (32, 32, 3), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                            'cifar100'),
+    'svhn': DatasetInfo(10, (32, 32, 3), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+                        'svhn_cropped'),
+    # Mean/std of the digits training split below, measured once.
+    'digits': DatasetInfo(10, (8, 8, 1), (0.3054,), (0.3758,)),
+}
+
+DIGITS_TEST_SIZE = 500  # of 1,797 images; a fixed shuffled split since sklearn ships no split
+
+
+def info(name):
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.')
+  return DATASETS[name]
+
+
+def load(name, split, data_dir=''):
+  """Loads a whole split ('train' or 'test') as uint8 images and int64 labels."""
+  info(name)
+  if split not in ('train', 'test'):
+    raise ValueError(f'Unknown split {split!r}; expected train or test.')
+  if name == 'digits':
+    data = _load_digits(split)
+  else:
+    data = _load_tfds(DATASETS[name].tfds_name, split, data_dir)
+  check(data, name)
+  return data
+
+
+def check(data, name):
+  """Rejects images or labels that do not match the dataset's declared shape and classes."""
+  spec = DATASETS[name]
+  image, label = data['image'], data['label']
+  if image.dtype != np.uint8 or image.shape[1:] != spec.shape:
+    raise ValueError(f'{name}: expected uint8 images of shape (N, {", ".join(map(str, spec.shape))})'
+                     f', got {image.dtype} {image.shape}.')
+  if len(label) != len(image):
+    raise ValueError(f'{name}: {len(image)} images but {len(label)} labels.')
+  bad = (label < 0) | (label >= spec.num_classes)
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(f'{name}: label {label[i]} at index {i} is outside [0, {spec.num_classes}).')
+
+
+def _load_digits(split):
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  order = np.random.default_rng(0).permutation(len(digits.target))
+  images = np.round(digits.images[order] * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = digits.target[order].astype(np.int64)
+  cut = len(labels) - DIGITS_TEST_SIZE
+  sl = slice(0, cut) if split == 'train' else slice(cut, None)
+  return {'image': images[sl], 'label': labels[sl]}
+
+
+def _load_tfds(tfds_name, split, data_dir):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  image, label = tfds.as_numpy(tfds.load(tfds_name, split=split, data_dir=data_dir or None,
+                                         batch_size=-1, as_supervised=True))
+  return {'image': np.asarray(image, np.uint8), 'label': np.asarray(label, np.int64)}
