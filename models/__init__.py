@@ -1,0 +1,5 @@
+"""Classifiers by name; see `models.registry`."""
+
+from models.registry import get_model
+
+__all__ = ['get_model']
