@@ -60,7 +60,7 @@ def get_config():
   c.optim = ml_collections.ConfigDict()
   c.optim.lr_per_256 = 0.1           # peak lr = lr_per_256 * batch_size / 256
   c.optim.momentum = 0.9             # Nesterov
-  c.optim.warmup_epochs = 10
+  c.optim.warmup_epochs = 10.0
   c.optim.weight_decay = 5e-4        # L2 on conv/dense kernels and biases, not on BatchNorm
   c.optim.ema_decay = 0.995          # EMA decay min(ema_decay, (1+t)/(10+t))
 

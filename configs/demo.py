@@ -18,7 +18,7 @@ def get_config():
   c.train.epoch_size = 1169    # the digits training split without the held-out images
   c.train.num_epochs = 30
   c.train.log_every_steps = 20
-  c.optim.warmup_epochs = 2
+  c.optim.warmup_epochs = 2.0
   c.eval.every_steps = 100
   c.eval.pgd_steps = 20
   c.eval.batch_size = 128

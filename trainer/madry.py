@@ -7,13 +7,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from trainer.attacks import pgd
+from trainer.attacks.pgd import pgd
 
 
 def loss(forward, params, batch, targets, *, config, key):
   x, y = batch['image'], batch['label']
   frozen = jax.lax.stop_gradient(params)
-  x_adv = pgd.pgd(lambda z: forward(frozen, z)[0], x, y, norm=config.threat.norm,
+  x_adv = pgd(lambda z: forward(frozen, z)[0], x, y, norm=config.threat.norm,
                   eps=config.threat.eps, steps=config.train.attack_steps, key=key, loss='ce',
                   optimizer='sign', keep_best=False)
   logits_adv, batch_stats = forward(params, jax.lax.stop_gradient(x_adv))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from trainer.attacks import losses
-from trainer.attacks import pgd
+from trainer.attacks.pgd import pgd
 
 
 def inner_optimizer(config):
@@ -23,7 +23,7 @@ def inner_optimizer(config):
 
 def adversarial_examples(logits_fn, x, p_clean, *, config, key):
   """The TRADES inner maximisation of KL(p_clean ‖ p(x'))."""
-  return pgd.pgd(logits_fn, x, p_clean, norm=config.threat.norm, eps=config.threat.eps,
+  return pgd(logits_fn, x, p_clean, norm=config.threat.norm, eps=config.threat.eps,
                  steps=config.train.attack_steps, key=key, loss='kl',
                  optimizer=inner_optimizer(config), raw_gradient=True, init='uniform',
                  keep_best=False)

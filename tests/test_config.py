@@ -1,0 +1,67 @@
+"""Configs: every preset loads and validates; bad values and unknown keys fail clearly."""
+import glob
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import base
+from trainer import config_validation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+                 if not p.endswith(('__init__.py', 'base.py')))
+
+
+@pytest.mark.parametrize('name', PRESETS)
+def test_presets_differ_from_base_only_in_known_keys(name):
+  preset = importlib.import_module(f'configs.{name}').get_config()
+  base_keys = set(_flat(base.get_config()))
+  assert set(_flat(preset)) == base_keys  # presets change values, never invent keys
+  if preset.generated.alpha < 1.0 and not preset.generated.path:
+    preset.generated.path = 'gs://bucket/set/manifest.json'  # the user passes this
+  config_validation.validate(preset, device_count=1, process_count=1)
+
+
+def _flat(d, prefix=''):
+  for k, v in d.items():
+    if hasattr(v, 'items'):
+      yield from _flat(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}'
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('threat.eps', -0.1, 'threat.eps=-0.1'),
+    ('generated.alpha', 1.5, 'generated.alpha=1.5'),
+    ('train.batch_size', 100, 'multiple of the device count (8)'),
+    ('threat.norm', 'l1', "Unknown norm 'l1'"),
+    ('train.loss', 'mart', "Unknown train.loss 'mart'"),
+    ('dataset.name', 'imagenet', "Unknown dataset 'imagenet'"),
+    ('model.dtype', 'float16', 'model.dtype'),
+])
+def test_bad_values_are_named(key, value, message):
+  c = base.get_config()
+  c.generated.path = 'x/manifest.json'
+  section, leaf = key.split('.')
+  c[section][leaf] = value
+  with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    config_validation.validate(c, device_count=8, process_count=1)
+
+
+def test_generated_mix_without_shards_is_rejected():
+  c = base.get_config()
+  with pytest.raises(ValueError, match='no shard manifest'):
+    config_validation.validate(c, device_count=1, process_count=1)
+
+
+def test_unknown_command_line_key_stops_the_run(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'trainer.main', '--config=configs/demo.py',
+       '--config.train.bogus_key=3', f'--workdir={tmp_path}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert 'bogus_key' in proc.stderr
+  assert not os.listdir(tmp_path)  # nothing was started

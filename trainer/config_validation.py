@@ -1,0 +1,43 @@
+"""Checks a resolved config before any work starts, with messages that name the key and value."""
+import jax
+
+from data import real
+from trainer import objectives
+from trainer.attacks import projections
+
+
+def _require(ok, key, value, why):
+  if not ok:
+    raise ValueError(f'config.{key}={value!r}: {why}')
+
+
+def validate(config, device_count=None, process_count=None):
+  device_count = jax.device_count() if device_count is None else device_count
+  process_count = jax.process_count() if process_count is None else process_count
+  real.info(config.dataset.name)
+  objectives.get(config.train.loss)
+  projections.check_norm(config.threat.norm)
+  _require(config.threat.eps >= 0, 'threat.eps', config.threat.eps, 'must be ≥ 0.')
+  alpha = config.generated.alpha
+  _require(0.0 <= alpha <= 1.0, 'generated.alpha', alpha, 'the real share must lie in [0, 1].')
+  _require(alpha == 1.0 or config.generated.path, 'generated.path', config.generated.path,
+           f'generated.alpha={alpha} < 1 asks for generated data, but no shard manifest is set.')
+  _require(0.0 <= config.generated.label_smoothing < 1.0, 'generated.label_smoothing',
+           config.generated.label_smoothing, 'must lie in [0, 1).')
+  _require(config.generated.on_corrupt in ('raise', 'skip'), 'generated.on_corrupt',
+           config.generated.on_corrupt, "must be 'raise' or 'skip'.")
+  batch = config.train.batch_size
+  _require(batch > 0 and batch % device_count == 0, 'train.batch_size', batch,
+           f'must be a positive multiple of the device count ({device_count}).')
+  _require(batch % process_count == 0, 'train.batch_size', batch,
+           f'must divide evenly over the {process_count} processes.')
+  _require(config.eval.batch_size % device_count == 0, 'eval.batch_size', config.eval.batch_size,
+           f'must be a multiple of the device count ({device_count}).')
+  _require(config.train.num_epochs > 0, 'train.num_epochs', config.train.num_epochs, 'must be > 0.')
+  _require(config.train.attack_steps >= 1 or config.train.loss == 'standard',
+           'train.attack_steps', config.train.attack_steps, 'must be ≥ 1.')
+  _require(config.model.dtype in ('float32', 'bfloat16'), 'model.dtype', config.model.dtype,
+           "must be 'float32' or 'bfloat16'.")
+  _require(0.0 <= config.optim.ema_decay < 1.0, 'optim.ema_decay', config.optim.ema_decay,
+           'must lie in [0, 1).')
+  _require(config.dataset.holdout >= 0, 'dataset.holdout', config.dataset.holdout, 'must be ≥ 0.')

@@ -1,0 +1,166 @@
+"""`train_and_evaluate(config, workdir)`: the robust training run, top to bottom.
+
+Resumes automatically from the newest checkpoint in the workdir (state and data position), so a
+preempted run is simply started again with the same command.
+"""
+import functools
+import json
+import signal
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from etils import epath
+
+from data import pipeline
+from data import real
+from models import registry
+from trainer import checkpointing
+from trainer import config_validation
+from trainer import optimizer
+from trainer import robust_accuracy
+from trainer import sharding
+from trainer import step as step_lib
+from trainer import train_state
+
+SELECTION_KEY = 'holdout/robust_accuracy'
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def _sigterm_flag():
+  """SIGTERM (a preemption notice) only raises a flag; the loop saves at the next step boundary."""
+  flag = {'set': False}
+  def handler(signum, frame):
+    del signum, frame
+    flag['set'] = True
+  signal.signal(signal.SIGTERM, handler)
+  return flag
+
+
+def load_real_data(config):
+  """Train split without the held-out head, the held-out head, and the (truncated) test split."""
+  train = real.load(config.dataset.name, 'train', config.dataset.data_dir)
+  test = real.load(config.dataset.name, 'test', config.dataset.data_dir)
+  h = config.dataset.holdout
+  if h >= len(train['label']):
+    raise ValueError(f'config.dataset.holdout={h} leaves no training data '
+                     f'({len(train["label"])} images).')
+  n_test = config.dataset.test_size or len(test['label'])
+  return ({'image': train['image'][h:], 'label': train['label'][h:],
+           'id': np.arange(h, len(train['label']), dtype=np.int64)},
+          {'image': train['image'][:h], 'label': train['label'][:h]},
+          {'image': test['image'][:n_test], 'label': test['label'][:n_test]})
+
+
+def build_model(config):
+  info = real.info(config.dataset.name)
+  return registry.get_model(config.model.name, num_classes=info.num_classes, mean=info.mean,
+                            std=info.std, dtype=config.model.dtype,
+                            bn_momentum=config.model.bn_momentum,
+                            bn_epsilon=config.model.bn_epsilon)
+
+
+def _check_finite(step, metrics):
+  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    raise NonFiniteLossError(f'Non-finite training metrics at step {step}: {bad}. Nothing was '
+                             'saved from this step on; the newest checkpoint is intact.')
+
+
+def train_and_evaluate(config, workdir):
+  """Trains, evaluates periodically, keeps the best EMA checkpoint; returns the final metrics."""
+  # --- Set-up -------------------------------------------------------------------------------------
+  config_validation.validate(config)
+  workdir = str(workdir)
+  mesh = sharding.make_mesh(config)
+  info = real.info(config.dataset.name)
+  train_data, holdout, test = load_real_data(config)
+  model = build_model(config)
+  tx = optimizer.make_optimizer(config)
+  total_steps = optimizer.total_steps(config)
+  lr_schedule = optimizer.learning_rate_schedule(config)
+  checkpointing.save_config(workdir, config)
+  ckpt = checkpointing.Checkpoints(workdir, config)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+  # --- State, built directly in its sharded layout; or restored --------------------------------
+  create = functools.partial(train_state.create, model, tx, info.shape, config.seed)
+  abstract = jax.eval_shape(create)
+  state_sh = sharding.state_shardings(mesh, abstract)
+  data_iter = pipeline.make_train_iterator(config, train_data['image'], train_data['label'],
+                                           train_data['id'], num_classes=info.num_classes)
+  latest = ckpt.latest_step()
+  if latest is None:
+    state = jax.jit(create, out_shardings=state_sh)()
+  else:
+    target = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+    state = ckpt.restore(latest, target, data_iter)
+    logging.info('Resumed from step %d in %s.', latest, workdir)
+
+  # --- Compiled functions -------------------------------------------------------------------------
+  train_step = jax.jit(step_lib.make_train_step(config, model, tx, info.num_classes),
+                       in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                       out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+  eval_batch = jax.jit(robust_accuracy.make_eval_batch(
+      model, norm=config.threat.norm, eps=config.threat.eps, steps=config.eval.pgd_steps))
+
+  def evaluate(step):
+    measure = functools.partial(robust_accuracy.measure, eval_batch, state.ema_variables(),
+                                batch_size=config.eval.batch_size, mesh=mesh, seed=config.seed)
+    results = {}
+    for name, split in (('holdout', holdout), ('test', test)):
+      if len(split['label']):
+        acc = measure(split['image'], split['label'])
+        results[f'{name}/clean_accuracy'] = acc['clean']
+        results[f'{name}/robust_accuracy'] = acc['robust']
+    writer.write_scalars(step, results)
+    if SELECTION_KEY in results:
+      ckpt.maybe_save_best(step, state.ema_variables(), results, SELECTION_KEY)
+    return results
+
+  # --- Loop ---------------------------------------------------------------------------------------
+  first_step = int(state.step)
+  sigterm = _sigterm_flag()
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  log_every = config.train.log_every_steps
+  last_log, last_log_step, results = time.time(), first_step, {}
+  for s in range(first_step + 1, total_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=s):
+      state, metrics = train_step(state, sharding.global_batch(mesh, next(data_iter)))
+    progress(s)
+    if s % log_every == 0 or s == total_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      _check_finite(s, metrics)
+      now = time.time()
+      metrics['learning_rate'] = float(lr_schedule(s - 1))
+      metrics['images_per_second'] = (s - last_log_step) * config.train.batch_size / (now - last_log)
+      metrics['skipped_records'] = pipeline.skipped_records(data_iter)
+      writer.write_scalars(s, {f'train/{k}': v for k, v in metrics.items()})
+      last_log, last_log_step = now, s
+    if s % config.eval.every_steps == 0 or s == total_steps:
+      results = evaluate(s)
+      logging.info('Step %d: %s', s, results)
+    preempted = sigterm['set'] or ckpt.reached_preemption(s)
+    if ckpt.should_save(s) or preempted or s == total_steps:
+      _check_finite(s, {k: float(v) for k, v in jax.device_get(metrics).items()})
+      ckpt.save(s, state, data_iter, force=True)
+    if preempted:
+      logging.warning('Preemption notice at step %d: checkpoint saved, exiting.', s)
+      break
+
+  # --- Wrap-up ------------------------------------------------------------------------------------
+  ckpt.close()
+  writer.flush()
+  finished = int(state.step) >= total_steps
+  if finished and jax.process_index() == 0:
+    epath.Path(workdir, 'done.json').write_text(json.dumps(
+        {'step': int(state.step), 'total_steps': total_steps, 'final': results,
+         'best': ckpt.best_record()}, indent=2))
+  return {'step': int(state.step), 'finished': finished, **results}
