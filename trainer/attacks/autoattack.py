@@ -1,0 +1,418 @@
+"""The evaluation cascades: AutoAttack "standard" and the paper's AA+MT, or any list of stages.
+
+    result = autoattack(logits_fn, x, y, norm='linf', eps=8/255, version='aa+mt')
+    result.stage_accuracy   # {'apgd-ce': ..., 'apgd-dlr': ..., 'mt': ...}
+
+As in fra31/auto-attack, each stage attacks only the points still robust, starting from their
+clean image, and a point broken by a stage keeps that stage's adversarial example (the per-point
+worst case). A stage is split into passes (one per restart or target) and the robust set is
+recomputed between passes, so restarts too run only on points still robust. A candidate counts
+as broken only if logits_fn, evaluated again on it, misclassifies it AND it lies in the ε-ball ∩
+[0, 1] up to float32 rounding; an attack returning infeasible points is reported.
+
+Points go through in batches of at most batch_size, each padded (to a size from a short fixed
+ladder, to bound recompilation) and split over all devices of the mesh along the batch axis.
+Runs in a single process.
+"""
+import collections
+import dataclasses
+import math
+import re
+import time
+from typing import Any, Callable, NamedTuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from trainer.attacks import losses as losses_lib
+from trainer.attacks import projections
+from trainer.attacks.apgd import apgd_runs
+from trainer.attacks.apgd import as_jit_arg
+from trainer.attacks.multitargeted import multitargeted_runs
+from trainer.attacks.pgd import pgd
+
+
+class AutoAttackResult(NamedTuple):
+  robust: np.ndarray          # (n,) bool: correctly classified and no stage broke it
+  stage_accuracy: dict        # stage name -> robust accuracy after that stage (ordered)
+  clean_accuracy: float
+  x_adv: np.ndarray           # adversarial examples; the clean image where nothing succeeded
+  broken_by: np.ndarray       # (n,) str: 'clean' (misclassified unattacked), a stage, or ''
+  stage_seconds: dict         # stage name -> wall-clock seconds
+
+  @property
+  def robust_accuracy(self):
+    return float(np.mean(self.robust))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One attack of a cascade.
+
+  `attack(logits_fn, x, y, *, norm, eps, seed, pass_index) -> x_adv` is called once per pass on
+  a batch of points still robust; passes 0 … n_passes − 1 are the stage's restarts or targets.
+  """
+  name: str
+  n_passes: int
+  attack: Callable[..., Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage registry: name -> factory(num_classes, **options) -> Stage.
+# ---------------------------------------------------------------------------------------------
+
+def _apgd_stage(name, loss):
+  def make(num_classes, *, n_restarts=1, n_iter=100):
+    del num_classes
+    def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+      return apgd_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm, eps=eps,
+                       n_iter=n_iter, loss=loss)
+    return Stage(name, n_restarts, attack)
+  return make
+
+
+def _apgd_targeted_stage(num_classes, *, n_target_classes=9, n_restarts=1, n_iter=100):
+  n_targets = min(n_target_classes, num_classes - 1)
+  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+    return apgd_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm, eps=eps,
+                     n_iter=n_iter, loss='dlr-targeted', n_restarts=n_restarts,
+                     n_target_classes=n_targets)
+  return Stage('apgd-t', n_targets * n_restarts, attack)
+
+
+def _multitargeted_stage(num_classes, *, n_restarts=10, n_steps=200, n_target_classes=9):
+  del num_classes
+  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+    return multitargeted_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm,
+                              eps=eps, n_steps=n_steps, n_target_classes=n_target_classes)
+  return Stage('mt', n_restarts, attack)
+
+
+def _fab_targeted_stage(num_classes, *, n_target_classes=9, n_iter=100):
+  n_targets = min(n_target_classes, num_classes - 1)
+  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+    del pass_index
+    from trainer.attacks.fab import fab_targeted  # pylint: disable=g-import-not-at-top
+    return fab_targeted(logits_fn, x, y, norm=norm, eps=eps, n_iter=n_iter,
+                        n_target_classes=n_targets, seed=seed)
+  return Stage('fab-t', 1, attack)
+
+
+def _square_stage(num_classes, *, n_queries=5000, p_init=0.8):
+  del num_classes
+  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+    del pass_index
+    from trainer.attacks.square import square  # pylint: disable=g-import-not-at-top
+    return square(logits_fn, x, y, norm=norm, eps=eps, n_queries=n_queries, p_init=p_init,
+                  seed=seed)
+  return Stage('square', 1, attack)
+
+
+def _pgd_attack(logits_fn, x, y, key, *, norm, eps, steps, loss):
+  return pgd(logits_fn, x, y, norm=norm, eps=eps, steps=steps, key=key, loss=loss)
+
+_pgd_attack = jax.jit(_pgd_attack, static_argnames=('norm', 'eps', 'steps', 'loss'))
+
+
+def _pgd_stage(name, steps, loss):
+  def make(num_classes, *, n_restarts=1):
+    del num_classes
+    def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+      key = jax.random.fold_in(jax.random.key(seed), pass_index)
+      return _pgd_attack(as_jit_arg(logits_fn), x, y, key, norm=norm, eps=float(eps),
+                         steps=steps, loss=loss)
+    return Stage(name, n_restarts, attack)
+  return make
+
+
+STAGES = {
+    'apgd-ce': _apgd_stage('apgd-ce', 'ce'),
+    'apgd-dlr': _apgd_stage('apgd-dlr', 'dlr'),
+    'apgd-t': _apgd_targeted_stage,
+    'fab-t': _fab_targeted_stage,
+    'square': _square_stage,
+    'mt': _multitargeted_stage,
+}
+# Also 'pgd-<steps>' or 'pgd-<steps>-<loss>' (default loss: margin), e.g. 'pgd-20', 'pgd-40-ce'.
+_PGD_NAME = re.compile(r'^pgd-(\d+)(?:-(ce|margin|dlr))?$')
+
+VERSIONS = {
+    # AutoAttack "standard" (Croce & Hein 2020) for L∞ and L2.
+    'standard': (('apgd-ce', {}), ('apgd-t', {}), ('fab-t', {}), ('square', {})),
+    # The paper's AA+MT: APGD-CE 5×100, APGD-DLR 5×100, MultiTargeted 10×200.
+    'aa+mt': (('apgd-ce', {'n_restarts': 5}), ('apgd-dlr', {'n_restarts': 5}), ('mt', {})),
+}
+
+
+def register_stage(name, factory):
+  """Adds a stage: factory(num_classes, **options) -> Stage."""
+  STAGES[name] = factory
+
+
+def make_stage(name, num_classes, **options):
+  if name in STAGES:
+    return STAGES[name](num_classes, **options)
+  match = _PGD_NAME.match(name)
+  if match:
+    return _pgd_stage(name, int(match.group(1)), match.group(2) or 'margin')(num_classes,
+                                                                             **options)
+  raise ValueError(f'Unknown attack stage {name!r}; expected one of {sorted(STAGES)} or '
+                   f'pgd-<steps>[-ce|-margin|-dlr].')
+
+
+def resolve_stages(version, num_classes):
+  """`version`: a VERSIONS key, or a sequence of stage names, (name, options) pairs or Stages."""
+  if isinstance(version, str):
+    if version not in VERSIONS:
+      raise ValueError(f'Unknown AutoAttack version {version!r}; expected one of '
+                       f'{sorted(VERSIONS)} or a list of stages.')
+    version = VERSIONS[version]
+  stages = []
+  for item in version:
+    if isinstance(item, Stage):
+      stages.append(item)
+    elif isinstance(item, str):
+      stages.append(make_stage(item, num_classes))
+    else:
+      name, options = item
+      stages.append(make_stage(name, num_classes, **options))
+  if not stages:
+    raise ValueError('The cascade has no stages.')
+  return stages
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching over the mesh.
+# ---------------------------------------------------------------------------------------------
+
+def default_mesh():
+  devices = jax.devices()
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+class _Batcher:
+  """Pads batches to a few fixed sizes and splits them over the mesh along axis 0."""
+
+  def __init__(self, mesh, batch_size):
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be positive, got {batch_size}.')
+    self.batch_size = batch_size
+    # Padded sizes are multiples of this; a multiple of 8 keeps 1 and 8 devices on equal shapes.
+    self.granule = math.lcm(mesh.devices.size, 8)
+    self.data = NamedSharding(mesh, P(tuple(mesh.axis_names)))
+    self.replicated = NamedSharding(mesh, P())
+
+  def _round(self, n):
+    return -(-n // self.granule) * self.granule
+
+  def padded_size(self, n):
+    """The smallest of batch_size, batch_size/2, batch_size/4, … (rounded up) that holds n."""
+    size = self._round(self.batch_size)
+    while True:
+      half = self._round(size // 2)
+      if half >= size or half < n:
+        return size
+      size = half
+
+  def chunks(self, indices):
+    for start in range(0, len(indices), self.batch_size):
+      yield indices[start:start + self.batch_size]
+
+  def put(self, array, size):
+    pad = [(0, size - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
+    return jax.device_put(np.pad(array, pad, mode='edge'), self.data)
+
+
+@jax.jit
+def _predict(logits_fn, x):
+  return jnp.argmax(logits_fn(x), axis=1)
+
+
+def _predict_all(logits_fn, x, batcher):
+  out = []
+  for chunk in batcher.chunks(np.arange(x.shape[0])):
+    size = batcher.padded_size(len(chunk))
+    out.append(np.asarray(_predict(logits_fn, batcher.put(x[chunk], size)))[:len(chunk)])
+  return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks.
+# ---------------------------------------------------------------------------------------------
+
+def _gradient_check(logits_fn, x, y, loss):
+  """Per point: whether it is correctly classified, and the L1 norm of its input gradient."""
+  def total(z):
+    logits = logits_fn(z).astype(jnp.float32)
+    return jnp.sum(losses_lib.get_loss(loss)(logits, y)), logits
+  grad, logits = jax.grad(total, has_aux=True)(x)
+  norms = jnp.sum(jnp.abs(grad.reshape(grad.shape[0], -1)), axis=1)
+  return jnp.argmax(logits, axis=1) == y, norms
+
+_gradient_check = jax.jit(_gradient_check, static_argnames=('loss',))
+
+
+def zero_gradient_share(logits_fn, x, y, *, loss='ce', batch_size=500, mesh=None):
+  """Share of the correctly classified points whose input gradient of `loss` is exactly zero.
+
+  Zero gradients at the clean image stall the gradient-based attacks (the reference warns about
+  them for DLR), so a non-zero share hints at gradient masking. Misclassified points are left
+  out: they are never attacked, and DLR is constant (zero gradient) when y ranks third.
+  """
+  x, y = np.asarray(x, np.float32), np.asarray(y).astype(np.int32)
+  batcher = _Batcher(default_mesh() if mesh is None else mesh, batch_size)
+  logits_fn = jax.device_put(as_jit_arg(logits_fn), batcher.replicated)
+  correct, zero = [], []
+  for chunk in batcher.chunks(np.arange(len(y))):
+    size = batcher.padded_size(len(chunk))
+    ok, norms = _gradient_check(logits_fn, batcher.put(x[chunk], size),
+                                batcher.put(y[chunk], size), loss=loss)
+    correct.append(np.asarray(ok)[:len(chunk)])
+    zero.append(np.asarray(norms)[:len(chunk)] == 0)
+  correct, zero = np.concatenate(correct), np.concatenate(zero)
+  return float(np.mean(zero[correct])) if correct.any() else 0.0
+
+
+def norm_tolerance(norm, eps, dim):
+  """Slack for float32: x + δ rounds each pixel by at most half an ulp of 1 (2⁻²⁴)."""
+  rounding = 2.0**-24 * (1.0 if norm == 'linf' else math.sqrt(dim))
+  return 1e-5 * eps + 2.0 * rounding
+
+
+def feasible(x_adv, x, *, norm, eps):
+  """Per point: finite, inside [0, 1] and inside the ε-ball up to float32 rounding."""
+  flat_adv = x_adv.reshape(x_adv.shape[0], -1).astype(np.float64)
+  delta = flat_adv - x.reshape(x.shape[0], -1)
+  size = np.abs(delta).max(1) if norm == 'linf' else np.sqrt(np.sum(delta**2, axis=1))
+  in_box = (flat_adv >= 0.0).all(1) & (flat_adv <= 1.0).all(1)
+  return (np.isfinite(flat_adv).all(1) & in_box &
+          (size <= eps + norm_tolerance(norm, eps, delta.shape[1])))
+
+
+def _check_inputs(x, y, norm, eps):
+  projections.check_norm(norm)
+  if x.ndim < 2 or y.shape != x.shape[:1] or not x.shape[0]:
+    raise ValueError(f'Expected x of shape (n, ...) and y of shape (n,) with n > 0; got x '
+                     f'{x.shape}, y {y.shape}.')
+  if x.size and (np.nanmin(x) < 0.0 or np.nanmax(x) > 1.0 or not np.isfinite(x).all()):
+    raise ValueError(f'x must be finite and in [0, 1]; got values in [{np.nanmin(x)}, '
+                     f'{np.nanmax(x)}].')
+  if not eps > 0:
+    raise ValueError(f'eps must be positive, got {eps}.')
+
+
+def _check_black_box(broken_by, stage_accuracy):
+  """Square breaking points that the gradient-based stages before it missed hints at masking."""
+  share = float(np.mean(broken_by == 'square')) if broken_by.size else 0.0
+  if 'square' in stage_accuracy and len(stage_accuracy) > 1 and share > 0.002:
+    logging.warning('Square broke %.2f%% of the points that the gradient-based attacks missed: '
+                    'the gradients may be masked and the evaluation unreliable.', 100 * share)
+
+
+def _stage_seed(seed, index):
+  return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The cascade.
+# ---------------------------------------------------------------------------------------------
+
+def _run_pass(stage, name, p, logits_fn, x, y, robust, x_adv, broken_by, *, norm, eps, seed,
+              batcher):
+  """Attacks the points still robust with pass p of `stage`; updates the outputs in place."""
+  todo = np.flatnonzero(robust)
+  n_chunks = -(-len(todo) // batcher.batch_size)
+  for b, chunk in enumerate(batcher.chunks(todo)):
+    size = batcher.padded_size(len(chunk))
+    candidate = stage.attack(logits_fn, batcher.put(x[chunk], size),
+                             batcher.put(y[chunk], size), norm=norm, eps=eps, seed=seed,
+                             pass_index=p)
+    candidate = np.asarray(candidate, np.float32)[:len(chunk)]
+    wrong = np.asarray(_predict(logits_fn, batcher.put(candidate, size)))[:len(chunk)] != y[chunk]
+    ok = feasible(candidate, x[chunk], norm=norm, eps=eps)
+    if np.any(wrong & ~ok):
+      logging.warning('%s returned %d misclassified points outside the threat model; they are '
+                      'not counted as broken.', name, np.sum(wrong & ~ok))
+    hit = chunk[wrong & ok]
+    robust[hit] = False
+    x_adv[hit] = candidate[wrong & ok]
+    broken_by[hit] = name
+    if n_chunks > 1:
+      logging.info('%s pass %d batch %d/%d: broke %d of %d', name, p + 1, b + 1, n_chunks,
+                   len(hit), len(chunk))
+  return len(todo)
+
+
+def _final_check(x_adv, x, robust, broken_by, *, norm, eps):
+  delta = (x_adv.astype(np.float64) - x).reshape(x.shape[0], -1)
+  size = np.abs(delta).max(1) if norm == 'linf' else np.sqrt(np.sum(delta**2, axis=1))
+  logging.info('max %s perturbation %.6f (eps %.6f), nan %d, x_adv in [%.4f, %.4f]', norm,
+               size.max(initial=0.0), eps, np.isnan(x_adv).sum(), x_adv.min(initial=0.0),
+               x_adv.max(initial=1.0))
+  ok = feasible(x_adv, x, norm=norm, eps=eps)
+  if not ok.all():
+    raise AssertionError(f'{np.sum(~ok)} adversarial examples lie outside the threat model.')
+  if np.any(robust & (broken_by != '')):
+    raise AssertionError('A point is marked both robust and broken.')
+
+
+def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_size=500,
+               mesh=None):
+  """Runs a cascade of attacks and returns an AutoAttackResult.
+
+  Args:
+    logits_fn: x (float32 in [0, 1]) -> logits. Pass `jax.tree_util.Partial(apply, variables)`
+      so that the weights are jit arguments rather than constants; they are replicated over the
+      mesh.
+    x, y: clean inputs (n, ...) in [0, 1] and integer labels (n,), host arrays.
+    norm: 'linf' or 'l2'.
+    version: 'standard', 'aa+mt', or a list of stage names, (name, options) pairs or Stages.
+    seed: each stage gets its own seed derived from this one.
+    batch_size: points per attack call, split over the devices.
+    mesh: defaults to a 1-D mesh over all devices.
+  """
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y).astype(np.int32)
+  _check_inputs(x, y, norm, eps)
+  eps = float(eps)
+  mesh = default_mesh() if mesh is None else mesh
+  batcher = _Batcher(mesh, batch_size)
+  logits_fn = jax.device_put(as_jit_arg(logits_fn), batcher.replicated)
+  num_classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1,) + x.shape[1:],
+                                                               jnp.float32)).shape[-1]
+  stages = resolve_stages(version, num_classes)
+
+  robust = _predict_all(logits_fn, x, batcher) == y
+  clean_accuracy = float(np.mean(robust))
+  broken_by = np.where(robust, '', 'clean').astype('<U32')
+  x_adv = x.copy()
+  logging.info('clean accuracy %.2f%% on %d points; stages: %s', 100 * clean_accuracy, len(y),
+               ', '.join(s.name for s in stages))
+
+  stage_accuracy, stage_seconds = collections.OrderedDict(), collections.OrderedDict()
+  start = time.time()
+  for index, stage in enumerate(stages):
+    name = stage.name if stage.name not in stage_accuracy else f'{stage.name}#{index}'
+    stage_start = time.time()
+    for p in range(stage.n_passes):
+      if not robust.any():
+        break
+      attacked = _run_pass(stage, name, p, logits_fn, x, y, robust, x_adv, broken_by, norm=norm,
+                           eps=eps, seed=_stage_seed(seed, index), batcher=batcher)
+      logging.info('%s pass %d/%d: attacked %d, %d robust left (%.2f%%), %.1f s', name, p + 1,
+                   stage.n_passes, attacked, robust.sum(), 100 * np.mean(robust),
+                   time.time() - start)
+    stage_accuracy[name] = float(np.mean(robust))
+    stage_seconds[name] = time.time() - stage_start
+    logging.info('robust accuracy after %s: %.2f%% (%.1f s)', name, 100 * stage_accuracy[name],
+                 stage_seconds[name])
+
+  _final_check(x_adv, x, robust, broken_by, norm=norm, eps=eps)
+  _check_black_box(broken_by, stage_accuracy)
+  return AutoAttackResult(robust, stage_accuracy, clean_accuracy, x_adv, broken_by,
+                          stage_seconds)
