@@ -36,7 +36,7 @@ import zipfile
 import numpy as np
 import tqdm
 
-from data import shards
+from data import shard_writer
 from data import tfrecord
 
 _CHUNK_BYTES = 16 << 20
@@ -243,7 +243,7 @@ def import_npz(src: str, out: str, *, num_shards: int, shuffle: bool = False,
     labels = labels.materialize(tmp_dir or None)
     scores = scores.materialize(tmp_dir or None) if scores else None
   name = source or os.path.splitext(os.path.basename(src))[0]
-  writer = shards.ShardWriter(
+  writer = shard_writer.ShardWriter(
       out, num_shards=num_shards, total=n, image_shape=images.shape[1:],
       num_classes=num_classes, source=name, seed=seed if shuffle else None,
       metadata={'imported_from': os.path.basename(src), 'shuffled': shuffle})

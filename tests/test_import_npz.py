@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from data import import_npz
+from data import shard_writer
 from data import shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,7 +119,7 @@ def test_crash_mid_import_leaves_no_valid_looking_set(source, tmp_path,
                                                       monkeypatch):
   d, _, _ = source
   calls = []
-  original = shards.ShardWriter.write_batch
+  original = shard_writer.ShardWriter.write_batch
 
   def failing(self, *args, **kwargs):
     calls.append(1)
@@ -126,7 +127,7 @@ def test_crash_mid_import_leaves_no_valid_looking_set(source, tmp_path,
       raise OSError('disk full')
     return original(self, *args, **kwargs)
 
-  monkeypatch.setattr(shards.ShardWriter, 'write_batch', failing)
+  monkeypatch.setattr(shard_writer.ShardWriter, 'write_batch', failing)
   with pytest.raises(OSError, match='disk full'):
     import_npz.import_npz(str(d / 'plain.npz'), str(tmp_path / 'gen'),
                           num_shards=4, progress=False)

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from configs import base
+from data import batch_mix
 from data import pipeline
+from data import shard_writer
 from data import shards
 from data import tfrecord
+from data import window_shuffle
 
 SHAPE = (8, 8, 3)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,8 +28,9 @@ def gen_set(tmp_path_factory):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8)
   labels = rng.integers(0, 10, 64)
-  with shards.ShardWriter(prefix, num_shards=8, total=64, image_shape=SHAPE,
-                          num_classes=10, source='test', seed=0) as writer:
+  with shard_writer.ShardWriter(prefix, num_shards=8, total=64,
+                                image_shape=SHAPE, num_classes=10,
+                                source='test', seed=0) as writer:
     writer.write_batch(images, labels)
   return writer.manifest_path, images, labels
 
@@ -300,17 +304,18 @@ def test_rejects_inconsistent_inputs(gen_set, tmp_path):
 
 
 def test_batch_plan_rotates_the_extra_real_example():
-  plans = [pipeline.BatchPlan(16, 6, h, 4) for h in range(4)]
+  plans = [batch_mix.BatchPlan(16, 6, h, 4) for h in range(4)]
   for step in range(9):
     counts = [p.real_at(step) for p in plans]
     assert sum(counts) == 6 and set(counts) <= {1, 2}
     for p in plans:
       assert p.real_before(step) == sum(p.real_at(t) for t in range(step))
-  assert pipeline.real_count(16, 0.3) == 5 and pipeline.real_count(4, 0.5) == 2
+  assert batch_mix.real_count(16, 0.3) == 5
+  assert batch_mix.real_count(4, 0.5) == 2
 
 
 def test_window_shuffle_permutes_windows_and_resumes_anywhere():
-  ds = pipeline.WindowShuffleIterDataset(
+  ds = window_shuffle.WindowShuffleIterDataset(
       grain.MapDataset.range(23).to_iter_dataset(), window_size=5, seed=3)
   full = list(ds)
   assert sorted(full) == list(range(23)) and full != list(range(23))

@@ -11,6 +11,9 @@ import os
 import numpy as np
 import pytest
 
+from data import example_format
+from data import record_dataset
+from data import shard_writer
 from data import shards
 from data import tfrecord
 
@@ -24,9 +27,10 @@ def _data(n, seed=0, num_classes=10):
 
 
 def _write(prefix, images, labels, scores=None, num_shards=3, batch=7):
-  with shards.ShardWriter(prefix, num_shards=num_shards, total=len(images),
-                          image_shape=SHAPE, num_classes=10, source='ddpm',
-                          seed=5) as writer:
+  with shard_writer.ShardWriter(prefix, num_shards=num_shards,
+                                total=len(images), image_shape=SHAPE,
+                                num_classes=10, source='ddpm',
+                                seed=5) as writer:
     for i in range(0, len(images), batch):
       writer.write_batch(images[i:i + batch], labels[i:i + batch],
                          None if scores is None else scores[i:i + batch])
@@ -61,9 +65,9 @@ def test_round_trip_and_manifest(tmp_path):
 
 def test_scores_default_to_nan_and_ids_can_be_given(tmp_path):
   images, labels, _ = _data(6)
-  with shards.ShardWriter(str(tmp_path / 'g'), num_shards=2, total=6,
-                          image_shape=SHAPE, num_classes=10,
-                          source='x') as writer:
+  with shard_writer.ShardWriter(str(tmp_path / 'g'), num_shards=2, total=6,
+                                image_shape=SHAPE, num_classes=10,
+                                source='x') as writer:
     writer.write_batch(images, labels, ids=[60, 50, 40, 30, 20, 10])
   examples = list(shards.read_examples(writer.manifest_path))
   assert [e['id'] for e in examples] == [60, 50, 40, 30, 20, 10]
@@ -109,9 +113,9 @@ def test_failed_write_leaves_no_manifest_or_shards(tmp_path):
   images, labels, _ = _data(30)
   old = _write(str(tmp_path / 'gen'), images, labels)
   with pytest.raises(RuntimeError, match='generator crashed'):
-    with shards.ShardWriter(str(tmp_path / 'gen'), num_shards=3, total=30,
-                            image_shape=SHAPE, num_classes=10,
-                            source='x') as writer:
+    with shard_writer.ShardWriter(str(tmp_path / 'gen'), num_shards=3,
+                                  total=30, image_shape=SHAPE, num_classes=10,
+                                  source='x') as writer:
       writer.write_batch(images[:25], labels[:25])   # completes 2 shards
       raise RuntimeError('generator crashed')
   # The old manifest went first, so nothing describes a half-replaced set;
@@ -122,17 +126,18 @@ def test_failed_write_leaves_no_manifest_or_shards(tmp_path):
   os.remove(tmp_path / 'gen-00002-of-00003.tfrecord')
   # Too few records: rejected at close, nothing left either.
   with pytest.raises(ValueError, match='wrote 10 records, declared total 30'):
-    with shards.ShardWriter(str(tmp_path / 'gen'), num_shards=3, total=30,
-                            image_shape=SHAPE, num_classes=10,
-                            source='x') as writer:
+    with shard_writer.ShardWriter(str(tmp_path / 'gen'), num_shards=3,
+                                  total=30, image_shape=SHAPE, num_classes=10,
+                                  source='x') as writer:
       writer.write_batch(images[:10], labels[:10])
   assert os.listdir(tmp_path) == []
 
 
 def test_crash_without_cleanup_leaves_only_temporary_names(tmp_path):
   images, labels, _ = _data(30)
-  writer = shards.ShardWriter(str(tmp_path / 'gen'), num_shards=3, total=30,
-                              image_shape=SHAPE, num_classes=10, source='x')
+  writer = shard_writer.ShardWriter(str(tmp_path / 'gen'), num_shards=3,
+                                    total=30, image_shape=SHAPE,
+                                    num_classes=10, source='x')
   writer.write_batch(images[:15], labels[:15])   # shard 0 done, shard 1 half
   names = sorted(os.listdir(tmp_path))           # (no close, no abort)
   assert names[0] == 'gen-00000-of-00003.tfrecord'
@@ -145,8 +150,9 @@ def test_crash_without_cleanup_leaves_only_temporary_names(tmp_path):
 
 def test_writer_rejects_bad_batches(tmp_path):
   images, labels, _ = _data(10)
-  writer = shards.ShardWriter(str(tmp_path / 'g'), num_shards=2, total=10,
-                              image_shape=SHAPE, num_classes=10, source='x')
+  writer = shard_writer.ShardWriter(str(tmp_path / 'g'), num_shards=2,
+                                    total=10, image_shape=SHAPE,
+                                    num_classes=10, source='x')
   with pytest.raises(ValueError, match='uint8'):
     writer.write_batch(images.astype(np.float32), labels)
   with pytest.raises(ValueError, match=r'shape \(n, \*\(4, 4, 3\)\)'):
@@ -182,13 +188,14 @@ def test_parser_rejects_records_that_disagree_with_the_manifest(tmp_path):
   images, labels, _ = _data(8)
   path = _write(str(tmp_path / 'gen'), images, labels, num_shards=1)
   (shard,) = shards.shard_paths(path)
-  parser = shards.ExampleParser((4, 4, 3), num_classes=10)
-  assert len(list(tfrecord.TFRecordIterDataset([shard], parse_fn=parser))) == 8
-  wrong_shape = shards.ExampleParser((8, 8, 3), num_classes=10)
+  parser = example_format.ExampleParser((4, 4, 3), num_classes=10)
+  assert len(list(record_dataset.TFRecordIterDataset(
+      [shard], parse_fn=parser))) == 8
+  wrong_shape = example_format.ExampleParser((8, 8, 3), num_classes=10)
   with pytest.raises(tfrecord.CorruptRecordError,
                      match=r'byte offset 0: image has 48 bytes, the manifest '
                      r'shape \(8, 8, 3\) needs 192'):
-    list(tfrecord.TFRecordIterDataset([shard], parse_fn=wrong_shape))
-  few_classes = shards.ExampleParser((4, 4, 3), num_classes=1)
+    list(record_dataset.TFRecordIterDataset([shard], parse_fn=wrong_shape))
+  few_classes = example_format.ExampleParser((4, 4, 3), num_classes=1)
   with pytest.raises(tfrecord.CorruptRecordError, match=r'outside \[0, 1\)'):
-    list(tfrecord.TFRecordIterDataset([shard], parse_fn=few_classes))
+    list(record_dataset.TFRecordIterDataset([shard], parse_fn=few_classes))

@@ -5,6 +5,7 @@ import struct
 import numpy as np
 import pytest
 
+from data import record_dataset
 from data import tfrecord
 
 
@@ -42,26 +43,27 @@ def test_framing_layout():
 
 def test_round_trip_sequential(tmp_path):
   paths = _write_files(tmp_path)
-  got = list(tfrecord.TFRecordIterDataset(paths))
+  got = list(record_dataset.TFRecordIterDataset(paths))
   want = [f'f{f}-r{r}'.encode() * (r + 1) for f in range(3) for r in range(5)]
   assert got == want
 
 
 def test_interleave_shuffle_repeat_sees_each_record_once_per_epoch(tmp_path):
   paths = _write_files(tmp_path, num_files=4, per_file=3)
-  ds = tfrecord.TFRecordIterDataset(paths, cycle_length=3, shuffle_seed=7,
-                                    num_epochs=3)
+  ds = record_dataset.TFRecordIterDataset(paths, cycle_length=3,
+                                          shuffle_seed=7, num_epochs=3)
   got = list(ds)
   assert len(got) == 36
-  assert sorted(got) == sorted(list(tfrecord.TFRecordIterDataset(paths)) * 3)
+  assert sorted(got) == sorted(
+      list(record_dataset.TFRecordIterDataset(paths)) * 3)
   # The first cycle_length records come from three different files.
   assert len({r[:2] for r in got[:3]}) == 3
 
 
 def test_state_resumes_exactly_after_json_round_trip(tmp_path):
   paths = _write_files(tmp_path, num_files=4, per_file=6)
-  ds = tfrecord.TFRecordIterDataset(paths, cycle_length=2, shuffle_seed=1,
-                                    num_epochs=None)
+  ds = record_dataset.TFRecordIterDataset(paths, cycle_length=2,
+                                          shuffle_seed=1, num_epochs=None)
   it = iter(ds)
   want = [next(it) for _ in range(70)]
   it = iter(ds)
@@ -79,15 +81,15 @@ def test_data_crc_corruption_names_file_and_offset(tmp_path):
   data[offset + 12 + 2] ^= 0xFF   # inside record 3's payload
   open(path, 'wb').write(bytes(data))
   with pytest.raises(tfrecord.CorruptRecordError) as e:
-    list(tfrecord.TFRecordIterDataset([path]))
+    list(record_dataset.TFRecordIterDataset([path]))
   assert path in str(e.value) and f'byte offset {offset}' in str(e.value)
   assert 'data CRC' in str(e.value)
   # 'skip' drops only that record and counts it.
-  it = iter(tfrecord.TFRecordIterDataset([path], on_corrupt='skip'))
+  it = iter(record_dataset.TFRecordIterDataset([path], on_corrupt='skip'))
   got = list(it)
   assert len(got) == 5 and b'f0-r3' not in b''.join(got)
   assert it.get_state()['skipped'] == 1
-  assert tfrecord.skipped_in(it) == 1
+  assert record_dataset.skipped_in(it) == 1
 
 
 def test_length_crc_corruption(tmp_path):
@@ -97,10 +99,10 @@ def test_length_crc_corruption(tmp_path):
   data[offset] ^= 0x01   # the length field of record 2
   open(path, 'wb').write(bytes(data))
   with pytest.raises(tfrecord.CorruptRecordError, match='length CRC') as e:
-    list(tfrecord.TFRecordIterDataset([path]))
+    list(record_dataset.TFRecordIterDataset([path]))
   assert e.value.path == path and e.value.offset == offset
   # The framing after a bad length cannot be trusted: the file ends there.
-  it = iter(tfrecord.TFRecordIterDataset([path], on_corrupt='skip'))
+  it = iter(record_dataset.TFRecordIterDataset([path], on_corrupt='skip'))
   assert len(list(it)) == 2 and it.get_state()['skipped'] == 1
 
 
@@ -111,9 +113,9 @@ def test_truncation_detected(tmp_path, cut):
   data = open(path, 'rb').read()
   open(path, 'wb').write(data[:offset + cut])
   with pytest.raises(tfrecord.CorruptRecordError, match='truncated') as e:
-    list(tfrecord.TFRecordIterDataset([path]))
+    list(record_dataset.TFRecordIterDataset([path]))
   assert f'{path}: bad record at byte offset {offset}' in str(e.value)
-  it = iter(tfrecord.TFRecordIterDataset([path], on_corrupt='skip'))
+  it = iter(record_dataset.TFRecordIterDataset([path], on_corrupt='skip'))
   assert len(list(it)) == 3 and it.get_state()['skipped'] == 1
 
 
@@ -126,16 +128,16 @@ def test_parse_errors_name_file_and_offset(tmp_path):
     return record
 
   with pytest.raises(tfrecord.CorruptRecordError, match='label 12') as e:
-    list(tfrecord.TFRecordIterDataset([path], parse_fn=parse))
+    list(record_dataset.TFRecordIterDataset([path], parse_fn=parse))
   assert e.value.offset == _offsets(path)[2]
-  it = iter(tfrecord.TFRecordIterDataset([path], parse_fn=parse,
-                                         on_corrupt='skip'))
+  it = iter(record_dataset.TFRecordIterDataset([path], parse_fn=parse,
+                                               on_corrupt='skip'))
   assert len(list(it)) == 3 and it.get_state()['skipped'] == 1
 
 
 def test_slicing_selects_whole_files(tmp_path):
   paths = _write_files(tmp_path, num_files=5, per_file=2)
-  ds = tfrecord.TFRecordIterDataset(paths)
+  ds = record_dataset.TFRecordIterDataset(paths)
   ds.set_slice(slice(1, None, 2))
   assert ds.paths == paths[1::2]
   assert {r[:2] for r in ds} == {b'f1', b'f3'}
@@ -143,9 +145,9 @@ def test_slicing_selects_whole_files(tmp_path):
 
 def test_empty_and_bad_arguments(tmp_path):
   (path,) = _write_files(tmp_path, num_files=1, per_file=0)
-  assert not list(tfrecord.TFRecordIterDataset([path], num_epochs=None))
+  assert not list(record_dataset.TFRecordIterDataset([path], num_epochs=None))
   with pytest.raises(ValueError, match='on_corrupt'):
-    tfrecord.TFRecordIterDataset([path], on_corrupt='ignore')
+    record_dataset.TFRecordIterDataset([path], on_corrupt='ignore')
 
 
 def test_large_records_span_read_chunks(tmp_path):
@@ -153,4 +155,4 @@ def test_large_records_span_read_chunks(tmp_path):
   rng = np.random.default_rng(0)
   records = [rng.bytes(n) for n in (10, 3_000_000, 5, 1_500_000)]
   tfrecord.write_records(path, records)
-  assert list(tfrecord.TFRecordIterDataset([path])) == records
+  assert list(record_dataset.TFRecordIterDataset([path])) == records

@@ -1,0 +1,266 @@
+"""Batches that mix real and generated images at an exact ratio, per host.
+
+Every GLOBAL batch of B examples holds exactly R = real_count(B, alpha) =
+round(alpha * B) real examples (round half up) and B - R generated ones. With
+P hosts and q, rem = divmod(R, P), host h takes q + 1 real examples at step t
+when (h - t) mod P < rem, else q, and fills the rest of its b = B // P rows with
+generated ones (`BatchPlan`). Exactly `rem` hosts take the extra example at
+every step, so the global count is exact at every step; the extra rotates, so
+all hosts consume real data at the same average rate and their real epochs stay
+aligned. B must divide by P.
+
+Real data (in RAM): the index range is permuted afresh every epoch, and host h
+takes global positions h, h+P, h+2P, ..., so within each epoch the hosts'
+slices are disjoint and cover the real set. The positions step t consumes are a
+closed-form function of t, vectorised per batch, so the real stream has no state
+besides the step counter.
+
+Augmentation (pad + random crop + optional flip) is applied to the whole uint8
+batch, both parts, with an RNG seeded from (seed, host, step); real and
+generated rows are then shuffled together. `MixedBatchIterDataset` yields dicts
+of numpy arrays: `image` (b, H, W, C) float32 in [0, 1] (uint8 with
+`float_images=False`), `label` int32, `is_generated` bool (for label smoothing)
+and `id` int64 (the original training index for real images, the shard set's id
+for generated ones).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import grain
+import numpy as np
+
+from data import augment
+from data import record_dataset
+
+
+def real_count(batch_size: int, alpha: float) -> int:
+  """round(alpha * batch_size), halves rounded up."""
+  return int(math.floor(alpha * batch_size + 0.5))
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+  """Real/generated counts per host and step; see module docstring."""
+  global_batch: int
+  global_real: int
+  process_index: int
+  process_count: int
+
+  def __post_init__(self):
+    if self.global_batch % self.process_count:
+      raise ValueError(
+          f'global batch size {self.global_batch} is not divisible by the '
+          f'process count {self.process_count}')
+    if not 0 <= self.process_index < self.process_count:
+      raise ValueError(f'process_index {self.process_index} outside '
+                       f'[0, {self.process_count})')
+    if not 0 <= self.global_real <= self.global_batch:
+      raise ValueError(f'global_real {self.global_real} outside '
+                       f'[0, {self.global_batch}]')
+
+  @property
+  def host_batch(self) -> int:
+    return self.global_batch // self.process_count
+
+  def _extra(self, step: int) -> bool:
+    rem = self.global_real % self.process_count
+    return (self.process_index - step) % self.process_count < rem
+
+  def real_at(self, step: int) -> int:
+    """Real examples this host takes at `step`."""
+    return self.global_real // self.process_count + self._extra(step)
+
+  def real_before(self, step: int) -> int:
+    """Real examples this host took in steps [0, step)."""
+    p, rem = self.process_count, self.global_real % self.process_count
+    cycles, left = divmod(step, p)
+    extra = cycles * rem + sum(self._extra(u) for u in range(left))
+    return self.global_real // p * step + extra
+
+
+# ------------------------------------------------------------------------------
+# Real data.
+# ------------------------------------------------------------------------------
+
+
+class _RealOrder:
+  """Host position k -> index into the real arrays.
+
+  Global position j = host + hosts * k lies in epoch j // n at place j % n of
+  that epoch's permutation. Vectorised over a batch; the last two epochs'
+  permutations are cached (a batch rarely spans more).
+  """
+
+  def __init__(self, n: int, seed: int, host: int, hosts: int):
+    self.n, self.seed, self.host, self.hosts = n, seed, host, hosts
+    self._cache: dict[int, np.ndarray] = {}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._cache:
+      if len(self._cache) >= 2:
+        self._cache.pop(min(self._cache))
+      rng = np.random.default_rng([self.seed, epoch])
+      self._cache[epoch] = rng.permutation(self.n)
+    return self._cache[epoch]
+
+  def indices(self, first: int, count: int) -> np.ndarray:
+    j = self.host + self.hosts * np.arange(first, first + count, dtype=np.int64)
+    epochs, places = np.divmod(j, self.n)
+    out = np.empty(count, np.int64)
+    for epoch in np.unique(epochs):
+      mask = epochs == epoch
+      out[mask] = self._permutation(int(epoch))[places[mask]]
+    return out
+
+
+@dataclasses.dataclass
+class RealData:
+  """The real training set in RAM and this host's order over it."""
+  images: np.ndarray
+  labels: np.ndarray
+  ids: np.ndarray
+  order: _RealOrder
+
+
+def real_data(images, labels, ids, plan: BatchPlan, seed: int) -> RealData:
+  """Checks the real arrays; `seed` fixes this host's per-epoch permutations."""
+  images = np.asarray(images)
+  labels, ids = np.asarray(labels), np.asarray(ids)
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise ValueError(f'real_images must be uint8 NHWC, got {images.dtype} '
+                     f'{images.shape}')
+  if not len(images):
+    raise ValueError('alpha > 0 but there are no real images')
+  if labels.shape != (len(images),) or ids.shape != (len(images),):
+    raise ValueError(f'real_labels {labels.shape} and real_ids {ids.shape} '
+                     f'must both have shape ({len(images)},)')
+  order = _RealOrder(len(images), seed, plan.process_index, plan.process_count)
+  return RealData(images, labels.astype(np.int32), ids.astype(np.int64), order)
+
+
+# ------------------------------------------------------------------------------
+# The mixed, augmented batch dataset.
+# ------------------------------------------------------------------------------
+
+
+class MixedBatchIterDataset(grain.IterDataset):
+  """Per-host batches of real and generated examples; see module docstring.
+
+  `generated` yields (image bytes, label, id) tuples; `records` is the
+  `TFRecordIterDataset` at its root, sliced by file when Grain slices this
+  dataset for its workers. `float_images=False` leaves images uint8.
+  """
+
+  def __init__(self, *, plan: BatchPlan, image_shape, real: RealData | None,
+               generated: grain.IterDataset | None,
+               records: record_dataset.TFRecordIterDataset | None,
+               pad: int, flip: bool, seed: int, float_images: bool = True):
+    super().__init__([generated] if generated is not None else [])
+    self.float_images = float_images
+    self.plan = plan
+    self.image_shape = tuple(image_shape)
+    self.real = real
+    self.generated = generated
+    self.records = records
+    self.pad = pad
+    self.flip = flip
+    self.seed = seed
+    self.step_start, self.step_stride = 0, 1
+
+  def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+    """Keeps steps start, start+stride, ... (Grain worker slicing)."""
+    del sequential_slice
+    if sl.stop is not None:
+      raise ValueError(f'only open-ended slices are supported, got {sl}')
+    start, stride = sl.start or 0, sl.step or 1
+    self.step_start += self.step_stride * start
+    self.step_stride *= stride
+    if self.records is not None:
+      self.records.set_slice(sl)
+      if not self.records.paths:
+        raise ValueError('a Grain worker got no generated shard files; use '
+                         'fewer workers or more shards')
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _MixedBatchIterator(self)
+
+  def __str__(self) -> str:
+    return (f'MixedBatchIterDataset(host_batch={self.plan.host_batch}, '
+            f'global_real={self.plan.global_real})')
+
+
+def to_float(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """uint8 images -> float32 in [0, 1]."""
+  return dict(batch, image=np.divide(batch['image'], np.float32(255),
+                                     dtype=np.float32))
+
+
+class _MixedBatchIterator(grain.DatasetIterator):
+  """State: {'step': batches produced, 'generated': generated-stream state,
+  'skipped_records': corrupt generated records skipped so far}."""
+
+  def __init__(self, ds: MixedBatchIterDataset):
+    self._gen = iter(ds.generated) if ds.generated is not None else None
+    super().__init__([self._gen] if self._gen is not None else [])
+    self._ds = ds
+    self._count = 0
+
+  def get_state(self) -> dict[str, Any]:
+    if self._gen is None:
+      return {'step': self._count, 'generated': None, 'skipped_records': 0}
+    return {'step': self._count, 'generated': self._gen.get_state(),
+            'skipped_records': record_dataset.skipped_in(self._gen)}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._count = int(state['step'])
+    if self._gen is not None:
+      self._gen.set_state(state['generated'])
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    self._assert_not_closed()
+    ds = self._ds
+    step = ds.step_start + ds.step_stride * self._count
+    b, num_real = ds.plan.host_batch, ds.plan.real_at(step)
+    images = np.empty((b, *ds.image_shape), np.uint8)
+    labels = np.empty(b, np.int32)
+    ids = np.empty(b, np.int64)
+    if num_real:
+      self._take_real(step, num_real, images, labels, ids)
+    if b > num_real:
+      self._take_generated(num_real, images, labels, ids)
+    is_generated = np.arange(b) >= num_real
+    rng = np.random.default_rng([ds.seed, 3, ds.plan.process_index, step])
+    order = rng.permutation(b)   # mix real and generated rows
+    images = augment.pad_crop_flip(images[order], rng, pad=ds.pad,
+                                   flip=ds.flip)
+    self._count += 1
+    batch = {'image': images, 'label': labels[order],
+             'is_generated': is_generated[order], 'id': ids[order]}
+    return to_float(batch) if ds.float_images else batch
+
+  def _take_real(self, step, n, images, labels, ids) -> None:
+    real = self._ds.real
+    first = self._ds.plan.real_before(step)
+    index = real.order.indices(first, n)
+    np.take(real.images, index, axis=0, out=images[:n])
+    labels[:n] = real.labels[index]
+    ids[:n] = real.ids[index]
+
+  def _take_generated(self, start, images, labels, ids) -> None:
+    n = len(images) - start
+    pixels, gen = [], self._gen
+    for i in range(start, len(images)):
+      try:
+        image, labels[i], ids[i] = next(gen)
+      except StopIteration:
+        raise RuntimeError('the generated-data stream ended: no readable '
+                           'records left in the shard files') from None
+      pixels.append(image)
+    images[start:] = np.frombuffer(b''.join(pixels), np.uint8).reshape(
+        n, *self._ds.image_shape)
+
+  def __str__(self) -> str:
+    return f'MixedBatchIterator(step={self._count})'

@@ -1,0 +1,137 @@
+"""The record schema of generated data: `tf.train.Example` without TensorFlow.
+
+Each record of a shard set is a `tf.train.Example` with the features
+
+  image   bytes   raw uint8 pixels, HWC, C-order (H*W*C bytes)
+  label   int64   class (pseudo-label for generated samples)
+  id      int64   unique across the whole set
+  score   float   pseudo-label confidence (NaN when unknown)
+  source  bytes   generator name
+
+so tf.data can read a set with `tf.io.parse_example`:
+
+  record = serialize_example(image_bytes, label, id_, score, b'ddpm')
+  parse_example(record)    # {'image': bytes, 'label': int, 'id': int, ...}
+  ExampleParser(image_shape, num_classes)(record)   # (image, label, id)
+
+`ExampleParser` is the fast, checking parser the training pipeline runs per
+record. The message classes are built here from a small descriptor in a private
+protobuf pool, so neither writing nor reading imports TensorFlow (~0.7 GB of
+RSS in every Grain worker).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pool
+from google.protobuf import message_factory
+
+# The schema as the manifest records it, for readers that do not know it.
+FEATURES = {'image': 'bytes: raw uint8 HWC', 'label': 'int64', 'id': 'int64',
+            'score': 'float', 'source': 'bytes'}
+
+
+def _example_classes():
+  """Builds wire-compatible `tf.train.Example` classes in a private pool."""
+  f = descriptor_pb2.FileDescriptorProto(
+      name='shards_example.proto', package='tensorflow', syntax='proto3')
+  fd = descriptor_pb2.FieldDescriptorProto
+  rep, opt = fd.LABEL_REPEATED, fd.LABEL_OPTIONAL
+
+  def message(name, *fields):
+    m = f.message_type.add(name=name)
+    for field_name, number, label, ftype, type_name in fields:
+      m.field.add(name=field_name, number=number, label=label, type=ftype,
+                  type_name=type_name)
+    return m
+
+  message('BytesList', ('value', 1, rep, fd.TYPE_BYTES, None))
+  message('FloatList', ('value', 1, rep, fd.TYPE_FLOAT, None))
+  message('Int64List', ('value', 1, rep, fd.TYPE_INT64, None))
+  feature = message(
+      'Feature',
+      ('bytes_list', 1, opt, fd.TYPE_MESSAGE, '.tensorflow.BytesList'),
+      ('float_list', 2, opt, fd.TYPE_MESSAGE, '.tensorflow.FloatList'),
+      ('int64_list', 3, opt, fd.TYPE_MESSAGE, '.tensorflow.Int64List'))
+  feature.oneof_decl.add(name='kind')
+  for field in feature.field:
+    field.oneof_index = 0
+  features = message('Features', ('feature', 1, rep, fd.TYPE_MESSAGE,
+                                  '.tensorflow.Features.FeatureEntry'))
+  entry = features.nested_type.add(name='FeatureEntry')
+  entry.options.map_entry = True
+  entry.field.add(name='key', number=1, label=opt, type=fd.TYPE_STRING)
+  entry.field.add(name='value', number=2, label=opt, type=fd.TYPE_MESSAGE,
+                  type_name='.tensorflow.Feature')
+  message('Example',
+          ('features', 1, opt, fd.TYPE_MESSAGE, '.tensorflow.Features'))
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(f)
+  return message_factory.GetMessageClass(
+      pool.FindMessageTypeByName('tensorflow.Example'))
+
+
+Example = _example_classes()
+
+
+def serialize_example(image: bytes, label: int, id_: int, score: float,
+                      source: bytes) -> bytes:
+  """One record in the shard schema."""
+  ex = Example()
+  feature = ex.features.feature
+  feature['image'].bytes_list.value.append(image)
+  feature['label'].int64_list.value.append(label)
+  feature['id'].int64_list.value.append(id_)
+  feature['score'].float_list.value.append(score)
+  feature['source'].bytes_list.value.append(source)
+  return ex.SerializeToString()
+
+
+def _single(feature, key: str, kind: str):
+  if key not in feature:
+    raise ValueError(f'missing feature {key!r}')
+  values = getattr(feature[key], kind).value
+  if len(values) != 1:
+    raise ValueError(f'feature {key!r} must hold one {kind} value, has '
+                     f'{len(values)}')
+  return values[0]
+
+
+def parse_example(record: bytes) -> dict[str, Any]:
+  """All five features of one record, as Python values (image as bytes)."""
+  feature = Example.FromString(record).features.feature
+  return {'image': _single(feature, 'image', 'bytes_list'),
+          'label': int(_single(feature, 'label', 'int64_list')),
+          'id': int(_single(feature, 'id', 'int64_list')),
+          'score': float(_single(feature, 'score', 'float_list')),
+          'source': _single(feature, 'source', 'bytes_list').decode()}
+
+
+class ExampleParser:
+  """Record -> (image bytes, label, id), checking size and label range.
+
+  A class (not a closure) so Grain can pickle it into worker processes. Raises
+  ValueError on a bad record; the reader turns that into an error naming the
+  file and byte offset.
+  """
+
+  def __init__(self, image_shape: Sequence[int], num_classes: int):
+    self.image_shape = tuple(int(d) for d in image_shape)
+    self.num_classes = int(num_classes)
+    self._image_bytes = math.prod(self.image_shape)
+
+  def __call__(self, record: bytes) -> tuple[bytes, int, int]:
+    feature = Example.FromString(record).features.feature
+    image = _single(feature, 'image', 'bytes_list')
+    label = _single(feature, 'label', 'int64_list')
+    id_ = _single(feature, 'id', 'int64_list')
+    if len(image) != self._image_bytes:
+      raise ValueError(
+          f'image has {len(image)} bytes, the manifest shape '
+          f'{self.image_shape} needs {self._image_bytes}')
+    if not 0 <= label < self.num_classes:
+      raise ValueError(f'label {label} outside [0, {self.num_classes})')
+    return image, label, id_
