@@ -76,6 +76,17 @@ def get_config():
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3              # periodic checkpoints kept (the best one is kept apart)
 
+  # --- The whole method in one command (trainer.pipeline) ----------------------------------------
+  c.pipeline = ml_collections.ConfigDict()
+  c.pipeline.classifier_model = 'wrn-28-10'  # the non-robust pseudo-labeller (paper: 95.68%)
+  c.pipeline.classifier_epochs = 200
+  c.pipeline.gaussian_components = 200     # PCA components per class (App. D)
+  c.pipeline.num_generated = 1_000_000     # samples drawn from the generator
+  c.pipeline.top_k = 0                     # keep the K best-scoring per class (0: keep all)
+  c.pipeline.num_shards = 64
+  c.pipeline.metrics_samples = 10_000      # per set, for complementarity/coverage
+  c.pipeline.eval_examples = 0             # final evaluation on the first N test images (0: all)
+
   # --- Device mesh -------------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                   # -1: all remaining devices

@@ -1,0 +1,132 @@
+"""The evaluation command on a tiny digits model saved as the workdir's best checkpoint."""
+import glob
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from configs import demo
+from trainer import checkpointing
+from trainer import evaluate
+from trainer import train
+from trainer.attacks.autoattack import AutoAttackResult
+from trainer.attacks.autoattack import zero_gradient_share
+
+
+def tiny_config():
+  c = demo.get_config()
+  c.model.name = 'wrn-10-1'
+  c.eval.batch_size = 32
+  c.eval.attacks = 'pgd-5'
+  return c
+
+
+def random_variables(model, seed=0):
+  """He-initialised kernels, unit BatchNorm, non-zero head; built without compiling `init`."""
+  rng = np.random.default_rng(seed)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)),
+                                               train=False))
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(leaf.dtype)
+    value = 1.0 if name in ('scale', 'var') else 0.0
+    return np.full(leaf.shape, value, leaf.dtype)
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """A workdir holding a random wrn-10-1 as its best checkpoint, saved at step 7."""
+  workdir = str(tmp_path_factory.mktemp('eval'))
+  config = tiny_config()
+  variables = random_variables(train.build_model(config))
+  checkpointing.save_config(workdir, config)
+  ckpt = checkpointing.Checkpoints(workdir, config)
+  ckpt.maybe_save_best(7, variables, {'holdout/robust_accuracy': 0.5}, 'holdout/robust_accuracy')
+  ckpt.close()
+  return workdir
+
+
+def read_scalars(workdir):
+  scalars = {}
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        value = float(tf.make_ndarray(v.tensor)) if v.HasField('tensor') else v.simple_value
+        scalars.setdefault(v.tag, {})[event.step] = value
+  return scalars
+
+
+def test_evaluate_writes_table_json_and_scalars(workdir, capsys):
+  config = tiny_config()
+  summary = evaluate.evaluate(config, workdir, num_examples=40, attacks='pgd-5, pgd-5-ce')
+  table = capsys.readouterr().out
+  assert 'pgd-5-ce' in table and 'worst case over the cascades' in table
+
+  stored = json.loads(open(os.path.join(workdir, 'eval.json')).read())
+  assert stored['step'] == 7 and stored['num_examples'] == 40 and stored['eps'] == 0.1
+  assert list(stored['cascades']) == ['pgd-5', 'pgd-5-ce']
+  clean = stored['clean_accuracy']
+  for c in stored['cascades'].values():
+    (acc,) = c['stage_accuracy'].values()
+    assert acc <= clean and c['robust_accuracy'] == acc
+    assert sum(c['broken'].values()) == round((clean - acc) * 40)
+  assert stored['worst_case_robust_accuracy'] <= min(
+      c['robust_accuracy'] for c in stored['cascades'].values())
+  assert stored['gradient_masking']['zero_gradient_share'] == {'ce': 0.0, 'dlr': 0.0}
+  assert stored['gradient_masking']['flags'] == []
+  assert summary == stored
+
+  scalars = read_scalars(workdir)
+  assert scalars['eval/clean_accuracy'][7] == pytest.approx(clean)
+  assert scalars['eval/pgd-5/pgd-5'][7] == pytest.approx(stored['cascades']['pgd-5']
+                                                          ['robust_accuracy'])
+
+
+def test_config_overrides_from_the_command_line(workdir):
+  evaluate._define_flags()
+  try:
+    evaluate._parse_flags(['evaluate', f'--workdir={workdir}', '--config.threat.eps=0.05',
+                           '--num_examples=8'])
+    assert flags.FLAGS.config.threat.eps == 0.05
+    assert flags.FLAGS.config.model.name == 'wrn-10-1'
+    assert flags.FLAGS.num_examples == 8
+  finally:
+    flags.FLAGS.unparse_flags()
+    for name in ('config', 'workdir', 'checkpoint', 'num_examples', 'attacks', 'batch_size'):
+      delattr(flags.FLAGS, name)
+  config = tiny_config()
+  config.model.name = 'wrn-16-1'
+  with pytest.raises(ValueError, match='cannot be overridden'):
+    evaluate.evaluate(config, workdir, num_examples=8)
+
+
+def test_masking_report_flags_zero_gradients_and_square_only_points():
+  n = 1000
+  robust = np.ones(n, bool)
+  by = np.full(n, '', '<U16')
+  by[:5] = 'square'  # Square broke 5 points the white-box stages missed
+  robust[:5] = False
+  standard = AutoAttackResult(robust, {'apgd-ce': 1.0, 'square': 0.995}, 1.0, None, by, {})
+  report = evaluate._masking_report({'standard': standard}, {'ce': 0.0, 'dlr': 0.01}, n)
+  assert report['square_only_points'] == 5
+  assert len(report['flags']) == 2
+  # The same points also broken by APGD in another cascade are no longer suspect.
+  by2 = np.where(np.arange(n) < 5, 'apgd-ce', '')
+  aamt = AutoAttackResult(~(np.arange(n) < 5), {'apgd-ce': 0.995}, 1.0, None, by2, {})
+  report = evaluate._masking_report({'standard': standard, 'aa+mt': aamt}, {'ce': 0.0}, n)
+  assert report['square_only_points'] == 0 and report['flags'] == []
+
+
+def test_zero_gradient_share_of_a_constant_model():
+  x = np.random.default_rng(0).uniform(size=(16, 2, 2, 1)).astype(np.float32)
+  y = np.zeros(16, np.int32)
+  constant = lambda z: jnp.zeros((z.shape[0], 3)).at[:, 0].set(1.0) + 0.0 * jnp.sum(z)
+  assert zero_gradient_share(constant, x, y, batch_size=8) == 1.0
