@@ -21,6 +21,7 @@ from absl import flags
 from absl import logging
 from etils import epath
 from ml_collections import config_flags
+import tqdm
 
 from data import gaussian_fit
 from data import metrics
@@ -80,8 +81,10 @@ def stage_samples(config, workdir, fit_path, classifier):
     with shard_writer.ShardWriter(raw, num_shards=config.pipeline.num_shards, total=n,
                                   image_shape=fit.image_shape, num_classes=fit.num_classes,
                                   source='gaussian_fit', seed=config.seed) as writer:
+      progress = tqdm.tqdm(total=n, unit='img', desc='sample', disable=None)
       for images, labels in gaussian_fit.sample(fit, n, seed=config.seed):
         writer.write_batch(images, labels)
+        progress.update(len(labels))
   if not _done(shards.manifest_path(prefix)):
     pseudolabel.pseudolabel(classifier, shards.manifest_path(raw), prefix,
                             num_shards=config.pipeline.num_shards, top_k=config.pipeline.top_k,
