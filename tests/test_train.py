@@ -14,6 +14,7 @@ from trainer import train
 def tiny_config():
   c = demo.get_config()
   c.model.name = 'wrn-10-1'
+  c.generated.alpha = 1.0
   c.dataset.holdout = 32
   c.dataset.test_size = 64
   c.train.batch_size = 32

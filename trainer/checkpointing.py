@@ -1,19 +1,31 @@
 """Orbax checkpoints of a training workdir.
 
     workdir/config.json       the resolved config
-    workdir/checkpoints/<s>/  periodic: 'state' (TrainState) + 'data' (Grain iterator state)
-    workdir/best/<s>/         'ema' variables of the best held-out robust accuracy so far
-    workdir/best.json         its step and metrics (written after the save has finished)
+    workdir/checkpoints/<s>/  periodic: 'state' (TrainState) + 'data' (Grain iterator state,
+                              one JSON file per process)
+    workdir/best/<s>/         'ema' variables of the best held-out robust accuracy so far, and
+                              'record': its step and metrics
+    workdir/best.json         a copy of that record, for people and scripts
 
-Orbax writes each step into a temporary directory and renames it when complete, so a crash in
-the middle of a save leaves the previous step as the latest restorable one.
+The latest good step is atomic: Orbax writes each step into `<s>.orbax-checkpoint-tmp` and
+renames it to `<s>` only once every process has finished writing (on GCS, where there is no
+rename, a commit marker plays that part). A crash in the middle of a save therefore leaves the
+previous step as the latest restorable one; the leftover temporary directory is deleted when the
+next run opens the workdir (`cleanup_tmp_directories`), before its first save. The best record
+lives inside the best checkpoint for the same reason: weights and metrics appear together or not
+at all. Plain JSON files are written to a temporary name and renamed.
+
+Multi-host: every process opens the same workdir (a shared disk or a gs:// bucket) and takes part
+in every save and restore; process 0 writes the shared files and finalises each step.
 """
+import functools
 import json
 import os
 
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 from etils import epath
@@ -23,10 +35,18 @@ def _join(workdir, name):
   return os.path.join(os.fspath(workdir), name)
 
 
+def write_atomic(path, text):
+  """Writes `text` whole or not at all: a reader never sees half a file, even after a crash."""
+  path = epath.Path(path)
+  tmp = path.parent / f'{path.name}.tmp-{os.getpid()}'
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
 def save_config(workdir, config):
   if jax.process_index() == 0:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    epath.Path(_join(workdir, 'config.json')).write_text(config.to_json_best_effort(indent=2))
+    write_atomic(_join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
 
 
 def load_config(workdir):
@@ -50,9 +70,11 @@ class Checkpoints:
             max_to_keep=config.checkpoint.keep, save_decision_policy=policy,
             enable_async_checkpointing=True, cleanup_tmp_directories=True))
     self.best = ocp.CheckpointManager(
-        _join(workdir, 'best'), item_names=('ema',),
+        _join(workdir, 'best'), item_names=('ema', 'record'),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
                                              cleanup_tmp_directories=True))
+    # Held in memory so every process takes the same save-or-not decision (a save is collective).
+    self._best = self._load_best_record()
 
   # --- periodic ----------------------------------------------------------------------------------
   def latest_step(self):
@@ -70,7 +92,11 @@ class Checkpoints:
         data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
 
   def restore(self, step, abstract_state, data_iterator):
-    """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs)."""
+    """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs).
+
+    Those shardings are the current mesh's, not the saved ones: a run saved on 8 devices resumes
+    on 4, or on a (4, 2) data × fsdp mesh, each process reading only the slices it holds.
+    """
     restored = self.periodic.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
@@ -78,20 +104,27 @@ class Checkpoints:
 
   # --- best --------------------------------------------------------------------------------------
   def best_record(self):
-    path = epath.Path(_join(self.workdir, 'best.json'))
-    return json.loads(path.read_text()) if path.exists() else None
+    """{'step', 'key', 'metrics'} of the best checkpoint, or None before the first evaluation."""
+    return self._best
+
+  def _load_best_record(self):
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    return dict(self.best.restore(step, args=ocp.args.Composite(
+        record=ocp.args.JsonRestore()))['record'])
 
   def maybe_save_best(self, step, ema_variables, metrics, key):
     """Saves the EMA weights when metrics[key] beats the best so far; returns True if saved."""
-    record = self.best_record()
-    if record is not None and record['metrics'][key] >= metrics[key]:
+    if self._best is not None and self._best['metrics'][key] >= metrics[key]:
       return False
-    self.best.save(step, args=ocp.args.Composite(ema=ocp.args.StandardSave(ema_variables)),
-                   force=True)
+    record = {'step': int(step), 'key': key, 'metrics': metrics}
+    self.best.save(step, args=ocp.args.Composite(ema=ocp.args.StandardSave(ema_variables),
+                                                 record=ocp.args.JsonSave(record)), force=True)
     self.best.wait_until_finished()
+    self._best = record
     if jax.process_index() == 0:
-      epath.Path(_join(self.workdir, 'best.json')).write_text(
-          json.dumps({'step': int(step), 'key': key, 'metrics': metrics}, indent=2))
+      write_atomic(_join(self.workdir, 'best.json'), json.dumps(record, indent=2))
     return True
 
   def close(self):
@@ -100,27 +133,45 @@ class Checkpoints:
     self.best.close()
 
 
+def _replicated(abstract):
+  """`abstract` as ShapeDtypeStructs replicated over every device of this run."""
+  everywhere = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.asarray(jax.devices()), ('devices',)), jax.sharding.PartitionSpec())
+  return jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=everywhere), abstract)
+
+
 def restore_for_eval(workdir, which='best'):
-  """Loads (config, model, EMA variables) from a workdir: 'best', 'latest' or a step number."""
+  """Loads (config, model, EMA variables) from a workdir: 'best', 'latest' or a step number.
+
+  The variables come back replicated on this run's devices, whichever mesh and however many
+  hosts wrote them (a checkpoint of a pod run can be evaluated on one machine).
+  """
   from models import registry  # pylint: disable=g-import-not-at-top
   from data import real  # pylint: disable=g-import-not-at-top
+  from trainer import optimizer  # pylint: disable=g-import-not-at-top
+  from trainer import train_state  # pylint: disable=g-import-not-at-top
   config = load_config(workdir)
   info = real.info(config.dataset.name)
   model = registry.get_model(config.model.name, num_classes=info.num_classes, mean=info.mean,
                              std=info.std, dtype=config.model.dtype,
                              bn_momentum=config.model.bn_momentum,
                              bn_epsilon=config.model.bn_epsilon)
+  abstract = jax.eval_shape(functools.partial(
+      train_state.create, model, optimizer.make_optimizer(config), info.shape, config.seed))
   if which == 'best':
-    manager = ocp.CheckpointManager(_join(workdir, 'best'), item_names=('ema',))
+    manager = ocp.CheckpointManager(_join(workdir, 'best'), item_names=('ema', 'record'))
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'No best checkpoint in {workdir}/best.')
-    variables = manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore()))
+    variables = manager.restore(step, args=ocp.args.Composite(
+        ema=ocp.args.StandardRestore(_replicated(abstract.ema_variables()))))
     return config, model, dict(variables['ema'])
   manager = ocp.CheckpointManager(_join(workdir, 'checkpoints'), item_names=('state', 'data'))
   step = manager.latest_step() if which == 'latest' else int(which)
   if step is None or step not in manager.all_steps():
     raise FileNotFoundError(f'No checkpoint {which!r} in {workdir}/checkpoints '
                             f'(have {manager.all_steps()}).')
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
-  return config, model, {'params': state['ema_params'], 'batch_stats': state['ema_batch_stats']}
+  state = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_replicated(abstract))))['state']
+  return config, model, state.ema_variables()

@@ -1,4 +1,14 @@
-"""Entry point: python -m trainer.main --config=configs/X.py [--config.key=value …] --workdir=DIR"""
+"""Entry point: python -m trainer.main --config=configs/X.py [--config.key=value …] --workdir=DIR
+
+Multi-host: pass --config.distributed=True on every process. On Cloud TPU (and SLURM, Open MPI,
+Kubernetes) JAX finds the coordinator and the process ids itself; elsewhere give them:
+
+  python -m trainer.main … --config.distributed=True --coordinator_address=HOST:PORT \\
+      --num_processes=2 --process_id=0      # and --process_id=1 on the other process
+
+(the coordinator address may also come from $JAX_COORDINATOR_ADDRESS). Every process gets the
+same workdir: a disk they share, or a gs:// bucket.
+"""
 import jax
 from absl import app
 from absl import flags
@@ -10,6 +20,15 @@ from trainer import train
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, events and results.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'jax.distributed: HOST:PORT of process 0 (default: detected).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'jax.distributed: number of processes (default: detected).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'jax.distributed: index of this process (default: detected).')
+_DEBUG_BATCH_IDS = flags.DEFINE_bool(
+    'debug_batch_ids', False, 'Append the sample ids of every train step to '
+    'WORKDIR/batch_ids/process_<i>.txt (checks of exact resume).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -17,11 +36,16 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
+  cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if config.distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(*cluster)
+  elif any(v is not None for v in cluster):
+    # Otherwise each process would train alone, all of them in the same workdir.
+    raise app.UsageError('--coordinator_address/--num_processes/--process_id need '
+                         '--config.distributed=True.')
   logging.info('Process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
-  train.train_and_evaluate(config, _WORKDIR.value)
+  train.train_and_evaluate(config, _WORKDIR.value, record_batch_ids=_DEBUG_BATCH_IDS.value)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,11 @@
 """`train_and_evaluate(config, workdir)`: the robust training run, top to bottom.
 
 Resumes automatically from the newest checkpoint in the workdir (state and data position), so a
-preempted run is simply started again with the same command.
+preempted run is simply started again with the same command. A SIGTERM makes it save at the next
+step boundary and return; on several hosts all of them stop at the same step. Every process runs
+this same function on its own slice of each batch (multi-host: see trainer/main.py).
 """
+import datetime
 import functools
 import json
 import signal
@@ -26,21 +29,53 @@ from trainer import sharding
 from trainer import step as step_lib
 from trainer import train_state
 
-SELECTION_KEY = 'holdout/robust_accuracy'
+
+def selection_key(config):
+  """The held-out metric the best checkpoint is chosen by: robust accuracy, or clean accuracy for
+  the non-robust classifier (whose robust accuracy only falls as it learns)."""
+  return 'holdout/clean_accuracy' if config.train.loss == 'standard' else 'holdout/robust_accuracy'
 
 
 class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def _sigterm_flag():
-  """SIGTERM (a preemption notice) only raises a flag; the loop saves at the next step boundary."""
+def _preemption_notice():
+  """A SIGTERM (a preemption notice, or `launch/tpu_vm.sh stop`) must not kill the run mid-step.
+
+  One process: a handler raises a flag; the loop saves at the next step boundary and stops.
+  Several processes: every host has to stop at the same step, since a save is collective, but
+  the notice may reach one host only, or the hosts at different steps. JAX's preemption service
+  (started by jax.distributed.initialize) catches SIGTERM itself and agrees on a common step,
+  which `Checkpoints.reached_preemption` reads; so no Python handler replaces it there.
+  """
   flag = {'set': False}
+  if jax.process_count() > 1:
+    return flag
   def handler(signum, frame):
     del signum, frame
     flag['set'] = True
   signal.signal(signal.SIGTERM, handler)
   return flag
+
+
+class BatchIdLog:
+  """Debug record of the sample ids each train step consumes, for tests of exact resume.
+
+  One line 'step id id …' per step in workdir/batch_ids/process_<i>.txt (this host's share),
+  appended and flushed before the step runs. A crash keeps the lines of the steps it reached;
+  the resumed run appends the steps it redoes after them, so the last line of each step is the
+  one of the surviving run.
+  """
+
+  def __init__(self, workdir):
+    path = epath.Path(workdir, 'batch_ids')
+    path.mkdir(parents=True, exist_ok=True)
+    self._file = (path / f'process_{jax.process_index()}.txt').open('a')
+
+  def write(self, step, ids):
+    self._file.write(f'{step} {" ".join(map(str, np.asarray(ids).tolist()))}\n')
+    self._file.flush()
 
 
 def load_real_data(config):
@@ -73,9 +108,26 @@ def _check_finite(step, metrics):
                              'saved from this step on; the newest checkpoint is intact.')
 
 
-def train_and_evaluate(config, workdir):
-  """Trains, evaluates periodically, keeps the best EMA checkpoint; returns the final metrics."""
+def _done_record(step, total_steps, results, best):
+  return {'step': step, 'total_steps': total_steps,
+          'finished_at': datetime.datetime.now(datetime.timezone.utc).strftime(
+              '%Y-%m-%dT%H:%M:%SZ'),
+          'final': results, 'best': best}
+
+
+def _previous_final_results(workdir):
+  path = epath.Path(workdir, 'done.json')
+  return json.loads(path.read_text()).get('final') if path.exists() else None
+
+
+def train_and_evaluate(config, workdir, *, record_batch_ids=False):
+  """Trains, evaluates periodically, keeps the best EMA checkpoint; returns the final metrics.
+
+  The workdir's done.json is written last, by process 0, only when the last step is done; a run
+  stopped by SIGTERM saves and returns without it (see launch/tpu_vm.sh for the contract).
+  """
   # --- Set-up -------------------------------------------------------------------------------------
+  preemption = _preemption_notice()  # first, so a notice during set-up is honoured too
   config_validation.validate(config)
   workdir = str(workdir)
   mesh = sharding.make_mesh(config)
@@ -88,6 +140,7 @@ def train_and_evaluate(config, workdir):
   checkpointing.save_config(workdir, config)
   ckpt = checkpointing.Checkpoints(workdir, config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  batch_ids = BatchIdLog(workdir) if record_batch_ids else None
 
   # --- State, built directly in its sharded layout; or restored --------------------------------
   create = functools.partial(train_state.create, model, tx, info.shape, config.seed)
@@ -121,19 +174,21 @@ def train_and_evaluate(config, workdir):
         results[f'{name}/clean_accuracy'] = acc['clean']
         results[f'{name}/robust_accuracy'] = acc['robust']
     writer.write_scalars(step, results)
-    if SELECTION_KEY in results:
-      ckpt.maybe_save_best(step, state.ema_variables(), results, SELECTION_KEY)
+    if selection_key(config) in results:
+      ckpt.maybe_save_best(step, state.ema_variables(), results, selection_key(config))
     return results
 
   # --- Loop ---------------------------------------------------------------------------------------
   first_step = int(state.step)
-  sigterm = _sigterm_flag()
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   log_every = config.train.log_every_steps
   last_log, last_log_step, results = time.time(), first_step, {}
   for s in range(first_step + 1, total_steps + 1):
+    batch = next(data_iter)
+    if batch_ids:
+      batch_ids.write(s, batch['id'])
     with jax.profiler.StepTraceAnnotation('train', step_num=s):
-      state, metrics = train_step(state, sharding.global_batch(mesh, next(data_iter)))
+      state, metrics = train_step(state, sharding.global_batch(mesh, batch))
     progress(s)
     if s % log_every == 0 or s == total_steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -147,20 +202,21 @@ def train_and_evaluate(config, workdir):
     if s % config.eval.every_steps == 0 or s == total_steps:
       results = evaluate(s)
       logging.info('Step %d: %s', s, results)
-    preempted = sigterm['set'] or ckpt.reached_preemption(s)
+    preempted = preemption['set'] or ckpt.reached_preemption(s)
     if ckpt.should_save(s) or preempted or s == total_steps:
       _check_finite(s, {k: float(v) for k, v in jax.device_get(metrics).items()})
       ckpt.save(s, state, data_iter, force=True)
-    if preempted:
+    if preempted and s < total_steps:
       logging.warning('Preemption notice at step %d: checkpoint saved, exiting.', s)
       break
 
-  # --- Wrap-up ------------------------------------------------------------------------------------
-  ckpt.close()
-  writer.flush()
+  # --- Wrap-up: done.json last, and only for a finished run -------------------------------------
   finished = int(state.step) >= total_steps
+  if finished and not results:  # started on a finished workdir
+    results = _previous_final_results(workdir) or evaluate(int(state.step))
+  ckpt.close()  # waits for the last save to be committed
+  writer.flush()
   if finished and jax.process_index() == 0:
-    epath.Path(workdir, 'done.json').write_text(json.dumps(
-        {'step': int(state.step), 'total_steps': total_steps, 'final': results,
-         'best': ckpt.best_record()}, indent=2))
+    checkpointing.write_atomic(epath.Path(workdir, 'done.json'), json.dumps(
+        _done_record(int(state.step), total_steps, results, ckpt.best_record()), indent=2))
   return {'step': int(state.step), 'finished': finished, **results}
