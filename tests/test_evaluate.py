@@ -1,5 +1,4 @@
 """The evaluation command on a tiny digits model saved as the workdir's best checkpoint."""
-import glob
 import json
 import os
 
@@ -7,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
 from absl import flags
 
 from configs import demo
 from trainer import checkpointing
 from trainer import evaluate
 from trainer import train
+from trainer_runs import read_scalars
 from trainer.attacks.autoattack import AutoAttackResult
 from trainer.attacks.autoattack import zero_gradient_share
 
@@ -52,16 +51,6 @@ def workdir(tmp_path_factory):
   ckpt.maybe_save_best(7, variables, {'holdout/robust_accuracy': 0.5}, 'holdout/robust_accuracy')
   ckpt.close()
   return workdir
-
-
-def read_scalars(workdir):
-  scalars = {}
-  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for v in event.summary.value:
-        value = float(tf.make_ndarray(v.tensor)) if v.HasField('tensor') else v.simple_value
-        scalars.setdefault(v.tag, {})[event.step] = value
-  return scalars
 
 
 def test_evaluate_writes_table_json_and_scalars(workdir, capsys):

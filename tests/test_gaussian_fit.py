@@ -6,16 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
-from threadpoolctl import threadpool_limits
 
 from data import gaussian_fit
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _single_threaded_blas():
-  """The matrices here are tiny: extra BLAS threads only add contention on a shared CPU."""
-  with threadpool_limits(limits=1, user_api='blas'):
-    yield
 
 
 @pytest.fixture(scope='module')

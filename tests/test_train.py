@@ -1,14 +1,13 @@
 """The train loop end to end on digits: TensorBoard scalars, best checkpoint, exact resume."""
-import glob
 import os
 import shutil
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from configs import demo
 from trainer import train
+from trainer_runs import read_scalars
 
 
 def tiny_config():
@@ -30,17 +29,6 @@ def tiny_config():
   c.checkpoint.keep = 5
   c.loader.prefetch = 0
   return c
-
-
-def read_scalars(workdir):
-  """{tag: {step: value}} from every event file in the workdir."""
-  scalars = {}
-  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for v in event.summary.value:
-        value = float(tf.make_ndarray(v.tensor)) if v.HasField('tensor') else v.simple_value
-        scalars.setdefault(v.tag, {})[event.step] = value
-  return scalars
 
 
 @pytest.fixture(scope='module')

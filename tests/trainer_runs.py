@@ -4,6 +4,7 @@ Each subprocess gets its own device count (the test process's 8 virtual devices 
 conftest.py) and a persistent compilation cache shared by the runs of one test, so only the
 first run of a test pays for compiling the train step.
 """
+import glob
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 from configs import demo
 
@@ -162,3 +164,14 @@ def free_port():
 
 
 SIGKILL, SIGTERM = signal.SIGKILL, signal.SIGTERM
+
+
+def read_scalars(workdir):
+  """{tag: {step: value}} from every TensorBoard event file in the workdir."""
+  scalars = {}
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        value = float(tf.make_ndarray(v.tensor)) if v.HasField('tensor') else v.simple_value
+        scalars.setdefault(v.tag, {})[event.step] = value
+  return scalars
