@@ -36,4 +36,6 @@ def get_config():
   c.pipeline.num_generated = 10_000
   c.pipeline.num_shards = 4
   c.pipeline.metrics_samples = 500
+  c.pipeline.eval_examples = 200   # AA+MT on 200 test images keeps the demo to minutes on a CPU
+  c.eval.attacks = 'aa+mt'         # `python -m trainer.evaluate` runs AutoAttack too
   return c
