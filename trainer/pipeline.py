@@ -15,6 +15,7 @@ pipeline resumes where it stopped (the training stages also resume from their ch
 import copy
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -52,11 +53,18 @@ def classifier_config(config):
   return c
 
 
-def stage_classifier(config, workdir):
-  out = os.path.join(workdir, 'classifier')
+def _train(config, out):
+  """Trains to the end, or stops the whole pipeline when training stopped early (preemption:
+  the checkpoint is saved and the next start resumes this stage)."""
   if not _done(os.path.join(out, 'done.json')):
-    train.train_and_evaluate(classifier_config(config), out)
+    if not train.train_and_evaluate(config, out)['finished']:
+      logging.warning('Training in %s stopped before its last step; the pipeline stops too.', out)
+      sys.exit(0)
   return out
+
+
+def stage_classifier(config, workdir):
+  return _train(classifier_config(config), os.path.join(workdir, 'classifier'))
 
 
 def stage_generator(config, workdir):
@@ -113,12 +121,9 @@ def stage_data_metrics(config, workdir, manifest, classifier):
 
 
 def stage_robust(config, workdir, manifest):
-  out = os.path.join(workdir, 'robust')
   c = copy.deepcopy(config)
   c.generated.path = manifest
-  if not _done(os.path.join(out, 'done.json')):
-    train.train_and_evaluate(c, out)
-  return out
+  return _train(c, os.path.join(workdir, 'robust'))
 
 
 def stage_evaluate(config, robust):
