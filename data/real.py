@@ -79,6 +79,10 @@ def _load_digits(split):
 
 def _load_tfds(tfds_name, split, data_dir):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  image, label = tfds.as_numpy(tfds.load(tfds_name, split=split, data_dir=data_dir or None,
-                                         batch_size=-1, as_supervised=True))
-  return {'image': np.asarray(image, np.uint8), 'label': np.asarray(label, np.int64)}
+  ds = tfds.load(tfds_name, split=split, data_dir=data_dir or None, as_supervised=True)
+  images, labels = [], []
+  for image, label in tfds.as_numpy(ds.batch(4096)):
+    images.append(image)
+    labels.append(label)
+  return {'image': np.concatenate(images).astype(np.uint8),
+          'label': np.concatenate(labels).astype(np.int64)}
