@@ -37,6 +37,8 @@ def pgd(logits_fn, x, y, *, norm, eps, steps, key, loss='ce', optimizer='sign',
     keep_best: return each example's highest-loss iterate rather than the last one.
   """
   projections.check_norm(norm)
+  if init not in ('uniform', 'zero'):
+    raise ValueError(f"Unknown init {init!r}; expected 'uniform' or 'zero'.")
   loss_fn = losses_lib.get_loss(loss)
   if isinstance(optimizer, str):
     optimizer = step_rule(optimizer, 2.5 * eps / steps if step_size is None else step_size)
