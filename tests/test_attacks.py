@@ -15,11 +15,11 @@ from trainer.attacks import losses
 from trainer.attacks.apgd import apgd
 from trainer.attacks.apgd import apgd_targeted
 from trainer.attacks.apgd import checkpoints
-from trainer.attacks.autoattack import Stage
 from trainer.attacks.autoattack import autoattack
 from trainer.attacks.autoattack import feasible
-from trainer.attacks.autoattack import make_stage
-from trainer.attacks.autoattack import resolve_stages
+from trainer.attacks.stages import Stage
+from trainer.attacks.stages import make_stage
+from trainer.attacks.stages import resolve_stages
 from trainer.attacks.multitargeted import multitargeted
 from trainer.attacks.pgd import pgd
 

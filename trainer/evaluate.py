@@ -30,9 +30,9 @@ from ml_collections import config_flags
 
 from data import real
 from trainer import checkpointing
-from trainer.attacks.autoattack import VERSIONS
 from trainer.attacks.autoattack import autoattack
 from trainer.attacks.autoattack import zero_gradient_share
+from trainer.attacks.stages import VERSIONS
 
 SQUARE_SHARE_THRESHOLD = 0.002  # as fra31/auto-attack's check: Square adding > 0.2 pp is suspect
 

@@ -5,7 +5,7 @@
 
 As in fra31/auto-attack, each stage attacks only the points still robust, starting from their
 clean image, and a point broken by a stage keeps that stage's adversarial example (the per-point
-worst case). A stage is split into passes (one per restart or target) and the robust set is
+worst case). A stage (`trainer.attacks.stages`) is split into passes (one per restart or target) and the robust set is
 recomputed between passes, so restarts too run only on points still robust. A candidate counts
 as broken only if logits_fn, evaluated again on it, misclassifies it AND it lies in the ε-ball ∩
 [0, 1] up to float32 rounding; an attack returning infeasible points is reported.
@@ -15,11 +15,9 @@ ladder, to bound recompilation) and split over all devices of the mesh along the
 Runs in a single process.
 """
 import collections
-import dataclasses
 import math
-import re
 import time
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 from absl import logging
 import jax
@@ -30,10 +28,8 @@ from jax.sharding import PartitionSpec as P
 
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
-from trainer.attacks.apgd import apgd_runs
 from trainer.attacks.apgd import as_jit_arg
-from trainer.attacks.multitargeted import multitargeted_runs
-from trainer.attacks.pgd import pgd
+from trainer.attacks.stages import resolve_stages
 
 
 class AutoAttackResult(NamedTuple):
@@ -47,142 +43,6 @@ class AutoAttackResult(NamedTuple):
   @property
   def robust_accuracy(self):
     return float(np.mean(self.robust))
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  """One attack of a cascade.
-
-  `attack(logits_fn, x, y, *, norm, eps, seed, pass_index) -> x_adv` is called once per pass on
-  a batch of points still robust; passes 0 … n_passes − 1 are the stage's restarts or targets.
-  """
-  name: str
-  n_passes: int
-  attack: Callable[..., Any]
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage registry: name -> factory(num_classes, **options) -> Stage.
-# ---------------------------------------------------------------------------------------------
-
-def _apgd_stage(name, loss):
-  def make(num_classes, *, n_restarts=1, n_iter=100):
-    del num_classes
-    def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
-      return apgd_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm, eps=eps,
-                       n_iter=n_iter, loss=loss)
-    return Stage(name, n_restarts, attack)
-  return make
-
-
-def _apgd_targeted_stage(num_classes, *, n_target_classes=9, n_restarts=1, n_iter=100):
-  n_targets = min(n_target_classes, num_classes - 1)
-  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
-    return apgd_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm, eps=eps,
-                     n_iter=n_iter, loss='dlr-targeted', n_restarts=n_restarts,
-                     n_target_classes=n_targets)
-  return Stage('apgd-t', n_targets * n_restarts, attack)
-
-
-def _multitargeted_stage(num_classes, *, n_restarts=10, n_steps=200, n_target_classes=9):
-  del num_classes
-  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
-    return multitargeted_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm,
-                              eps=eps, n_steps=n_steps, n_target_classes=n_target_classes)
-  return Stage('mt', n_restarts, attack)
-
-
-def _fab_targeted_stage(num_classes, *, n_target_classes=9, n_iter=100):
-  n_targets = min(n_target_classes, num_classes - 1)
-  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
-    del pass_index
-    from trainer.attacks.fab import fab_targeted  # pylint: disable=g-import-not-at-top
-    return fab_targeted(logits_fn, x, y, norm=norm, eps=eps, n_iter=n_iter,
-                        n_target_classes=n_targets, seed=seed)
-  return Stage('fab-t', 1, attack)
-
-
-def _square_stage(num_classes, *, n_queries=5000, p_init=0.8):
-  del num_classes
-  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
-    del pass_index
-    from trainer.attacks.square import square  # pylint: disable=g-import-not-at-top
-    return square(logits_fn, x, y, norm=norm, eps=eps, n_queries=n_queries, p_init=p_init,
-                  seed=seed)
-  return Stage('square', 1, attack)
-
-
-def _pgd_attack(logits_fn, x, y, key, *, norm, eps, steps, loss):
-  return pgd(logits_fn, x, y, norm=norm, eps=eps, steps=steps, key=key, loss=loss)
-
-_pgd_attack = jax.jit(_pgd_attack, static_argnames=('norm', 'eps', 'steps', 'loss'))
-
-
-def _pgd_stage(name, steps, loss):
-  def make(num_classes, *, n_restarts=1):
-    del num_classes
-    def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
-      key = jax.random.fold_in(jax.random.key(seed), pass_index)
-      return _pgd_attack(as_jit_arg(logits_fn), x, y, key, norm=norm, eps=float(eps),
-                         steps=steps, loss=loss)
-    return Stage(name, n_restarts, attack)
-  return make
-
-
-STAGES = {
-    'apgd-ce': _apgd_stage('apgd-ce', 'ce'),
-    'apgd-dlr': _apgd_stage('apgd-dlr', 'dlr'),
-    'apgd-t': _apgd_targeted_stage,
-    'fab-t': _fab_targeted_stage,
-    'square': _square_stage,
-    'mt': _multitargeted_stage,
-}
-# Also 'pgd-<steps>' or 'pgd-<steps>-<loss>' (default loss: margin), e.g. 'pgd-20', 'pgd-40-ce'.
-_PGD_NAME = re.compile(r'^pgd-(\d+)(?:-(ce|margin|dlr))?$')
-
-VERSIONS = {
-    # AutoAttack "standard" (Croce & Hein 2020) for L∞ and L2.
-    'standard': (('apgd-ce', {}), ('apgd-t', {}), ('fab-t', {}), ('square', {})),
-    # The paper's AA+MT: APGD-CE 5×100, APGD-DLR 5×100, MultiTargeted 10×200.
-    'aa+mt': (('apgd-ce', {'n_restarts': 5}), ('apgd-dlr', {'n_restarts': 5}), ('mt', {})),
-}
-
-
-def register_stage(name, factory):
-  """Adds a stage: factory(num_classes, **options) -> Stage."""
-  STAGES[name] = factory
-
-
-def make_stage(name, num_classes, **options):
-  if name in STAGES:
-    return STAGES[name](num_classes, **options)
-  match = _PGD_NAME.match(name)
-  if match:
-    return _pgd_stage(name, int(match.group(1)), match.group(2) or 'margin')(num_classes,
-                                                                             **options)
-  raise ValueError(f'Unknown attack stage {name!r}; expected one of {sorted(STAGES)} or '
-                   f'pgd-<steps>[-ce|-margin|-dlr].')
-
-
-def resolve_stages(version, num_classes):
-  """`version`: a VERSIONS key, or a sequence of stage names, (name, options) pairs or Stages."""
-  if isinstance(version, str):
-    if version not in VERSIONS:
-      raise ValueError(f'Unknown AutoAttack version {version!r}; expected one of '
-                       f'{sorted(VERSIONS)} or a list of stages.')
-    version = VERSIONS[version]
-  stages = []
-  for item in version:
-    if isinstance(item, Stage):
-      stages.append(item)
-    elif isinstance(item, str):
-      stages.append(make_stage(item, num_classes))
-    else:
-      name, options = item
-      stages.append(make_stage(name, num_classes, **options))
-  if not stages:
-    raise ValueError('The cascade has no stages.')
-  return stages
 
 
 # ---------------------------------------------------------------------------------------------

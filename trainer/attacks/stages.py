@@ -1,0 +1,150 @@
+"""Attack stages of the evaluation cascades, by name, and the named cascades (versions).
+
+    make_stage('apgd-ce', num_classes=10, n_restarts=5)   # -> Stage
+    resolve_stages('aa+mt', num_classes=10)                # -> [Stage, Stage, Stage]
+
+A stage wraps one attack of `trainer.attacks` behind a common signature and says how many passes
+(restarts or targets) it makes; `trainer.attacks.autoattack` runs the passes of a cascade.
+"""
+import dataclasses
+import re
+from typing import Any, Callable
+
+import jax
+
+from trainer.attacks.apgd import apgd_runs
+from trainer.attacks.apgd import as_jit_arg
+from trainer.attacks.multitargeted import multitargeted_runs
+from trainer.attacks.pgd import pgd
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One attack of a cascade.
+
+  `attack(logits_fn, x, y, *, norm, eps, seed, pass_index) -> x_adv` is called once per pass on
+  a batch of points still robust; passes 0 … n_passes − 1 are the stage's restarts or targets.
+  """
+  name: str
+  n_passes: int
+  attack: Callable[..., Any]
+
+
+
+def _apgd_stage(name, loss):
+  def make(num_classes, *, n_restarts=1, n_iter=100):
+    del num_classes
+    def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+      return apgd_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm, eps=eps,
+                       n_iter=n_iter, loss=loss)
+    return Stage(name, n_restarts, attack)
+  return make
+
+
+def _apgd_targeted_stage(num_classes, *, n_target_classes=9, n_restarts=1, n_iter=100):
+  n_targets = min(n_target_classes, num_classes - 1)
+  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+    return apgd_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm, eps=eps,
+                     n_iter=n_iter, loss='dlr-targeted', n_restarts=n_restarts,
+                     n_target_classes=n_targets)
+  return Stage('apgd-t', n_targets * n_restarts, attack)
+
+
+def _multitargeted_stage(num_classes, *, n_restarts=10, n_steps=200, n_target_classes=9):
+  del num_classes
+  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+    return multitargeted_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm,
+                              eps=eps, n_steps=n_steps, n_target_classes=n_target_classes)
+  return Stage('mt', n_restarts, attack)
+
+
+def _fab_targeted_stage(num_classes, *, n_target_classes=9, n_iter=100):
+  n_targets = min(n_target_classes, num_classes - 1)
+  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+    del pass_index
+    from trainer.attacks.fab import fab_targeted  # pylint: disable=g-import-not-at-top
+    return fab_targeted(logits_fn, x, y, norm=norm, eps=eps, n_iter=n_iter,
+                        n_target_classes=n_targets, seed=seed)
+  return Stage('fab-t', 1, attack)
+
+
+def _square_stage(num_classes, *, n_queries=5000, p_init=0.8):
+  del num_classes
+  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+    del pass_index
+    from trainer.attacks.square import square  # pylint: disable=g-import-not-at-top
+    return square(logits_fn, x, y, norm=norm, eps=eps, n_queries=n_queries, p_init=p_init,
+                  seed=seed)
+  return Stage('square', 1, attack)
+
+
+def _pgd_attack(logits_fn, x, y, key, *, norm, eps, steps, loss):
+  return pgd(logits_fn, x, y, norm=norm, eps=eps, steps=steps, key=key, loss=loss)
+
+_pgd_attack = jax.jit(_pgd_attack, static_argnames=('norm', 'eps', 'steps', 'loss'))
+
+
+def _pgd_stage(name, steps, loss):
+  def make(num_classes, *, n_restarts=1):
+    del num_classes
+    def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+      key = jax.random.fold_in(jax.random.key(seed), pass_index)
+      return _pgd_attack(as_jit_arg(logits_fn), x, y, key, norm=norm, eps=float(eps),
+                         steps=steps, loss=loss)
+    return Stage(name, n_restarts, attack)
+  return make
+
+
+STAGES = {
+    'apgd-ce': _apgd_stage('apgd-ce', 'ce'),
+    'apgd-dlr': _apgd_stage('apgd-dlr', 'dlr'),
+    'apgd-t': _apgd_targeted_stage,
+    'fab-t': _fab_targeted_stage,
+    'square': _square_stage,
+    'mt': _multitargeted_stage,
+}
+# Also 'pgd-<steps>' or 'pgd-<steps>-<loss>' (default loss: margin), e.g. 'pgd-20', 'pgd-40-ce'.
+_PGD_NAME = re.compile(r'^pgd-(\d+)(?:-(ce|margin|dlr))?$')
+
+VERSIONS = {
+    # AutoAttack "standard" (Croce & Hein 2020) for L∞ and L2.
+    'standard': (('apgd-ce', {}), ('apgd-t', {}), ('fab-t', {}), ('square', {})),
+    # The paper's AA+MT: APGD-CE 5×100, APGD-DLR 5×100, MultiTargeted 10×200.
+    'aa+mt': (('apgd-ce', {'n_restarts': 5}), ('apgd-dlr', {'n_restarts': 5}), ('mt', {})),
+}
+
+
+def register_stage(name, factory):
+  """Adds a stage: factory(num_classes, **options) -> Stage."""
+  STAGES[name] = factory
+
+
+def make_stage(name, num_classes, **options):
+  if name in STAGES:
+    return STAGES[name](num_classes, **options)
+  match = _PGD_NAME.match(name)
+  if match:
+    return _pgd_stage(name, int(match.group(1)), match.group(2) or 'margin')(num_classes,
+                                                                             **options)
+  raise ValueError(f'Unknown attack stage {name!r}; expected one of {sorted(STAGES)} or '
+                   f'pgd-<steps>[-ce|-margin|-dlr].')
+
+
+def resolve_stages(version, num_classes):
+  """`version`: a VERSIONS key, or a sequence of stage names, (name, options) pairs or Stages."""
+  if isinstance(version, str):
+    if version not in VERSIONS:
+      raise ValueError(f'Unknown AutoAttack version {version!r}; expected one of '
+                       f'{sorted(VERSIONS)} or a list of stages.')
+    version = VERSIONS[version]
+  stages = []
+  for item in version:
+    if isinstance(item, Stage):
+      stages.append(item)
+    elif isinstance(item, str):
+      stages.append(make_stage(item, num_classes))
+    else:
+      name, options = item
+      stages.append(make_stage(name, num_classes, **options))
+  if not stages:
+    raise ValueError('The cascade has no stages.')
+  return stages
