@@ -1,10 +1,12 @@
 """The trend of the paper's Fig. 3(a) at small scale: robust accuracy against the real share α.
 
   python benchmarks/alpha_sweep.py --workdir=runs/alpha_sweep [--alphas=1.0,0.8,0.5,0.2]
-      [--seeds=0,1,2] [--epochs=30] [--num_generated=10000] [--model=wrn-10-2]
+      [--seeds=0,1,2] [--epochs=30] [--num_generated=10000] [--model=wrn-10-2] [--eps=0.1]
+      [--classifier_epochs=15]
 
-On digits (the demo config): one non-robust classifier and one class-conditional Gaussian fit,
-N pseudo-labelled samples, then TRADES for every (α, seed), each evaluated on the whole digits
+On digits (the demo config, with the ε and pseudo-labeller epochs of the recorded sweep as
+defaults): one non-robust classifier and one class-conditional Gaussian fit, N pseudo-labelled
+samples, then TRADES for every (α, seed), each evaluated on the whole digits
 test split with PGD-40 (margin loss, sign steps of 2.5ε/40, uniform start) on its best EMA
 checkpoint (held-out PGD selection). Prints mean ± std per α, writes alpha_sweep.json and
 alpha_sweep.png into the workdir. Every finished run is skipped when the script is started again.
@@ -77,8 +79,13 @@ def main():
   parser.add_argument('--epochs', type=int, default=30)
   parser.add_argument('--num_generated', type=int, default=10_000)
   parser.add_argument('--model', default='wrn-10-2', help='the robust model (demo: wrn-10-2)')
+  parser.add_argument('--eps', type=float, default=0.1, help='L∞ radius (demo: 0.15)')
+  parser.add_argument('--classifier_epochs', type=int, default=15,
+                      help='epochs of the non-robust pseudo-labeller (demo: 12)')
   args = parser.parse_args()
   base = demo.get_config()
+  base.threat.eps = args.eps
+  base.pipeline.classifier_epochs = args.classifier_epochs
   base.train.num_epochs = args.epochs
   base.model.name = args.model
   base.pipeline.num_generated = args.num_generated

@@ -43,7 +43,11 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path):
   assert json.loads((workdir / 'robust' / 'done.json').read_text())['step'] == 4
   assert any((workdir / 'robust' / 'best').iterdir())
   evaluation = json.loads((workdir / 'robust' / 'eval.json').read_text())
-  assert evaluation  # holds the cascade's per-stage accuracies
+  assert evaluation['num_examples'] == 32
+  cascade = evaluation['cascades']['pgd-5']
+  assert list(cascade['stage_accuracy']) == ['pgd-5']
+  assert 0.0 <= cascade['robust_accuracy'] <= evaluation['clean_accuracy'] <= 1.0
+  assert f"clean {100 * evaluation['clean_accuracy']:.2f}%" in proc.stdout  # the closing report
 
   # A second start finds every stage's output and redoes nothing.
   before = {p: p.stat().st_mtime_ns for p in workdir.rglob('*.json')}

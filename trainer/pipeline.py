@@ -149,7 +149,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   result = run(_CONFIG.value, _WORKDIR.value)
-  print(json.dumps(result, indent=2))
+  print(_report(_WORKDIR.value, result), flush=True)
+
+
+def _report(workdir, result):
+  """Where each stage left its output, and the headline numbers."""
+  robust = ', '.join(f"{name} {100 * c['robust_accuracy']:.2f}%"
+                     for name, c in result['cascades'].items())
+  return '\n'.join([
+      f'The method ran to the end in {workdir}:',
+      '  classifier/                  the non-robust pseudo-labeller (best.json: its accuracy)',
+      '  generator/gaussian_fit.npz   the class-conditional Gaussian fit',
+      '  generated/gaussian.json      the pseudo-labelled shards; data_metrics.json, samples.png',
+      '  robust/                      TRADES with the α mix (tensorboard --logdir ' + workdir + ')',
+      f"  robust/eval.json             test[:{result['num_examples']}]: clean "
+      f"{100 * result['clean_accuracy']:.2f}%, {robust}"])
 
 
 if __name__ == '__main__':
