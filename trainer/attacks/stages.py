@@ -17,6 +17,7 @@ from trainer.attacks.apgd import as_jit_arg
 from trainer.attacks.multitargeted import multitargeted_runs
 from trainer.attacks.pgd import pgd
 
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """One attack of a cascade.
@@ -29,6 +30,7 @@ class Stage:
   attack: Callable[..., Any]
 
 
+# Factories: factory(num_classes, **options) -> Stage.
 
 def _apgd_stage(name, loss):
   def make(num_classes, *, n_restarts=1, n_iter=100):
