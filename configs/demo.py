@@ -5,8 +5,8 @@ the real digits alone: `python -m trainer.main --config=configs/demo.py
 --config.generated.alpha=1.0 --workdir=DIR`.
 
 ε = 0.15 of the pixel range (between two and three of the digits' 17 grey levels) suits 8×8 grey
-digits: a model trained without attack keeps ~2% against it, TRADES most of its accuracy
-(BENCHMARKS.md). 8/255 would be far too weak to matter.
+digits: a model trained without attack keeps under 5% against it (PGD-20), TRADES most of its
+accuracy (BENCHMARKS.md). 8/255 would be far too weak to matter.
 """
 from configs import base
 
@@ -38,6 +38,6 @@ def get_config():
   c.pipeline.num_generated = 10_000
   c.pipeline.num_shards = 4
   c.pipeline.metrics_samples = 500
-  c.pipeline.eval_examples = 100   # AA+MT on 100 test images: ~2.5 of the demo's minutes on 2 cores
+  c.pipeline.eval_examples = 100   # AA+MT on 100 test images: ~2 of the demo's 6 minutes
   c.eval.attacks = 'aa+mt'         # `python -m trainer.evaluate` runs AutoAttack too
   return c

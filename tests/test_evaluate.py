@@ -60,7 +60,8 @@ def test_evaluate_writes_table_json_and_scalars(workdir, capsys):
   assert 'pgd-5-ce' in table and 'worst case over the cascades' in table
 
   stored = json.loads(open(os.path.join(workdir, 'eval.json')).read())
-  assert stored['step'] == 7 and stored['num_examples'] == 40 and stored['eps'] == config.threat.eps
+  assert stored['step'] == 7 and stored['num_examples'] == 40
+  assert stored['eps'] == config.threat.eps
   assert list(stored['cascades']) == ['pgd-5', 'pgd-5-ce']
   clean = stored['clean_accuracy']
   for c in stored['cascades'].values():
