@@ -5,10 +5,11 @@
 
 As in fra31/auto-attack, each stage attacks only the points still robust, starting from their
 clean image, and a point broken by a stage keeps that stage's adversarial example (the per-point
-worst case). A stage (`trainer.attacks.stages`) is split into passes (one per restart or target) and the robust set is
-recomputed between passes, so restarts too run only on points still robust. A candidate counts
-as broken only if logits_fn, evaluated again on it, misclassifies it AND it lies in the ε-ball ∩
-[0, 1] up to float32 rounding; an attack returning infeasible points is reported.
+worst case). A stage (`trainer.attacks.stages`) is split into passes (one per restart or
+target) and the robust set is recomputed between passes, so restarts too run only on points
+still robust. A candidate counts as broken only if logits_fn, evaluated again on it,
+misclassifies it AND it lies in the ε-ball ∩ [0, 1] up to float32 rounding; an attack returning
+infeasible points is reported.
 
 Points go through in batches of at most batch_size, each padded (to a size from a short fixed
 ladder, to bound recompilation) and split over all devices of the mesh along the batch axis.
