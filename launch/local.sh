@@ -7,6 +7,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
+# shellcheck source=launch/common.sh
+source "$ROOT/launch/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -30,31 +32,6 @@ Examples:
   bash launch/local.sh --workdir runs/try -- --config.train.num_epochs=10
   bash launch/local.sh --dev --module pytest --config '' --workdir '' -- -q tests
 EOF
-}
-
-die() {
-  printf 'local.sh: error: %s\n' "$*" >&2
-  exit 2
-}
-
-q() {
-  local s=$1 sq="'\\''"
-  if [[ $s =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//\'/$sq}"
-  fi
-}
-
-DRY_RUN=0
-run_cmd() {
-  if ((DRY_RUN)); then
-    local out="" a
-    for a in "$@"; do out+="${out:+ }$(q "$a")"; done
-    printf '+ %s\n' "$out"
-    return 0
-  fi
-  "$@"
 }
 
 main() {

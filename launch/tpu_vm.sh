@@ -34,6 +34,8 @@ fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
+# shellcheck source=launch/common.sh
+source "$ROOT/launch/common.sh"
 readonly LIBTPU_INDEX="https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 
 usage() {
@@ -128,7 +130,6 @@ REMOTE_TB=0
 PORT=6006
 GRACE=300
 STOP_TPU=0
-DRY_RUN=0
 OVERRIDES=()
 TRAINER_ARGS=()
 TRAINER_ENV=()
@@ -136,11 +137,6 @@ CREATE_ARGS=()
 ERR_FILE=""
 RUNTIME=""     # TPU software version, resolved in main
 JAX_VERSION="" # from requirements.txt, resolved in main
-
-die() {
-  printf 'tpu_vm.sh: error: %s\n' "$*" >&2
-  exit 2
-}
 
 log() {
   printf '[tpu_vm %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2
@@ -151,34 +147,6 @@ truthy() {
     1 | true | yes | on) return 0 ;;
     *) return 1 ;;
   esac
-}
-
-# Quotes one word for a POSIX shell: as is when it is plainly safe, else in single quotes.
-q() {
-  local s=$1 sq="'\\''"
-  if [[ $s =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//\'/$sq}"
-  fi
-}
-
-# Quotes every argument and joins them with spaces.
-qjoin() {
-  local out="" a
-  for a in "$@"; do
-    out+="${out:+ }$(q "$a")"
-  done
-  printf '%s' "$out"
-}
-
-# Runs a command, or prints it (one line, '+ ' prefix) under --dry-run.
-run_cmd() {
-  if ((DRY_RUN)); then
-    printf '+ %s\n' "$(qjoin "$@")"
-    return 0
-  fi
-  "$@"
 }
 
 parse_args() {

@@ -61,8 +61,10 @@ def test_shellcheck_clean():
   if shutil.which('shellcheck') is None:
     pytest.fail('shellcheck is not installed; install it (apt-get install -y shellcheck, '
                 'brew install shellcheck) to check the launch scripts')
-  proc = subprocess.run(['shellcheck', '--shell=bash', str(TPU_VM), str(LOCAL)],
-                        capture_output=True, text=True)
+  # -x follows the scripts into launch/common.sh, which they source (paths from the repo root).
+  proc = subprocess.run(['shellcheck', '-x', '--shell=bash', str(TPU_VM), str(LOCAL),
+                         str(REPO / 'launch' / 'common.sh')],
+                        cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
