@@ -47,7 +47,10 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path):
   cascade = evaluation['cascades']['pgd-5']
   assert list(cascade['stage_accuracy']) == ['pgd-5']
   assert 0.0 <= cascade['robust_accuracy'] <= evaluation['clean_accuracy'] <= 1.0
-  assert f"clean {100 * evaluation['clean_accuracy']:.2f}%" in proc.stdout  # the closing report
+  # The closing report names each stage's output and the headline numbers.
+  assert f"clean {100 * evaluation['clean_accuracy']:.2f}%" in proc.stdout
+  assert str(workdir / 'generated' / 'gaussian.json') in proc.stdout
+  assert f"complementarity {metrics['complementarity']:.3f}" in proc.stdout
 
   # A second start finds every stage's output and redoes nothing.
   before = {p: p.stat().st_mtime_ns for p in workdir.rglob('*.json')}

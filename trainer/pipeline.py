@@ -136,34 +136,38 @@ def stage_evaluate(config, robust):
 
 
 def run(config, workdir):
-  """Runs (or resumes) every stage; returns the final evaluation."""
-  classifier = stage_classifier(config, workdir)
-  fit_path = stage_generator(config, workdir)
-  manifest = stage_samples(config, workdir, fit_path, classifier)
-  logging.info('Data metrics: %s', stage_data_metrics(config, workdir, manifest, classifier))
-  robust = stage_robust(config, workdir, manifest)
-  return stage_evaluate(config, robust)
+  """Runs (or resumes) every stage; returns each stage's output."""
+  out = {'classifier': stage_classifier(config, workdir),
+         'generator': stage_generator(config, workdir)}
+  out['samples'] = stage_samples(config, workdir, out['generator'], out['classifier'])
+  out['data_metrics'] = stage_data_metrics(config, workdir, out['samples'], out['classifier'])
+  logging.info('Data metrics: %s', out['data_metrics'])
+  out['robust'] = stage_robust(config, workdir, out['samples'])
+  out['evaluation'] = stage_evaluate(config, out['robust'])
+  return out
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  result = run(_CONFIG.value, _WORKDIR.value)
-  print(_report(_WORKDIR.value, result), flush=True)
+  print(_report(run(_CONFIG.value, _WORKDIR.value)), flush=True)
 
 
-def _report(workdir, result):
+def _report(out):
   """Where each stage left its output, and the headline numbers."""
+  evaluation, data = out['evaluation'], out['data_metrics']
   robust = ', '.join(f"{name} {100 * c['robust_accuracy']:.2f}%"
-                     for name, c in result['cascades'].items())
+                     for name, c in evaluation['cascades'].items())
   return '\n'.join([
-      f'The method ran to the end in {workdir}:',
-      '  classifier/                  the non-robust pseudo-labeller (best.json: its accuracy)',
-      '  generator/gaussian_fit.npz   the class-conditional Gaussian fit',
-      '  generated/gaussian.json      the pseudo-labelled shards; data_metrics.json, samples.png',
-      '  robust/                      TRADES with the α mix (tensorboard --logdir ' + workdir + ')',
-      f"  robust/eval.json             test[:{result['num_examples']}]: clean "
-      f"{100 * result['clean_accuracy']:.2f}%, {robust}"])
+      'The method ran to the end:',
+      f"  non-robust classifier   {out['classifier']}",
+      f"  Gaussian fit            {out['generator']}",
+      f"  pseudo-labelled shards  {out['samples']}",
+      f"  data metrics            complementarity {data['complementarity']:.3f}, coverage "
+      f"{data['coverage']:.3f}",
+      f"  robust (TRADES) run     {out['robust']}  (tensorboard --logdir {out['robust']})",
+      f"  evaluation              test[:{evaluation['num_examples']}]: clean "
+      f"{100 * evaluation['clean_accuracy']:.2f}%, {robust}"])
 
 
 if __name__ == '__main__':
