@@ -25,7 +25,7 @@ import jax  # noqa: E402
 from configs import demo  # noqa: E402
 from data import real  # noqa: E402
 from trainer import checkpointing  # noqa: E402
-from trainer import pipeline  # noqa: E402
+from trainer import method  # noqa: E402
 from trainer import robust_accuracy  # noqa: E402
 from trainer import sharding  # noqa: E402
 from trainer import train  # noqa: E402

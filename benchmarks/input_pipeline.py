@@ -7,7 +7,7 @@ All three loaders do the same work per global batch of 1024 CIFAR-sized images:
 307 real images (alpha = 0.3, from a 50K in-RAM set) and 717 generated ones,
 pad-4 random crop + flip, conversion to float32 in [0, 1]:
 
-  grain    data.pipeline.make_train_iterator: TFRecord shards read with CRC
+  grain    data.input.pipeline.make_train_iterator: TFRecord shards read with CRC
            checks, 16 files interleaved, window shuffle of 10K, in-process
            (worker_count=0, one prefetch thread); and with 2 worker processes
   tf.data  the same shards: interleave(TFRecordDataset) + shuffle(10K) +
@@ -89,7 +89,7 @@ def _config(manifest: str, workers: int = 0):
 
 
 def grain_batches(manifest: str, workers: int):
-  from data import pipeline  # pylint: disable=g-import-not-at-top
+  from data.input import pipeline  # pylint: disable=g-import-not-at-top
   images, labels, ids = real_set()
   it = pipeline.make_train_iterator(_config(manifest, workers), images, labels,
                                     ids, process_index=0, process_count=1)
@@ -101,7 +101,7 @@ def grain_batches(manifest: str, workers: int):
 def tfdata_batches(manifest: str):
   """The same work with tf.data; batches as numpy dicts."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from data import shards  # pylint: disable=g-import-not-at-top
+  from data.records import shards  # pylint: disable=g-import-not-at-top
   files = shards.shard_paths(manifest)
   real_images, real_labels, _ = real_set()
   num_real = int(np.floor(ALPHA * BATCH + 0.5))
@@ -152,7 +152,7 @@ def tfdata_batches(manifest: str):
 
 def npz_batches(npz: str, n: int | None = None):
   """The peers' loader: everything in RAM, real and generated concatenated."""
-  from data import augment  # pylint: disable=g-import-not-at-top
+  from data.input import augment  # pylint: disable=g-import-not-at-top
   real_images, real_labels, _ = real_set()
   with np.load(npz) as data:
     gen_images, gen_labels = data['image'], data['label']
@@ -216,7 +216,7 @@ def child(args) -> dict:
 
 
 def import_child(args) -> dict:
-  from data import import_npz  # pylint: disable=g-import-not-at-top
+  from data.generation import import_npz  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   import_npz.import_npz(args.npz, args.manifest, num_shards=args.workers,
                         progress=False)

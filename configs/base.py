@@ -76,7 +76,7 @@ def get_config():
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3              # periodic checkpoints kept (the best one is kept apart)
 
-  # --- The whole method in one command (trainer.pipeline) ----------------------------------------
+  # --- The whole method in one command (trainer.method) ----------------------------------------
   c.pipeline = ml_collections.ConfigDict()
   c.pipeline.classifier_model = 'wrn-28-10'  # the non-robust pseudo-labeller (paper: 95.68%)
   c.pipeline.classifier_epochs = 200

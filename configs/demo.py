@@ -1,6 +1,6 @@
 """The embedded default: the whole method on scikit-learn's 8×8 digits, offline, on a laptop CPU.
 
-Run it with `python -m trainer.pipeline --config=configs/demo.py --workdir=DIR`; for TRADES on
+Run it with `python -m trainer.method --config=configs/demo.py --workdir=DIR`; for TRADES on
 the real digits alone: `python -m trainer.main --config=configs/demo.py
 --config.generated.alpha=1.0 --workdir=DIR`.
 
@@ -17,7 +17,7 @@ def get_config():
   c.dataset.holdout = 128
   c.dataset.pad = 1
   c.dataset.flip = False       # a mirrored digit is a different (or no) digit
-  c.generated.alpha = 0.8      # Gaussian-fit data: the paper's α for it (trainer.pipeline adds it)
+  c.generated.alpha = 0.8      # Gaussian-fit data: the paper's α for it (trainer.method adds it)
   c.model.name = 'wrn-10-2'
   # A few hundred steps only: with the paper's 0.99 the BatchNorm running averages would still
   # carry 0.99^183 ≈ 16% of their initial values at the end and the evaluated model lag behind.

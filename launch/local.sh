@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local runner: creates .venv when it is missing, installs the pinned requirements (again only
 # when requirements.txt changed), then runs the trainer from the repository root:
-#   python -m trainer.pipeline --config=configs/demo.py --workdir=runs/demo [extra args]
+#   python -m trainer.method --config=configs/demo.py --workdir=runs/demo [extra args]
 # `bash launch/local.sh --help` prints the usage.
 set -euo pipefail
 
@@ -17,7 +17,7 @@ Usage: bash launch/local.sh [options] [-- extra args for the module]
 Options (environment variable defaults in brackets):
   --workdir DIR      training workdir [WORKDIR; runs/demo]; '' leaves --workdir out
   --config FILE      config file [CONFIG; configs/demo.py]; '' leaves --config out
-  --module MODULE    module to run as python -m MODULE [MODULE; trainer.pipeline]
+  --module MODULE    module to run as python -m MODULE [MODULE; trainer.method]
   --venv DIR         virtual environment [VENV; .venv]
   --python PYTHON    interpreter that creates the venv, Python >= 3.11 [PYTHON; python3]
   --dev              install requirements-dev.txt (requirements.txt plus the test tools)
@@ -36,7 +36,7 @@ EOF
 
 main() {
   local workdir="${WORKDIR-runs/demo}" config="${CONFIG-configs/demo.py}"
-  local module="${MODULE:-trainer.pipeline}" venv="${VENV:-.venv}" python="${PYTHON:-python3}"
+  local module="${MODULE:-trainer.method}" venv="${VENV:-.venv}" python="${PYTHON:-python3}"
   local requirements=requirements.txt install=1 value flag
   local -a extra=()
   while (($#)); do

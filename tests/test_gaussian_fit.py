@@ -7,7 +7,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
-from data import gaussian_fit
+from data.generation import gaussian_fit
 
 
 @pytest.fixture(scope='module')

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from data import import_npz
-from data import shard_writer
-from data import shards
+from data.generation import import_npz
+from data.records import shard_writer
+from data.records import shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 300
@@ -83,7 +83,7 @@ def test_command_line(source, tmp_path):
   d, images, labels = source
   out = str(tmp_path / 'cli' / 'ddpm')
   proc = subprocess.run(
-      [sys.executable, '-m', 'data.import_npz', str(d / 'packed.npz'), '--out',
+      [sys.executable, '-m', 'data.generation.import_npz', str(d / 'packed.npz'), '--out',
        out, '--shards', '3', '--shuffle', '--seed', '1', '--source', 'ddpm',
        '--no-progress'],
       capture_output=True, text=True, cwd=REPO, timeout=120, check=False)

@@ -468,7 +468,7 @@ def test_run_detached_then_status_and_stop(tmp_path):
 # ---- local runner ----------------------------------------------------------------------------------
 def test_local_dry_run_defaults():
   out = sh(LOCAL, '--dry-run', '--', '--config.train.steps=3').stdout.splitlines()
-  assert out[-1] == ('+ .venv/bin/python -m trainer.pipeline --config=configs/demo.py '
+  assert out[-1] == ('+ .venv/bin/python -m trainer.method --config=configs/demo.py '
                      '--workdir=runs/demo --config.train.steps=3')
   assert '+ .venv/bin/python -m pip install -r requirements.txt' in out
 
@@ -494,7 +494,7 @@ def test_local_installs_once_then_runs(tmp_path):
   assert log.read_text().splitlines() == [
       '-m pip install --upgrade pip',
       '-m pip install -r requirements.txt',
-      f'-m trainer.pipeline --config=configs/demo.py --workdir={tmp_path / "w"} --config.seed=1',
+      f'-m trainer.method --config=configs/demo.py --workdir={tmp_path / "w"} --config.seed=1',
       '-m data.tool',
   ]
   proc = sh(LOCAL, '--no-install', '--venv', str(tmp_path / 'none'), check=False)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from data import shards
+from data.records import shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = ['--config.model.name=wrn-10-1', '--config.pipeline.classifier_model=wrn-10-1',
@@ -23,7 +23,7 @@ TOY = ['--config.model.name=wrn-10-1', '--config.pipeline.classifier_model=wrn-1
 
 def _run(workdir):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  return subprocess.run([sys.executable, '-m', 'trainer.pipeline', '--config=configs/demo.py',
+  return subprocess.run([sys.executable, '-m', 'trainer.method', '--config=configs/demo.py',
                          f'--workdir={workdir}', *TOY],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
 

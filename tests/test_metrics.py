@@ -6,8 +6,8 @@ from scipy.spatial.distance import cdist
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
-from data import gaussian_fit
-from data import metrics
+from data.generation import gaussian_fit
+from data.generation import metrics
 
 
 @pytest.fixture(scope='module')

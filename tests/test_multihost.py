@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 import trainer_runs as runs
-from data import pipeline
+from data.input import pipeline
 from data import real
 from trainer import checkpointing
 from trainer import optimizer

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from configs import base
-from data import batch_mix
-from data import pipeline
-from data import shard_writer
-from data import shards
-from data import tfrecord
-from data import window_shuffle
+from data.input import batch_mix
+from data.input import pipeline
+from data.records import shard_writer
+from data.records import shards
+from data.records import tfrecord
+from data.input import window_shuffle
 
 SHAPE = (8, 8, 3)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -170,7 +170,7 @@ _RESTORE_SCRIPT = textwrap.dedent('''
     import numpy as np
     import orbax.checkpoint as ocp
     from configs import base
-    from data import pipeline
+    from data.input import pipeline
 
     manifest, ckpt, k, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(
         sys.argv[4])

@@ -11,11 +11,11 @@ import os
 import numpy as np
 import pytest
 
-from data import example_format
-from data import record_dataset
-from data import shard_writer
-from data import shards
-from data import tfrecord
+from data.records import example_format
+from data.records import record_dataset
+from data.records import shard_writer
+from data.records import shards
+from data.records import tfrecord
 
 SHAPE = (4, 4, 3)
 

@@ -5,8 +5,8 @@ import struct
 import numpy as np
 import pytest
 
-from data import record_dataset
-from data import tfrecord
+from data.records import record_dataset
+from data.records import tfrecord
 
 
 def _write_files(tmp_path, num_files=3, per_file=5):

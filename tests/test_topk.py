@@ -5,7 +5,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from data import topk
+from data.generation import topk
 
 
 def _stream(num, batch_size, num_classes, seed, tie_levels=None, image_shape=(4, 4, 3)):

@@ -212,7 +212,7 @@ def _parse_flags(argv):
 
 
 def _define_flags():
-  """Command-line flags, defined only when run as a program (trainer.pipeline imports this)."""
+  """Command-line flags, defined only when run as a program (trainer.method imports this)."""
   flags.DEFINE_string('workdir', None, 'Training workdir to evaluate.')
   flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
   flags.DEFINE_integer('num_examples', 0, 'First N test images (0: all).')

@@ -18,7 +18,7 @@ from clu import metric_writers
 from clu import periodic_actions
 from etils import epath
 
-from data import pipeline
+from data.input import pipeline
 from data import real
 from models import registry
 from trainer import checkpointing

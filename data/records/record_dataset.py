@@ -22,7 +22,7 @@ from absl import logging
 import grain
 import numpy as np
 
-from data import tfrecord
+from data.records import tfrecord
 
 
 class TFRecordIterDataset(grain.IterDataset):

@@ -32,8 +32,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from data import augment
-from data import record_dataset
+from data.input import augment
+from data.records import record_dataset
 
 
 def real_count(batch_size: int, alpha: float) -> int:

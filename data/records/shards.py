@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from data import example_format
-from data import record_dataset
-from data import tfrecord
+from data.records import example_format
+from data.records import record_dataset
+from data.records import tfrecord
 
 FORMAT = 'tfrecord-example'
 VERSION = 1

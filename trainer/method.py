@@ -1,6 +1,6 @@
 """The whole method in one command.
 
-  python -m trainer.pipeline --config=configs/demo.py [--config.key=value …] --workdir=DIR
+  python -m trainer.method --config=configs/demo.py [--config.key=value …] --workdir=DIR
 
   1. classifier/      non-robust classifier (train.loss='standard') on the real training set
      generator/       class-conditional Gaussian fit of the real training set (App. D)
@@ -24,12 +24,12 @@ from etils import epath
 from ml_collections import config_flags
 import tqdm
 
-from data import gaussian_fit
-from data import metrics
-from data import pseudolabel
+from data.generation import gaussian_fit
+from data.generation import metrics
+from data.generation import pseudolabel
 from data import real
-from data import shard_writer
-from data import shards
+from data.records import shard_writer
+from data.records import shards
 from models import features
 from trainer import checkpointing
 from trainer import train

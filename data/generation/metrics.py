@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from data import gaussian_fit
+from data.generation import gaussian_fit
 
 _BLOCK = 1024
 

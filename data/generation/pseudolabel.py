@@ -1,6 +1,6 @@
 """Pseudo-labels generated images with a trained classifier and writes them as a shard set.
 
-  python -m data.pseudolabel --classifier=WORKDIR --source=SRC --out=DIR/NAME --shards=N \
+  python -m data.generation.pseudolabel --classifier=WORKDIR --source=SRC --out=DIR/NAME --shards=N \
       [--top_k=K] [--checkpoint=best] [--batch_size=1024] [--seed=0]
 
 SRC is a shard set's manifest (`….json`) or an `.npz` with an `image` array (DeepMind's or
@@ -21,15 +21,15 @@ import numpy as np
 import tqdm
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from data import shard_writer
-from data import shards
-from data import topk
+from data.records import shard_writer
+from data.records import shards
+from data.generation import topk
 
 
 def source_batches(source, batch_size):
   """(count, image_shape, iterator of dicts with uint8 `image` and int64 `id`)."""
   if source.endswith('.npz'):
-    from data import import_npz  # pylint: disable=g-import-not-at-top
+    from data.generation import import_npz  # pylint: disable=g-import-not-at-top
     images = import_npz.NpzMember(source, 'image')
     def npz_batches():
       for start in range(0, len(images), batch_size):

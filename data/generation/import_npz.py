@@ -1,6 +1,6 @@
 """Converts a generated-image `.npz` into a shard set, with bounded memory.
 
-  python -m data.import_npz SRC.npz --out DIR/NAME --shards N \
+  python -m data.generation.import_npz SRC.npz --out DIR/NAME --shards N \
       [--shuffle --seed S] [--source NAME] [--num-classes K] \
       [--image-key image] [--label-key label]
 
@@ -36,8 +36,8 @@ import zipfile
 import numpy as np
 import tqdm
 
-from data import shard_writer
-from data import tfrecord
+from data.records import shard_writer
+from data.records import tfrecord
 
 _CHUNK_BYTES = 16 << 20
 _LOCAL_HEADER = struct.Struct('<4s22xHH')  # signature, name length, extra len
@@ -269,7 +269,7 @@ def _read(member, start, stop, ids, shuffled):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m data.import_npz', description=__doc__.split('\n')[0])
+      prog='python -m data.generation.import_npz', description=__doc__.split('\n')[0])
   parser.add_argument('src', help='the .npz file')
   parser.add_argument('--out', required=True,
                       help='output prefix DIR/NAME (local or gs://)')

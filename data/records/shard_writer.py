@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from data import example_format
-from data import shards
-from data import tfrecord
+from data.records import example_format
+from data.records import shards
+from data.records import tfrecord
 
 _WRITE_GROUP = 1024   # records serialised per write call: bounds the copies
 

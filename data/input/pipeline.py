@@ -48,11 +48,11 @@ from absl import logging
 import grain
 import numpy as np
 
-from data import batch_mix
-from data import example_format
-from data import record_dataset
-from data import shards
-from data import window_shuffle
+from data.input import batch_mix
+from data.records import example_format
+from data.records import record_dataset
+from data.records import shards
+from data.input import window_shuffle
 
 
 # ------------------------------------------------------------------------------

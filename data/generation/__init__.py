@@ -1,0 +1,1 @@
+"""The generation step: Gaussian fit, sampling to shards, pseudo-labels, top-K, metrics, import."""

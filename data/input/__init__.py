@@ -1,0 +1,1 @@
+"""The training input pipeline: Grain mixing of real and generated data, augmentation."""

@@ -1,0 +1,1 @@
+"""The TFRecord shard format of generated data: records, manifests, reader and writer."""
