@@ -51,6 +51,21 @@ def load(name, split, data_dir=''):
   return data
 
 
+def training_splits(config):
+  """Train split without the held-out head, the held-out head, and the (truncated) test split."""
+  train = load(config.dataset.name, 'train', config.dataset.data_dir)
+  test = load(config.dataset.name, 'test', config.dataset.data_dir)
+  h = config.dataset.holdout
+  if h >= len(train['label']):
+    raise ValueError(f'config.dataset.holdout={h} leaves no training data '
+                     f'({len(train["label"])} images).')
+  n_test = config.dataset.test_size or len(test['label'])
+  return ({'image': train['image'][h:], 'label': train['label'][h:],
+           'id': np.arange(h, len(train['label']), dtype=np.int64)},
+          {'image': train['image'][:h], 'label': train['label'][:h]},
+          {'image': test['image'][:n_test], 'label': test['label'][:n_test]})
+
+
 def check(data, name):
   """Rejects images or labels that do not match the dataset's declared shape and classes."""
   spec = DATASETS[name]

@@ -43,7 +43,7 @@ def one_process_reference(config, hosts=2):
   """The 8-device run of the same global batches, with its per-step losses and host slices."""
   mesh = sharding.make_mesh(config)
   info = real.info(config.dataset.name)
-  data, _, _ = train.load_real_data(config)
+  data, _, _ = real.training_splits(config)
   model, tx = train.build_model(config), optimizer.make_optimizer(config)
   create = functools.partial(train_state.create, model, tx, info.shape, config.seed)
   state_sh = sharding.state_shardings(mesh, jax.eval_shape(create))

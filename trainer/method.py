@@ -70,7 +70,7 @@ def stage_classifier(config, workdir):
 def stage_generator(config, workdir):
   path = os.path.join(workdir, 'generator', 'gaussian_fit.npz')
   if not _done(path):
-    train_data, _, _ = train.load_real_data(config)
+    train_data, _, _ = real.training_splits(config)
     fit = gaussian_fit.fit(train_data['image'], train_data['label'],
                            real.info(config.dataset.name).num_classes,
                            n_components=config.pipeline.gaussian_components)
@@ -105,7 +105,7 @@ def stage_data_metrics(config, workdir, manifest, classifier):
   if _done(out):
     return json.loads(epath.Path(out).read_text())
   n = config.pipeline.metrics_samples
-  train_data, _, test = train.load_real_data(config)
+  train_data, _, test = real.training_splits(config)
   generated = next(shards.read_examples(manifest, batch_size=n))
   _, model, variables = checkpointing.restore_for_eval(classifier)
   feature_fn = features.make_feature_fn(model, variables)

@@ -78,21 +78,6 @@ class BatchIdLog:
     self._file.flush()
 
 
-def load_real_data(config):
-  """Train split without the held-out head, the held-out head, and the (truncated) test split."""
-  train = real.load(config.dataset.name, 'train', config.dataset.data_dir)
-  test = real.load(config.dataset.name, 'test', config.dataset.data_dir)
-  h = config.dataset.holdout
-  if h >= len(train['label']):
-    raise ValueError(f'config.dataset.holdout={h} leaves no training data '
-                     f'({len(train["label"])} images).')
-  n_test = config.dataset.test_size or len(test['label'])
-  return ({'image': train['image'][h:], 'label': train['label'][h:],
-           'id': np.arange(h, len(train['label']), dtype=np.int64)},
-          {'image': train['image'][:h], 'label': train['label'][:h]},
-          {'image': test['image'][:n_test], 'label': test['label'][:n_test]})
-
-
 def build_model(config):
   info = real.info(config.dataset.name)
   return registry.get_model(config.model.name, num_classes=info.num_classes, mean=info.mean,
@@ -132,7 +117,7 @@ def train_and_evaluate(config, workdir, *, record_batch_ids=False):
   workdir = str(workdir)
   mesh = sharding.make_mesh(config)
   info = real.info(config.dataset.name)
-  train_data, holdout, test = load_real_data(config)
+  train_data, holdout, test = real.training_splits(config)
   model = build_model(config)
   tx = optimizer.make_optimizer(config)
   total_steps = optimizer.total_steps(config)
