@@ -39,6 +39,8 @@ def get_config():
   c.model.dtype = 'float32'          # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.bn_momentum = 0.99
   c.model.bn_epsilon = 1e-5
+  c.model.bn_group_size = 0          # BN stats per G consecutive examples (0 = batch; DeepMind: 32)
+  c.model.remat = 'none'             # none | block: recompute each residual block in backward
 
   # --- Threat model ------------------------------------------------------------------------------
   c.threat = ml_collections.ConfigDict()
@@ -69,6 +71,7 @@ def get_config():
   c.eval.every_steps = 2000          # clean + PGD on the test set, PGD on the held-out set
   c.eval.pgd_steps = 40              # selection attack: PGD-40 on the margin loss
   c.eval.batch_size = 512
+  c.eval.dtype = 'float32'           # compute dtype of evaluation attacks: float32 | bfloat16
   c.eval.attacks = 'aa+mt,standard'  # cascades run by trainer.evaluate after training
 
   # --- Checkpoints -------------------------------------------------------------------------------

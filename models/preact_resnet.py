@@ -1,10 +1,10 @@
 """Pre-activation ResNets (He et al. 2016, "Identity Mappings in Deep ResNets").
 
-This file holds the pieces every model of the project is made of: a
-BatchNorm, the pre-activation residual block and a generic pre-activation
-ResNet (stem, stages of blocks, final BN-activation, global average pool,
-zero-initialised head). `wide_resnet.py` and `preact_resnet18` below only
-choose the stage layout.
+This file holds the pieces every model of the project is made of: the
+pre-activation residual block and a generic pre-activation ResNet (stem,
+stages of blocks, final BN-activation, global average pool, zero-initialised
+head), built on `batch_norm.BatchNorm`. `wide_resnet.py` and
+`preact_resnet18` below only choose the stage layout.
 
 Conventions every model here keeps, because other parts rely on them:
 
@@ -24,6 +24,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.batch_norm import BatchNorm
+
+# Shortcut kinds of a projecting block (see `PreActBlock`).
+SHORTCUTS = ('activated_1x1', 'raw_3x3')
+REMAT = ('none', 'block')
+
 Array = jax.Array
 Dtype = Any
 
@@ -42,76 +48,46 @@ def normalize(x: Array, mean: Sequence[float],
   return (x.astype(jnp.float32) - mean) / std
 
 
-class BatchNorm(nn.Module):
-  """BatchNorm whose running averages move only when `batch_stats` is mutable.
-
-  `nn.BatchNorm` raises when batch statistics are used while the
-  `batch_stats` collection is immutable. TRADES' clean pass and the attacks
-  need exactly that (normalise with the batch's statistics, keep the running
-  averages), so here a train-mode pass updates the averages only if the
-  caller made `batch_stats` mutable. Statistics are always reduced in
-  float32; the variable layout (`scale`, `bias`; `mean`, `var`) is flax's.
-  Under `jax.jit` with a batch-sharded input they are the global batch's
-  statistics, with no `axis_name` needed.
-
-  Attributes:
-    momentum: decay of the running averages (0.99 in the paper).
-    epsilon: added to the variance (1e-5 in the paper).
-    dtype: dtype of the output.
-  """
-  momentum: float = 0.99
-  epsilon: float = 1e-5
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, use_running_average: bool) -> Array:
-    features = (x.shape[-1],)
-    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features,
-                            jnp.float32)
-    ra_var = self.variable('batch_stats', 'var', jnp.ones, features,
-                           jnp.float32)
-    scale = self.param('scale', nn.initializers.ones, features, jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
-
-    x = x.astype(jnp.float32)
-    if use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x, axes)
-      # One pass over x for both moments, as nn.BatchNorm does by default.
-      var = jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.)
-      if (self.is_mutable_collection('batch_stats') and
-          not self.is_initializing()):
-        decay = self.momentum
-        ra_mean.value = decay * ra_mean.value + (1 - decay) * mean
-        ra_var.value = decay * ra_var.value + (1 - decay) * var
-    mul = scale * jax.lax.rsqrt(var + self.epsilon)
-    return (x * mul + (bias - mean * mul)).astype(self.dtype)
-
-
 class PreActBlock(nn.Module):
   """BN-act-conv3x3-BN-act-conv3x3 plus a shortcut.
 
-  The projection shortcut (a 1x1 convolution) reads the *activated* input,
-  the same tensor the first 3x3 convolution reads; the identity shortcut
-  reads the raw input.
+  The identity shortcut reads the raw input. A projecting block's shortcut is
+  one of `SHORTCUTS`:
+
+  * 'activated_1x1': a 1x1 convolution of the *activated* input, the tensor
+    the first 3x3 convolution reads (the WideResNet of DeepMind's JAX and
+    PyTorch code);
+  * 'raw_3x3': a 3x3 convolution of the *raw* input, with the stride and
+    padding of the first 3x3 convolution (the pre-activation ResNet-18/34 of
+    DeepMind's `pytorch/model_zoo.py`, RobustBench's `DMPreActResNet`).
+
+  Padding is 'SAME' (TF/XLA): a stride-2 3x3 convolution of an even-sized
+  input pads one row and column at the bottom and right only, which is what
+  DeepMind's PyTorch port does explicitly (`F.pad(x, (0, 1, 0, 1))`) to match
+  its Haiku 'SAME' models. On an odd-sized input 'SAME' pads one on each side
+  while the PyTorch port still pads (0, 1); ours follows the Haiku reference
+  there. Every stride-2 input of the models here is even (32/16/8 for CIFAR,
+  8/4/2 for digits), so both references agree with ours.
 
   Attributes:
     features: output channels.
     strides: stride of the first 3x3 convolution and of the projection.
-    project: use the 1x1 projection shortcut instead of the identity.
+    project: use a projection shortcut instead of the identity.
+    shortcut: kind of projection, one of `SHORTCUTS`.
     activation: nonlinearity.
     bn_momentum: BatchNorm running-average decay.
     bn_epsilon: BatchNorm epsilon.
+    bn_group_size: BatchNorm statistics over groups of this many examples (0 = whole batch).
     dtype: compute dtype.
   """
   features: int
   strides: int = 1
   project: bool = False
+  shortcut: str = 'activated_1x1'
   activation: Callable[[Array], Array] = nn.swish
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-5
+  bn_group_size: int = 0
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -121,16 +97,22 @@ class PreActBlock(nn.Module):
       raise ValueError(
           f'{self.name}: an identity shortcut cannot map {x.shape[-1]} '
           f'channels to {self.features} with stride {self.strides}.')
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f'{self.name}: unknown shortcut {self.shortcut!r}; '
+                       f'expected one of {SHORTCUTS}.')
     norm = functools.partial(BatchNorm, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon, dtype=self.dtype)
+                             epsilon=self.bn_epsilon,
+                             group_size=self.bn_group_size, dtype=self.dtype)
     conv = functools.partial(nn.Conv, self.features, use_bias=False,
                              padding='SAME', dtype=self.dtype,
                              param_dtype=jnp.float32)
 
     y = self.activation(norm(name='bn_0')(x, not train))
     shortcut = x
-    if self.project:
+    if self.project and self.shortcut == 'activated_1x1':
       shortcut = conv((1, 1), self.strides, name='shortcut')(y)
+    elif self.project:
+      shortcut = conv((3, 3), self.strides, name='shortcut')(x)
     y = conv((3, 3), self.strides, name='conv_0')(y)
     y = self.activation(norm(name='bn_1')(y, not train))
     y = conv((3, 3), name='conv_1')(y)
@@ -153,9 +135,16 @@ class PreActResNet(nn.Module):
     project_first_block: give the first block of every stage a projection
       shortcut even where the identity would fit (the WideResNet choice);
       otherwise project only where the shape changes.
+    shortcut: kind of the projection shortcuts, one of `SHORTCUTS`.
     activation: nonlinearity.
     bn_momentum: BatchNorm running-average decay.
     bn_epsilon: BatchNorm epsilon.
+    bn_group_size: BatchNorm statistics over groups of this many consecutive
+      examples (ghost batches, as DeepMind's per-device statistics); 0 = over
+      the whole batch.
+    remat: 'block' recomputes each residual block's activations in the
+      backward pass instead of storing them (only block inputs are kept);
+      'none' stores everything. The values are identical either way.
     dtype: compute dtype of the trunk; parameters stay float32.
   """
   stage_sizes: Sequence[int]
@@ -165,9 +154,12 @@ class PreActResNet(nn.Module):
   std: Sequence[float]
   stem_features: int = 64
   project_first_block: bool = False
+  shortcut: str = 'activated_1x1'
   activation: Callable[[Array], Array] = nn.swish
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-5
+  bn_group_size: int = 0
+  remat: str = 'none'
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -182,6 +174,11 @@ class PreActResNet(nn.Module):
     Returns:
       float32 logits of shape (batch, num_classes).
     """
+    if self.remat not in REMAT:
+      raise ValueError(f'Unknown model.remat {self.remat!r}; expected one of {REMAT}.')
+    # `train` (argument 2, counting self) selects the BN branch: static under remat.
+    block = (nn.remat(PreActBlock, static_argnums=(2,)) if self.remat == 'block'
+             else PreActBlock)
     x = normalize(x, self.mean, self.std).astype(self.dtype)
     x = nn.Conv(self.stem_features, (3, 3), use_bias=False, padding='SAME',
                 dtype=self.dtype, param_dtype=jnp.float32, name='stem')(x)
@@ -191,13 +188,14 @@ class PreActResNet(nn.Module):
         strides = 2 if i > 0 and j == 0 else 1
         project = j == 0 and (self.project_first_block or strides != 1 or
                               x.shape[-1] != features)
-        x = PreActBlock(features, strides, project,
-                        activation=self.activation,
-                        bn_momentum=self.bn_momentum,
-                        bn_epsilon=self.bn_epsilon, dtype=self.dtype,
-                        name=f'stage_{i}_block_{j}')(x, train)
+        x = block(features, strides, project, shortcut=self.shortcut,
+                  activation=self.activation, bn_momentum=self.bn_momentum,
+                  bn_epsilon=self.bn_epsilon,
+                  bn_group_size=self.bn_group_size, dtype=self.dtype,
+                  name=f'stage_{i}_block_{j}')(x, train)
     x = BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                  dtype=self.dtype, name='bn_final')(x, not train)
+                  group_size=self.bn_group_size, dtype=self.dtype,
+                  name='bn_final')(x, not train)
     x = self.activation(x)
     # The head runs in float32 whatever the trunk's dtype: it costs nothing,
     # and the losses and attacks read small differences between logits.
@@ -210,17 +208,21 @@ class PreActResNet(nn.Module):
 
 def preact_resnet18(*, num_classes: int, mean: Sequence[float],
                     std: Sequence[float], **kwargs) -> PreActResNet:
-  """Pre-activation ResNet-18 for CIFAR (3x3 stem, 64/128/256/512 channels).
+  """Pre-activation ResNet-18 for CIFAR as DeepMind released it.
 
-  Shortcuts are the identity except in the first block of the last three
-  stages, where a 1x1 projection of the activated input changes the shape.
+  3x3 stem of 64 channels, four stages of two blocks with 64/128/256/512
+  channels. As in DeepMind's `pytorch/model_zoo.py` (`_PreActBlock`, also
+  RobustBench's `DMPreActResNet`), the shortcut is the identity except in
+  the first block of the last three stages, where a stride-2 3x3 convolution
+  of the block's raw (not activated) input changes the shape: 12.55M
+  parameters, against 11.17M with 1x1 projections.
 
   Args:
     num_classes: number of logits.
     mean: per-channel dataset mean, in [0, 1] units.
     std: per-channel dataset standard deviation.
     **kwargs: other `PreActResNet` attributes (activation, bn_momentum,
-      bn_epsilon, dtype).
+      bn_epsilon, bn_group_size, remat, dtype).
 
   Returns:
     The (unbound) module.
@@ -228,4 +230,5 @@ def preact_resnet18(*, num_classes: int, mean: Sequence[float],
   return PreActResNet(stage_sizes=(2, 2, 2, 2),
                       stage_features=(64, 128, 256, 512),
                       num_classes=num_classes, mean=tuple(mean),
-                      std=tuple(std), stem_features=64, **kwargs)
+                      std=tuple(std), stem_features=64, shortcut='raw_3x3',
+                      **kwargs)
