@@ -6,8 +6,10 @@ its own slice of the batch: 32 images at batch 1024 on 32 cores. Our GSPMD step 
 batch, so by default it normalises over all of it. `group_size = G > 0` reproduces the reference:
 the batch is cut into fixed groups of G consecutive examples and each group is normalised with its
 own statistics. The groups depend on the example's position in the batch only, not on the mesh,
-so a run gives the same numbers on any number of devices; when G divides the per-device batch no
-statistic crosses a device, as in the reference.
+so a run gives the same numbers on any number of devices; when G divides the per-device batch the
+normalisation needs no communication, as in the reference. Only the update of the (single) running
+averages means the groups' statistics over the whole batch: one all-reduce of two vectors per
+BatchNorm, where the reference keeps one unsynchronised copy per device (see `BatchNorm`).
 """
 
 from typing import Any
