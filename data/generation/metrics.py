@@ -1,86 +1,119 @@
-"""Data metrics for a generated set: complementarity, coverage and a per-class sample grid.
+"""Algorithm 1 of the paper (complementarity and coverage) and a per-class sample grid.
 
-The paper argues that generated data helps robust training when it is complementary to the
-training set (it adds points the training set does not already contain) and covers the real
-distribution (it reaches the parts of it that held-out real data occupy). It measures both with
-nearest neighbours in a feature space (its Algorithm 1).
+The paper (Gowal, Rebuffi et al., 2021, App. D, "Diversity and complementarity") measures how a
+generated set sits relative to the real data by nearest neighbours in a feature space:
 
-Source of the definitions. They are reconstructed from the nearest-neighbour analysis that
-Algorithm 1 formalises, as described for the paper's ICLR 2021 workshop version ("Doing More with
-Less: Improving Robustness using Generated Data"): for each generated image, find its nearest
-neighbour (LPIPS features there) among the training set, the test set and the generated set
-itself; an ideal generator gives equal shares, while augmentations land mostly next to training
-images. `provenance` reproduces that analysis. Complementarity and coverage are the two ratios it
-motivates, each between two equally sized pools so that an ideal generator scores 1/2. Check them
-against the text of Algorithm 1 before comparing numbers with the paper's.
+  "we also decide to compute the proportion of nearest neighbors in perceptual space: given equal
+  Inception metrics, a better generative model would produce samples that are equally likely to be
+  close to training, testing or generated images. In an attempt to estimate the coverage of the
+  real data distribution, we also compute the proportion of nearest neighbors that are unique"
 
-  complementarity = share of generated points whose nearest neighbour in (train ∪ test) is a
-                    test point.  A generator that copies its training set scores 0.
-  coverage        = share of test points whose nearest neighbour in (train ∪ generated) is a
-                    generated point.  A generator that misses modes or drifts off the data
-                    scores near 0.
+and describes the protocol in the paragraph before Algorithm 1:
 
-Protocol shared by all three: the train, test and generated feature sets are subsampled (seeded,
-without replacement) to a common size n, since each ratio compares pool sizes; distances are
-Euclidean; a query equidistant from two pools is credited to the one listed first (train before
-test before generated), so ties never inflate either metric. The default features are the
-non-robust classifier's penultimate activations reduced to 100 principal components fitted on
-the real (train and test) features; any other feature function (e.g. Inception) can be plugged in.
+  "First, we sample 10K images from the train set of CIFAR-10 (uniformly across classes) and take
+  the full test set of CIFAR-10. [...] We use the activations from the last pooling operation and
+  compute their top-100 PCA components [...]. Finally, for each generative model, we sample 10K
+  images from their 1M dataset (class-balanced as well) and pass them through the pipeline composed
+  of the Inception network and the PCA projection computed on the original data. The left-most
+  three columns (entitled "complementarity") are computed by finding, for each generated sample,
+  its closest neighbor in the PCA-reduced feature space to any image from the set of 30K - 1 images
+  composed of train, test and generated sets. [...] The middle set of two columns (entitled
+  "coverage") is computed by finding, for each generated sample, its closest neighbor [...] We
+  then measure the number of unique neighbors matched in both sets."
+
+Algorithm 1, as printed (inputs D_train, D_test, the distribution D^, N and features g):
+
+   1: D_self <- {x_i ~ D^}_{i=1..N}                    pick N samples from D^
+   2: D̄_train ⊆ D_train, |D̄_train| = N                 pick N samples from D_train
+   3: D̄_test ⊆ D_test, |D̄_test| = N                    (printed "⊆ Dtrain": a typo)
+   4: c_train, c_test, c_self <- 0;  5: V_train, V_test <- {}
+   6: for x_i in D_self do
+   7:   D̄_self = D_self \\ {x_i}
+   8:   s* = argmin_{s in {train, test, self}} min_{x' in D̄_s} ||g(x_i) - g(x')||_2
+   9:   c_s* <- c_s* + 1/N
+  10:   V_train <- V_train ∪ {argmin_{x' in D̄_train} ||g(x_i) - g(x')||_2}
+  11:   V_test <- V_test ∪ {argmin_{x' in D̄_test} ||g(x_i) - g(x')||_2}
+  13: v_train = |V_train| / N,  v_test = |V_test| / N
+
+So the coverage search of lines 10-11 is within D̄_train alone and within D̄_test alone, not in
+their union; that is what `algorithm1` does. (The prose's "closest neighbor [...] to any image
+from the train and test sets" could be read as the union, but then v_train + v_test <= 1, which
+Table 1's mixup row, 90.43% + 45.61%, rules out.) Ties, which the paper leaves open, go to the
+first set in the order train, test, self, and to the lowest index inside a set.
+
+Footnote 15: "sampling 2 sets of 10K points from a uniform distribution U[0,1] between 0 and 1
+yields in average a proportion of unique nearest neighbors equal to 55.6%" -- one-dimensional
+points; the exact large-N value is 5/9 (a reference point's Voronoi cell has length (G1 + G2) / 2
+with exponential gaps, and it is hit by none of N queries with probability E[exp(-(E1 + E2)/2)] =
+(2/3)^2). Footnote 16: "the CIFAR-10 train set covers 52.27% of the test set, while the test set
+covers 52.08% of the train set."
+
+Defaults here follow the paragraph above: N samples per set drawn class-balanced
+(`class_balanced_indices`), features g = any callable (the method uses the non-robust classifier's
+penultimate activations, `models/features.py`), reduced to 100 principal components fitted on the
+2N real feature vectors (`FeaturePCA`), Euclidean distance.
 """
 import dataclasses
 import os
-from typing import Callable, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
 from data.generation import gaussian_fit
 
-_BLOCK = 1024
+_BLOCK = 2048
+KEYS = ('c_train', 'c_test', 'c_self', 'v_train', 'v_test')
 
 
 # ------------------------------------------------------------------------------------------------
 # Nearest neighbours
 # ------------------------------------------------------------------------------------------------
 
-def nearest_pool(queries, pools: Sequence[np.ndarray], *, self_pool=None, block_size=_BLOCK):
-  """For each query, the index of the pool that holds its nearest neighbour.
+def nearest(queries, pool, *, exclude_self: bool = False, block_size: int = _BLOCK):
+  """Each query's nearest row of `pool`: (squared distance (n,) float64, index (n,) int64).
 
-  Args:
-    queries: (n, d) features.
-    pools: sequence of (m_i, d) features.
-    self_pool: index of a pool that is the query set itself; each query then skips its own row
-      there (a point is not its own neighbour).
-    block_size: rows per distance block; memory is O(block_size^2).
-
-  Returns:
-    (n,) int64; ties go to the lowest pool index.
+  The search runs over (block_size x block_size) float64 tiles of |p|^2 - 2 q.p (|q|^2 does not
+  change a query's argmin), so memory is O(block_size^2) and 10K x 10K points in 100 dimensions
+  take a few seconds; the returned distance is then recomputed directly from the chosen pair.
+  float32 tiles would be twice as fast but lose the neighbour order when neighbours are much
+  closer than the points' norms (10K points in [0, 1]: spacings of 1e-4), so they are not used.
+  Ties go to the lowest pool index. `exclude_self`: the pool is the query set itself
+  and a point may not be its own neighbour.
   """
-  queries = _as_features(queries, 'queries')
-  best = np.stack([
-      _min_sq_dist(queries, _as_features(p, f'pool {i}'), i == self_pool, block_size)
-      for i, p in enumerate(pools)])
-  return np.argmin(best, axis=0).astype(np.int64)
-
-
-def _min_sq_dist(queries, pool, skip_diagonal, block_size):
-  """Squared distance from each query to its nearest row of `pool`, computed in blocks."""
-  if skip_diagonal and pool.shape != queries.shape:
-    raise ValueError('self_pool must be the query set itself (same shape)')
-  out = np.full(queries.shape[0], np.inf)
-  pool_sq = np.einsum('ij,ij->i', pool, pool)
-  for qlo in range(0, queries.shape[0], block_size):
+  queries, pool = _as_features(queries, 'queries'), _as_features(pool, 'pool')
+  if queries.shape[1] != pool.shape[1]:
+    raise ValueError(f'queries have {queries.shape[1]} features, pool {pool.shape[1]}')
+  if exclude_self and pool.shape != queries.shape:
+    raise ValueError('exclude_self needs the pool to be the query set itself (same shape)')
+  if not len(pool) or (exclude_self and len(pool) < 2):
+    raise ValueError(f'pool of {len(pool)} points has no neighbour to offer')
+  p_sq = np.einsum('ij,ij->i', pool, pool)
+  best = np.full(len(queries), np.inf)
+  where = np.zeros(len(queries), np.int64)
+  for qlo in range(0, len(queries), block_size):
     q = queries[qlo:qlo + block_size]
-    q_sq = np.einsum('ij,ij->i', q, q)
-    for plo in range(0, pool.shape[0], block_size):
-      p = pool[plo:plo + block_size]
-      d = q_sq[:, None] - 2.0 * q @ p.T + pool_sq[None, plo:plo + block_size]
-      if skip_diagonal:
-        rows = np.arange(q.shape[0])
+    rows = np.arange(len(q))
+    for plo in range(0, len(pool), block_size):
+      d = q @ pool[plo:plo + block_size].T
+      d *= -2.0
+      d += p_sq[None, plo:plo + d.shape[1]]
+      if exclude_self:
         cols = rows + qlo - plo
-        inside = (cols >= 0) & (cols < p.shape[0])
+        inside = (cols >= 0) & (cols < d.shape[1])
         d[rows[inside], cols[inside]] = np.inf
-      np.minimum(out[qlo:qlo + q.shape[0]], d.min(axis=1), out=out[qlo:qlo + q.shape[0]])
-  return np.maximum(out, 0.0)
+      j = np.argmin(d, axis=1)
+      dj = d[rows, j]
+      better = dj < best[qlo:qlo + len(q)]   # strict: an earlier (lower) index keeps a tie
+      best[qlo:qlo + len(q)][better] = dj[better]
+      where[qlo:qlo + len(q)][better] = j[better] + plo
+  exact = np.einsum('ij,ij->i', queries - pool[where], queries - pool[where])
+  return exact, where
+
+
+def _equal_size(arrays, seed):
+  n = min(len(a) for a in arrays)
+  rng = np.random.default_rng(seed)
+  return [a if len(a) == n else a[np.sort(rng.choice(len(a), n, replace=False))] for a in arrays]
 
 
 def _as_features(x, name):
@@ -90,65 +123,83 @@ def _as_features(x, name):
   return x
 
 
-def equal_size(arrays, n=None, seed=0):
-  """Subsamples each array (rows, without replacement, order kept) to a common size n.
+# ------------------------------------------------------------------------------------------------
+# Algorithm 1
+# ------------------------------------------------------------------------------------------------
 
-  n defaults to the smallest size. Arrays already of size n are returned unchanged.
+def algorithm1(train, test, generated, *, block_size: int = _BLOCK) -> dict:
+  """The paper's Algorithm 1 on feature vectors g(x) of N points from each set.
+
+  Args:
+    train: (N, d) features of D̄_train.
+    test: (N, d) features of D̄_test.
+    generated: (N, d) features of D_self.
+    block_size: tile size of the nearest-neighbour search.
+
+  Returns:
+    {'c_train', 'c_test', 'c_self'}: the share of generated points whose nearest neighbour lies in
+    D̄_train, D̄_test or D_self without the point itself (they sum to 1; ideal 1/3 each), and
+    {'v_train', 'v_test'}: the number of distinct points of D̄_train (D̄_test) that are the
+    nearest neighbour, within that set, of some generated point, divided by N.
   """
-  sizes = [len(a) for a in arrays]
-  n = min(sizes) if n is None else int(n)
-  if n < 1 or n > min(sizes):
-    raise ValueError(f'n must be in [1, {min(sizes)}] for set sizes {sizes}, got {n}')
+  train, test = _as_features(train, 'train'), _as_features(test, 'test')
+  generated = _as_features(generated, 'generated')
+  n = len(generated)
+  if len(train) != n or len(test) != n:
+    raise ValueError('Algorithm 1 takes N points from each set; got train '
+                     f'{len(train)}, test {len(test)}, generated {n}')
+  if n < 2:
+    raise ValueError(f'Algorithm 1 needs N >= 2 points per set, got {n}')
+  d_train, nn_train = nearest(generated, train, block_size=block_size)
+  d_test, nn_test = nearest(generated, test, block_size=block_size)
+  d_self, _ = nearest(generated, generated, exclude_self=True, block_size=block_size)
+  closest = np.argmin(np.stack([d_train, d_test, d_self]), axis=0)  # ties: train, test, self
+  c = np.bincount(closest, minlength=3) / n
+  return {'c_train': float(c[0]), 'c_test': float(c[1]), 'c_self': float(c[2]),
+          'v_train': len(np.unique(nn_train)) / n, 'v_test': len(np.unique(nn_test)) / n}
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling and features
+# ------------------------------------------------------------------------------------------------
+
+def class_balanced_indices(labels, n: int, num_classes: int, *, seed: int = 0,
+                           name: str = 'set') -> np.ndarray:
+  """n indices into `labels`, drawn without replacement and spread evenly over the classes (App.
+  D: "uniformly across classes"): n // C from every class, the n mod C left over going to classes
+  of a seeded permutation. A class with fewer examples than its share gives all it has and the
+  others share the rest equally (digits' test split has 39 to 58 per class: n = 500 takes it
+  whole, as the paper takes the whole CIFAR-10 test set). Returned sorted."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f'{name}: labels must be 1-D, got shape {labels.shape}')
+  n, num_classes = int(n), int(num_classes)
+  if not 1 <= n <= len(labels):
+    raise ValueError(f'{name}: n = {n} samples asked from a set of {len(labels)}')
   rng = np.random.default_rng(seed)
-  return [a if len(a) == n else np.asarray(a)[np.sort(rng.choice(len(a), n, replace=False))]
-          for a in arrays]
+  members = [np.flatnonzero(labels == c) for c in range(num_classes)]
+  if sum(len(m) for m in members) < n:
+    raise ValueError(f'{name}: only {sum(len(m) for m in members)} labels lie in '
+                     f'[0, {num_classes}), {n} asked')
+  quota = _balanced_quota(np.array([len(m) for m in members]), n, rng)
+  chosen = [rng.choice(m, q, replace=False) for m, q in zip(members, quota)]
+  return np.sort(np.concatenate(chosen))
 
 
-# ------------------------------------------------------------------------------------------------
-# Algorithm 1: complementarity and coverage
-# ------------------------------------------------------------------------------------------------
+def _balanced_quota(sizes, n, rng):
+  """Per-class counts summing to n, each <= its class size, as equal as the sizes allow."""
+  quota = np.zeros_like(sizes)
+  open_ = np.ones(len(sizes), bool)
+  while open_.any():
+    share, extra = divmod(n - quota[~open_].sum(), open_.sum())
+    small = open_ & (sizes <= share)
+    if not small.any():
+      quota[open_] = share
+      quota[rng.permutation(np.flatnonzero(open_))[:extra]] += 1
+      break
+    quota[small], open_[small] = sizes[small], False
+  return quota
 
-def complementarity(train, test, generated, *, n=None, seed=0) -> float:
-  """Share of generated points whose nearest real neighbour is a test point (ideal 1/2)."""
-  train, test, generated = equal_size([train, test, generated], n, seed)
-  return float(np.mean(nearest_pool(generated, [train, test]) == 1))
-
-
-def coverage(train, test, generated, *, n=None, seed=0) -> float:
-  """Share of test points whose nearest neighbour in train ∪ generated is generated (ideal 1/2).
-  """
-  train, test, generated = equal_size([train, test, generated], n, seed)
-  return float(np.mean(nearest_pool(test, [train, generated]) == 1))
-
-
-def provenance(train, test, generated, *, n=None, seed=0) -> dict:
-  """Where generated points find their nearest neighbour: shares of train, test, generated.
-
-  The generated set excludes the query itself. An ideal generator gives about 1/3 each.
-  """
-  train, test, generated = equal_size([train, test, generated], n, seed)
-  where = nearest_pool(generated, [train, test, generated], self_pool=2)
-  shares = np.bincount(where, minlength=3) / where.size
-  return {'train': float(shares[0]), 'test': float(shares[1]), 'generated': float(shares[2])}
-
-
-def data_metrics(train, test, generated, *, n=None, seed=0) -> dict:
-  """All the nearest-neighbour metrics on one common subsample, as a flat dict of floats."""
-  train, test, generated = equal_size([train, test, generated], n, seed)
-  shares = provenance(train, test, generated)
-  return {
-      'complementarity': complementarity(train, test, generated),
-      'coverage': coverage(train, test, generated),
-      'nn_share_train': shares['train'],
-      'nn_share_test': shares['test'],
-      'nn_share_generated': shares['generated'],
-      'num_per_set': float(len(train)),
-  }
-
-
-# ------------------------------------------------------------------------------------------------
-# Default feature pipeline
-# ------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class FeaturePCA:
@@ -181,12 +232,37 @@ def batched_features(feature_fn: Callable, images, batch_size=256):
   return np.concatenate(outs)
 
 
-def metrics_from_features(train, test, generated, *, n_components=100, n=None, seed=0) -> dict:
-  """The default pipeline: PCA fitted on the real features (train and test together, so neither
-  real set is favoured by the projection), then `data_metrics` in the reduced space."""
-  train, test, generated = equal_size([train, test, generated], n, seed)
+def metrics_from_features(train, test, generated, *, n_components: int = 100, seed: int = 0,
+                          block_size: int = _BLOCK) -> dict:
+  """The paper's pipeline on N feature vectors per set (already sampled, e.g. with
+  `class_balanced_indices`): PCA fitted on the 2N real vectors (train and test together, "the PCA
+  projection computed on the original data"), then `algorithm1` in the reduced space. Returns
+  the five numbers of `algorithm1` and 'num_per_set' (N).
+
+  Sets of different sizes are first cut to the smallest by a uniform (not class-balanced)
+  seeded subsample; pass class-balanced sets of equal size to follow App. D."""
+  train, test = _as_features(train, 'train'), _as_features(test, 'test')
+  generated = _as_features(generated, 'generated')
+  train, test, generated = _equal_size([train, test, generated], seed)
   project = FeaturePCA.fit(np.concatenate([train, test]), n_components)
-  return data_metrics(project(train), project(test), project(generated))
+  out = algorithm1(project(train), project(test), project(generated), block_size=block_size)
+  out['num_per_set'] = float(len(train))
+  return out
+
+
+def data_metrics(images: dict, labels: dict, feature_fn: Optional[Callable], num_classes: int,
+                 n: int, *, n_components: int = 100, seed: int = 0) -> dict:
+  """End to end on images: class-balanced N from each of images['train'], ['test'] and
+  ['generated'] (labels[...] alike; generated ones are the pseudo-labels), features of only those
+  3N images (`feature_fn`: a batch -> (b, d); None = raw pixels), then `metrics_from_features`."""
+  feats = {}
+  for offset, key in enumerate(('train', 'test', 'generated')):
+    index = class_balanced_indices(labels[key], n, num_classes, seed=seed + offset, name=key)
+    chosen = np.asarray(images[key])[index]
+    feats[key] = (batched_features(feature_fn, chosen) if feature_fn is not None
+                  else chosen.reshape(len(chosen), -1))
+  return metrics_from_features(feats['train'], feats['test'], feats['generated'],
+                               n_components=n_components)
 
 
 # ------------------------------------------------------------------------------------------------
