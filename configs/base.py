@@ -17,6 +17,9 @@ def get_config():
   c.dataset.holdout = 1024           # first N training images: never trained on, used for selection
   c.dataset.pad = 4                  # pad-and-random-crop augmentation (0 = off)
   c.dataset.flip = True              # random horizontal flip (wrong for digits/SVHN)
+  c.dataset.real_repeats = 1         # each real image r times per batch, copies augmented apart;
+                                     # generated data never repeated (DeepMind's code: 4 emulated
+                                     # workers on one host; data/input/batch_mix.py)
   c.dataset.test_size = 0            # evaluate on the first N test images (0 = all)
 
   # --- Generated data ----------------------------------------------------------------------------

@@ -15,6 +15,20 @@ slices are disjoint and cover the real set. The positions step t consumes are a
 closed-form function of t, vectorised per batch, so the real stream has no state
 besides the step counter.
 
+Real repeats (`real_repeats` = r, default 1): DeepMind's reference code
+(adversarial_robustness/jax: experiment.py's `emulated_workers` = 4, divided by
+the host count, passed as `repeat` to datasets.py's `_repeat_batch`, which
+batches B_real / r distinct images, `tf.repeat`s each r times and only then maps
+the random crop + flip) shows every real image r times per batch, each copy
+augmented independently, and never repeats the extra (generated) data. Here the
+plan then holds U = R / r distinct real images per global batch, split across
+hosts as above; each host repeats its share r times (the r copies stay on one
+host), so R = r * round(alpha * B / r) (`real_count`). The reference rounds per
+device instead (round(alpha * B_device / r) * r: 320 real of 1024 at alpha 0.3,
+r 4, 8 devices; 308 here) and keeps the copies adjacent on one device, where its
+BatchNorm statistics are computed; our rows are shuffled (see below). The real
+epoch advances U, not R, images per step.
+
 Augmentation (pad + random crop + optional flip) is applied to the whole uint8
 batch, both parts, with an RNG seeded from (seed, host, step); real and
 generated rows are then shuffled together. `MixedBatchIterDataset` yields dicts
@@ -36,18 +50,26 @@ from data.input import augment
 from data.records import record_dataset
 
 
-def real_count(batch_size: int, alpha: float) -> int:
-  """round(alpha * batch_size), halves rounded up."""
-  return int(math.floor(alpha * batch_size + 0.5))
+def real_count(batch_size: int, alpha: float, repeats: int = 1) -> int:
+  """Real rows per global batch: repeats * round(alpha * batch_size / repeats),
+  halves rounded up, at most repeats * (batch_size // repeats)."""
+  unique = int(math.floor(alpha * batch_size / repeats + 0.5))
+  return repeats * min(unique, batch_size // repeats)
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
-  """Real/generated counts per host and step; see module docstring."""
+  """Real/generated counts per host and step; see module docstring.
+
+  `global_real` counts real rows, copies included; it must divide by
+  `real_repeats`, and U = global_real // real_repeats distinct images are split
+  across hosts.
+  """
   global_batch: int
   global_real: int
   process_index: int
   process_count: int
+  real_repeats: int = 1
 
   def __post_init__(self):
     if self.global_batch % self.process_count:
@@ -60,25 +82,48 @@ class BatchPlan:
     if not 0 <= self.global_real <= self.global_batch:
       raise ValueError(f'global_real {self.global_real} outside '
                        f'[0, {self.global_batch}]')
+    r = self.real_repeats
+    if r < 1 or self.global_real % r:
+      raise ValueError(f'dataset.real_repeats = {r}: must be >= 1 and divide '
+                       f'the {self.global_real} real rows of a batch')
+    most = -(-self.unique_real // self.process_count) * r
+    if most > self.host_batch:
+      raise ValueError(
+          f'dataset.real_repeats = {r}: a host would need {most} real rows '
+          f'but its batch has {self.host_batch}; use a real_repeats that '
+          f'divides the per-host batch ({self.host_batch})')
+
+  @property
+  def unique_real(self) -> int:
+    """Distinct real images per global batch."""
+    return self.global_real // self.real_repeats
 
   @property
   def host_batch(self) -> int:
     return self.global_batch // self.process_count
 
   def _extra(self, step: int) -> bool:
-    rem = self.global_real % self.process_count
+    rem = self.unique_real % self.process_count
     return (self.process_index - step) % self.process_count < rem
 
-  def real_at(self, step: int) -> int:
-    """Real examples this host takes at `step`."""
-    return self.global_real // self.process_count + self._extra(step)
+  def unique_at(self, step: int) -> int:
+    """Distinct real images this host takes at `step`."""
+    return self.unique_real // self.process_count + self._extra(step)
 
-  def real_before(self, step: int) -> int:
-    """Real examples this host took in steps [0, step)."""
-    p, rem = self.process_count, self.global_real % self.process_count
+  def unique_before(self, step: int) -> int:
+    """Distinct real images this host took in steps [0, step)."""
+    p, rem = self.process_count, self.unique_real % self.process_count
     cycles, left = divmod(step, p)
     extra = cycles * rem + sum(self._extra(u) for u in range(left))
-    return self.global_real // p * step + extra
+    return self.unique_real // p * step + extra
+
+  def real_at(self, step: int) -> int:
+    """Real rows (copies included) this host has at `step`."""
+    return self.real_repeats * self.unique_at(step)
+
+  def real_before(self, step: int) -> int:
+    """Real rows this host had in steps [0, step)."""
+    return self.real_repeats * self.unique_before(step)
 
 
 # ------------------------------------------------------------------------------
@@ -242,9 +287,9 @@ class _MixedBatchIterator(grain.DatasetIterator):
     return to_float(batch) if ds.float_images else batch
 
   def _take_real(self, step, n, images, labels, ids) -> None:
-    real = self._ds.real
-    first = self._ds.plan.real_before(step)
-    index = real.order.indices(first, n)
+    real, plan = self._ds.real, self._ds.plan
+    index = real.order.indices(plan.unique_before(step), n // plan.real_repeats)
+    index = np.repeat(index, plan.real_repeats)   # copies; augmented apart later
     np.take(real.images, index, axis=0, out=images[:n])
     labels[:n] = real.labels[index]
     ids[:n] = real.ids[index]

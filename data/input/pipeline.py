@@ -115,13 +115,14 @@ def make_train_dataset(config, real_images, real_labels, real_ids, *,
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f'config.generated.alpha must lie in [0, 1], got {alpha}')
   batch_size = config.train.batch_size
-  global_real = batch_mix.real_count(batch_size, alpha)
+  repeats = config.dataset.real_repeats
+  global_real = batch_mix.real_count(batch_size, alpha, repeats)
   if not config.generated.path and global_real < batch_size:
     logging.warning('config.generated.path is empty: every batch is real '
                     '(alpha=%s ignored)', alpha)
     global_real = batch_size
   plan = batch_mix.BatchPlan(batch_size, global_real, process_index,
-                              process_count)
+                              process_count, real_repeats=repeats)
   real_images = np.asarray(real_images)
   image_shape = real_images.shape[1:] if real_images.size else None
   if num_classes is None and np.size(real_labels):
