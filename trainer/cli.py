@@ -1,0 +1,142 @@
+"""The edge of every command: paths, the console, and errors a person can act on.
+
+Each entry point (`trainer.main`, `trainer.method`, `trainer.evaluate`, `trainer.sample`, …) starts
+through `run(main)` and, once it knows its workdir, calls `start(workdir)`. From then on:
+
+- the console carries what a person reads (stage lines, progress bars, warnings, the report);
+  every absl record (ours, Orbax's, Grain's, clu's) goes to `WORKDIR/logs/`; `--verbose` brings
+  the records back to the console as well;
+- an error that names what is wrong (an unknown config key, a dataset that is not prepared, a
+  workdir that cannot be written or holds another run) prints as one line, its traceback in the log.
+
+Local paths become absolute here, once: Orbax refuses relative checkpoint paths, and a command that
+changes its working directory must not lose its workdir. URLs (gs://…) pass through untouched.
+"""
+import os
+import re
+import sys
+import tempfile
+import traceback
+from typing import Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+from etils import epath
+
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Also print the log records (absl, Orbax, Grain, '
+                             'TensorFlow) on the console; they always go to WORKDIR/logs/.')
+
+# Errors whose message already says what is wrong and where: one line on the console.
+ONE_LINE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
+                   FloatingPointError)
+_state = {'log_dir': None}
+
+
+class UserError(Exception):
+  """A mistake in what the user asked for, told in one line (e.g. a bad flag or workdir)."""
+
+
+def is_url(path: str) -> bool:
+  return '://' in str(path)
+
+
+def absolute(path: str | None) -> str | None:
+  """A local path made absolute (and ~ expanded); a URL, '' or None as it is."""
+  if not path or is_url(path):
+    return path
+  return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def log_dir(workdir: str) -> str:
+  """WORKDIR/logs for a local workdir; a local temporary folder for a URL workdir (absl writes
+  its log with plain file calls)."""
+  if is_url(workdir):
+    return os.path.join(tempfile.gettempdir(), 'robust-training-logs')
+  return os.path.join(workdir, 'logs')
+
+
+def check_writable(workdir: str) -> None:
+  """Fails in one line, before any work, when the workdir cannot be created or written."""
+  probe = epath.Path(workdir) / f'.write-probe-{os.getpid()}'
+  try:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except
+    if is_url(workdir):
+      raise UserError(
+          f'cannot write to {workdir}: {type(e).__name__}: {_first_line(e)}. For gs:// give '
+          'Google Cloud credentials (`gcloud auth application-default login`, or '
+          'GOOGLE_APPLICATION_CREDENTIALS=key.json) with write access to the bucket.') from e
+    raise UserError(f'cannot write to workdir {workdir}: {_first_line(e)}') from e
+
+
+def start(workdir: str) -> str:
+  """Checks the workdir can be written, then sends the log records to its logs/ folder."""
+  check_writable(workdir)
+  directory = log_dir(workdir)
+  os.makedirs(directory, exist_ok=True)
+  program = os.path.basename(sys.argv[0]).removesuffix('.py') or 'run'
+  if program == '__main__':
+    program = 'run'
+  handler = logging.get_absl_handler()
+  handler.use_absl_log_file(program, directory)
+  flags.FLAGS.alsologtostderr = _VERBOSE.value
+  flags.FLAGS.stderrthreshold = 'warning'
+  _state['log_dir'] = directory
+  logging.info('Command line: %s', ' '.join(sys.argv))
+  return directory
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip() or type(e).__name__
+  return text.splitlines()[0].strip('"\'')
+
+
+def unknown_key_message(argv: list[str], error: BaseException) -> str | None:
+  """The override that names a key the config does not have, if that is what `error` is."""
+  missing = _first_line(error).strip("'\"")
+  for arg in argv:
+    match = re.match(r'--?config\.([\w.]+)(=|$)', arg)
+    if match and missing in match.group(1).split('.'):
+      return (f'unknown config key in {arg}: {missing!r} is not a key of the config (every key '
+              'is documented in configs/base.py)')
+  return None
+
+
+def parse_flags(argv: list[str], parser: Callable | None = None) -> list[str]:
+  """absl's flag parsing, with an unknown config key or a bad flag told in one line."""
+  try:
+    return parser(argv) if parser else flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    message = unknown_key_message(argv, e)
+    if message is None:
+      raise
+    _fail(message, e)
+  except flags.Error as e:
+    _fail(f'{e} (see --helpfull)', e)
+  except UserError as e:
+    _fail(str(e), e)
+
+
+def _fail(message: str, error: BaseException) -> None:
+  if _state['log_dir']:
+    logging.info('%s', ''.join(traceback.format_exception(error)))
+    message += f'  (traceback in {_state["log_dir"]})'
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def run(main: Callable, parser: Callable | None = None) -> None:
+  """app.run(main), with the errors a newcomer meets told in one line and nothing else lost."""
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except UserError as e:
+      _fail(str(e), e)
+    except ONE_LINE_ERRORS as e:
+      _fail(_first_line(e), e)
+
+  app.run(guarded, flags_parser=lambda argv: parse_flags(argv, parser))
