@@ -49,6 +49,43 @@ def save_config(workdir, config):
     write_atomic(_join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
 
 
+# Keys that may change between the starts of one run: where it runs and how fast, not what it
+# computes (a run saved on one mesh resumes on another; evaluation settings apply afterwards).
+RESUMABLE_CHANGES = ('distributed', 'mesh.', 'loader.', 'dataset.data_dir', 'eval.attacks',
+                     'eval.batch_size', 'pipeline.eval_examples', 'checkpoint.keep')
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds a run of another config; resuming it would mix two experiments."""
+
+
+def _flat(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def check_same_run(workdir, config):
+  """Refuses, before anything is written, a workdir whose config.json is another run's."""
+  path = epath.Path(_join(workdir, 'config.json'))
+  if not path.exists():
+    return
+  old = _flat(json.loads(path.read_text()))
+  new = _flat(json.loads(config.to_json_best_effort()))
+  changed = [k for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+  if changed:
+    shown = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed[:4])
+    more = f' and {len(changed) - 4} more' if len(changed) > 4 else ''
+    raise ConfigMismatchError(
+        f'workdir {workdir} holds a run of a different config ({shown}{more}); give a new '
+        '--workdir, or the same config to resume it')
+
+
 def load_config(workdir):
   path = epath.Path(_join(workdir, 'config.json'))
   if not path.exists():

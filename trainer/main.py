@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from trainer import cli
 from trainer import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
@@ -43,10 +44,14 @@ def main(argv):
     # Otherwise each process would train alone, all of them in the same workdir.
     raise app.UsageError('--coordinator_address/--num_processes/--process_id need '
                          '--config.distributed=True.')
+  workdir = cli.absolute(_WORKDIR.value)
+  cli.start(workdir)
   logging.info('Process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
-  train.train_and_evaluate(config, _WORKDIR.value, record_batch_ids=_DEBUG_BATCH_IDS.value)
+  result = train.train_and_evaluate(config, workdir, record_batch_ids=_DEBUG_BATCH_IDS.value,
+                                    progress_name='train')
+  print(train.summary_line(result, workdir), flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

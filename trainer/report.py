@@ -1,0 +1,145 @@
+"""What a person reads at the end of the method: the closing console report and WORKDIR/report.md.
+
+report.md holds the stage table, Algorithm 1's numbers, the evaluation per attack stage, the
+sample grid and one plot per training stage of clean / robust accuracy (held-out and test) and
+loss against the step, drawn from the run's own TensorBoard records.
+"""
+import glob
+import os
+
+from etils import epath
+
+METRIC_NAMES = (('c_train', 'complementarity, train'), ('c_test', 'complementarity, test'),
+                ('c_self', 'complementarity, self'), ('v_train', 'coverage, train'),
+                ('v_test', 'coverage, test'))
+TRAINING_STAGES = ('classifier', 'robust')
+
+
+def shown(path):
+  """A path as a person typed it: relative to the working directory when it lies below it."""
+  if '://' in str(path):
+    return path
+  rel = os.path.relpath(path)
+  return path if rel.startswith('..') else rel
+
+
+def _pct(value):
+  return f'{100 * value:.2f}%'
+
+
+def data_metrics_line(result):
+  """Algorithm 1's five numbers in one line."""
+  c = ' / '.join(f'{result[k]:.3f}' for k in ('c_train', 'c_test', 'c_self'))
+  v = ' / '.join(f'{result[k]:.3f}' for k in ('v_train', 'v_test'))
+  return f'complementarity train/test/self {c}; coverage train/test {v}'
+
+
+def evaluation_line(evaluation):
+  robust = ', '.join(f"{name} {_pct(c['robust_accuracy'])}"
+                     for name, c in evaluation['cascades'].items())
+  return (f"test[:{evaluation['num_examples']}]: clean {_pct(evaluation['clean_accuracy'])}, "
+          f'{robust}')
+
+
+def read_scalars(workdir):
+  """{tag: [(step, value), …]} from the TensorBoard event files of one training workdir."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  scalars = {}
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      event = tf.compat.v1.Event.FromString(record)
+      for v in event.summary.value:
+        value = float(tf.make_ndarray(v.tensor)) if v.HasField('tensor') else v.simple_value
+        scalars.setdefault(v.tag, {})[event.step] = value
+  return {tag: sorted(points.items()) for tag, points in scalars.items()}
+
+
+def plot_training(workdir, path, title):
+  """Accuracy (held-out and test, clean and robust) and loss against the step, as a PNG."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  scalars = read_scalars(workdir)
+  fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+  for split, style in (('holdout', '-'), ('test', '--')):
+    for kind, colour in (('clean', 'tab:blue'), ('robust', 'tab:red')):
+      points = scalars.get(f'{split}/{kind}_accuracy')
+      if points:
+        steps, values = zip(*points)
+        acc.plot(steps, [100 * v for v in values], style, color=colour, marker='.',
+                 label=f'{split} {kind}')
+  acc.set(xlabel='step', ylabel='accuracy (%)', title=f'{title}: accuracy')
+  acc.grid(alpha=0.3)
+  acc.legend(fontsize=8)
+  points = scalars.get('train/loss')
+  if points:
+    steps, values = zip(*points)
+    loss.plot(steps, values, color='black', marker='.')
+  loss.set(xlabel='step', ylabel='training loss', title=f'{title}: loss')
+  loss.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _evaluation_table(evaluation):
+  lines = ['| cascade | stage | accuracy | broken | seconds |', '|---|---|---:|---:|---:|']
+  for cascade, c in evaluation['cascades'].items():
+    lines.append(f"| {cascade} | clean | {_pct(evaluation['clean_accuracy'])} | | |")
+    for stage, acc in c['stage_accuracy'].items():
+      lines.append(f"| | {stage} | {_pct(acc)} | {c['broken'][stage]} | "
+                   f"{c['seconds'][stage]:.1f} |")
+  return lines
+
+
+def write(out, config):
+  """Writes WORKDIR/report.md (and its PNGs) from what `trainer.method.run` returned; its path."""
+  workdir = out['workdir']
+  rel = lambda p: os.path.relpath(p, workdir)
+  lines = [f'# {config.dataset.name}: the method, stage by stage', '',
+           '| stage | output | result | seconds |', '|---|---|---|---:|']
+  for name, key in (('classifier', 'classifier'), ('generator', 'generator'),
+                    ('samples', 'samples'), ('data metrics', 'data_metrics'),
+                    ('robust', 'robust'), ('evaluation', 'evaluation')):
+    where = out[key] if isinstance(out[key], str) else {
+        'data_metrics': os.path.join(workdir, 'generated', 'data_metrics.json'),
+        'evaluation': os.path.join(out['robust'], 'eval.json')}[key]
+    seconds = out['seconds'].get(name)
+    lines.append(f"| {name} | `{rel(where)}` | {out['headlines'].get(name, '')} | "
+                 f"{'' if seconds is None else f'{seconds:.0f}'} |")
+  data = out['data_metrics']
+  lines += ['', '## Generated data (Algorithm 1, App. D)', '',
+            '| ' + ' | '.join(label for _, label in METRIC_NAMES) + ' |',
+            '|' + '---:|' * len(METRIC_NAMES),
+            '| ' + ' | '.join(f'{data[k]:.3f}' for k, _ in METRIC_NAMES) + ' |', '',
+            '![samples, one row per pseudo-label](generated/samples.png)', '']
+  evaluation = out['evaluation']
+  lines += ['## Evaluation', '',
+            f"{evaluation['model']}, test[:{evaluation['num_examples']}], "
+            f"{evaluation['norm']} ε = {evaluation['eps']:.4g}, checkpoint "
+            f"{evaluation['checkpoint']} (step {evaluation['step']})", '',
+            *_evaluation_table(evaluation), '',
+            f"worst case over the cascades: {_pct(evaluation['worst_case_robust_accuracy'])}", '']
+  lines += ['## Training', '']
+  for name in TRAINING_STAGES:
+    png = plot_training(out[name], os.path.join(workdir, f'{name}_curves.png'), name)
+    lines += [f'![{name}: accuracy and loss against the step]({rel(png)})', '']
+  lines += ['TensorBoard, every scalar of every stage:', '', '```',
+            f'tensorboard --logdir {workdir}', '```', '']
+  path = os.path.join(workdir, 'report.md')
+  epath.Path(path).write_text('\n'.join(lines))
+  return path
+
+
+def closing(out):
+  """The console's closing report: where each stage's output lies and the headline numbers."""
+  rows = [('non-robust classifier', shown(out['classifier'])),
+          ('Gaussian fit', shown(out['generator'])),
+          ('pseudo-labelled shards', shown(out['samples'])),
+          ('data metrics', data_metrics_line(out['data_metrics'])),
+          ('robust (TRADES) run', shown(out['robust'])),
+          ('evaluation', evaluation_line(out['evaluation'])),
+          ('report', shown(out['report'])),
+          ('TensorBoard', f"tensorboard --logdir {shown(out['workdir'])}")]
+  return '\n'.join(['The method ran to the end:'] + [f'  {k:<24}{v}' for k, v in rows])
