@@ -2,6 +2,8 @@
 
   python -m benchmarks.input_pipeline [--sizes 100000,1000000]
       [--workdir /tmp/input_pipeline_bench] [--batches 150]
+  python -m benchmarks.input_pipeline --stream_only \
+      --sizes 100000,1000000,10000000 --workdir workdirs/input_pipeline_bench
 
 All three loaders do the same work per global batch of 1024 CIFAR-sized images:
 307 real images (alpha = 0.3, from a 50K in-RAM set) and 717 generated ones,
@@ -22,6 +24,17 @@ fresh process per case: ours streams all N generated samples once (start-up =
 first batch, run = the rest); the npz loader loads N samples (start-up) and
 runs 20 batches (run); the importer converts the npz to shards (run). Each case
 runs in its own subprocess so imports (TensorFlow: ~0.7 GB) do not leak.
+
+`--stream_only` skips the loader comparison and the npz copies (10M images as
+an npz would be another 31 GB, and would not fit in RAM): for each size it
+writes the shards directly with `ShardWriter` (images cycle through a pool of
+50K random ones; ids are unique) and streams all N generated records once
+through the training pipeline on its uint8 host-to-device path: batches leave
+the pipeline as uint8, go to the device with `jax.device_put` and become float32
+in [0, 1] there (a jitted convert, waited for). It reports peak RSS against N
+and images per CPU-second of that path. The sizes are run one after the other
+and each set is deleted before the next is written, so the disk holds one set
+(10M: about 31 GB) at a time.
 
 Benchmark data (random pixels) is written under --workdir and deleted at the
 end unless --keep is given.
@@ -95,6 +108,31 @@ def grain_batches(manifest: str, workers: int):
                                     ids, process_index=0, process_count=1)
   while True:
     batch = next(it)
+    yield batch, int(batch['is_generated'].sum())
+
+
+def grain_device_batches(manifest: str):
+  """The pipeline with uint8 batches, moved to the device and converted there."""
+  import grain  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from data.input import batch_mix  # pylint: disable=g-import-not-at-top
+  from data.input import pipeline  # pylint: disable=g-import-not-at-top
+  images, labels, ids = real_set()
+  config = _config(manifest)
+  config.loader.prefetch = 0   # the prefetch thread is added below, after uint8
+  ds = pipeline.make_train_dataset(config, images, labels, ids,
+                                   process_index=0, process_count=1)
+  if not isinstance(ds, batch_mix.MixedBatchIterDataset):
+    raise TypeError(f'expected the in-process batch dataset, got {ds}')
+  ds.float_images = False
+  it = iter(grain.experimental.ThreadPrefetchIterDataset(
+      ds, prefetch_buffer_size=2))
+  device = jax.devices()[0]
+  to_float = jax.jit(lambda x: x.astype(jnp.float32) / 255.0)
+  while True:
+    batch = next(it)
+    to_float(jax.device_put(batch['image'], device)).block_until_ready()
     yield batch, int(batch['is_generated'].sum())
 
 
@@ -191,6 +229,8 @@ def child(args) -> dict:
   """Runs one case; returns throughput over the measured batches and RSS."""
   if args.loader == 'grain':
     batches = grain_batches(args.manifest, args.workers)
+  elif args.loader == 'grain_device':
+    batches = grain_device_batches(args.manifest)
   elif args.loader == 'tfdata':
     batches = tfdata_batches(args.manifest)
   else:
@@ -212,6 +252,24 @@ def child(args) -> dict:
   wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
   return {'images': images, 'generated': generated, 'wall': wall, 'cpu': cpu,
           'startup': startup,
+          'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def write_child(args) -> dict:
+  """Writes N records straight into shards (no npz) from a 50K-image pool."""
+  from data.records import shard_writer  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  pool = rng.integers(0, 256, (REAL_N, *SHAPE), dtype=np.uint8)
+  pool_labels = rng.integers(0, 10, REAL_N)
+  n, chunk, start = args.samples, 10_000, time.perf_counter()
+  with shard_writer.ShardWriter(args.manifest, num_shards=args.workers,
+                                total=n, image_shape=SHAPE, num_classes=10,
+                                source='benchmark', seed=0) as writer:
+    for lo in range(0, n, chunk):
+      k = min(chunk, n - lo)
+      off = (lo // chunk * 7919) % (REAL_N - chunk + 1)
+      writer.write_batch(pool[off:off + k], pool_labels[off:off + k])
+  return {'wall': time.perf_counter() - start, 'images': n, 'startup': 0.0,
           'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -258,6 +316,9 @@ def main(argv=None) -> None:
   parser.add_argument('--workdir', default='/tmp/input_pipeline_bench')
   parser.add_argument('--batches', type=int, default=150)
   parser.add_argument('--keep', action='store_true')
+  parser.add_argument('--stream_only', action='store_true',
+                      help='shards written directly; RSS and rate of the '
+                      'uint8 host-to-device path per size (see docstring)')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--mode', default='run', help=argparse.SUPPRESS)
   parser.add_argument('--loader', default='grain', help=argparse.SUPPRESS)
@@ -271,13 +332,14 @@ def main(argv=None) -> None:
   parser.add_argument('--warmup', type=int, default=5, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.child:
-    result = import_child(args) if args.mode == 'import' else child(args)
+    modes = {'import': import_child, 'write': write_child, 'run': child}
+    result = modes[args.mode](args)
     print(json.dumps(result))
     return
   sizes = [int(s) for s in args.sizes.split(',')]
   os.makedirs(args.workdir, exist_ok=True)
   try:
-    report(args, sizes)
+    (stream_report if args.stream_only else report)(args, sizes)
   finally:
     if not args.keep:
       shutil.rmtree(args.workdir, ignore_errors=True)
@@ -310,6 +372,33 @@ def report(args, sizes) -> None:
                      '--batches', '20')
     rss_rows.append(('npz in RAM (peers)', n, held))
   print_tables(rows, rss_rows, time.time() - t0)
+
+
+def stream_report(args, sizes) -> None:
+  """Per size: write the shards, stream them once on the uint8 device path."""
+  t0, rows = time.time(), []
+  for n in sizes:
+    prefix = os.path.join(args.workdir, f'shards{n}', 'gen')
+    written = run_child('--mode', 'write', '--manifest', prefix, '--samples',
+                        str(n), '--workers', str(max(16, n // SHARD_RECORDS)))
+    stream = run_child('--loader', 'grain_device', '--manifest',
+                       prefix + '.json', '--stream', '--samples', str(n),
+                       '--warmup', '1')
+    rows.append((n, written, stream))
+    print(f'N={n:,}: written in {written["wall"]:.0f} s, streamed: '
+          f'{json.dumps(stream)}', flush=True)
+    shutil.rmtree(os.path.dirname(prefix), ignore_errors=True)
+  print(f'\nStreaming every generated record once (global batch {BATCH}, '
+        f'alpha {ALPHA}, 32x32x3) on the uint8 host-to-device path, '
+        f'{os.cpu_count()} CPU cores (shared)\n')
+  print('| N generated | shard write (s) | peak RSS (MB) | start-up (s) | '
+        'stream (s) | img/s (wall) | img per CPU-second |')
+  print('|---:|---:|---:|---:|---:|---:|---:|')
+  for n, w, r in rows:
+    print(f'| {n:,} | {w["wall"]:.0f} | {r["rss_mb"]:,.0f} | '
+          f'{r["startup"]:.1f} | {r["wall"]:.0f} | '
+          f'{r["images"] / r["wall"]:,.0f} | {r["images"] / r["cpu"]:,.0f} |')
+  print(f'\ntotal benchmark time {time.time() - t0:.0f} s')
 
 
 def print_tables(rows, rss_rows, elapsed) -> None:
