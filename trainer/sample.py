@@ -1,0 +1,185 @@
+"""Samples a diffusion generator into a pseudo-labelled shard set, on every device of every host.
+
+  python -m trainer.sample --generator=CKPT --num=N --out=DIR/NAME --shards=K \\
+      --sampler=ddpm|ddim|dpm++2m --steps=S --seed=0 [--classifier=WORKDIR --top_k=K] \\
+      [--batch_size=B]
+
+CKPT is a generator checkpoint (models/diffusion/checkpoint.py; e.g. google/ddpm-cifar10-32
+imported from diffusers). Each batch is sampled and, with --classifier (a training workdir),
+pseudo-labelled on the devices: label = arg-max class, score = its softmax probability. Without a
+classifier the generator must be class-conditional: sample i is drawn for class i mod classes.
+Sample i's noise is a function of (seed, i) alone, so the set does not depend on the device
+count, the host count or a restart: killed and run again with the same command, it finishes with
+exactly N samples, each once (data/generation/sampling.py).
+
+Multi-host: pass --distributed on every process (coordinator flags as in trainer.main). Each host
+samples its own batches on its own devices and writes its own shards; OUT.json lists them all.
+"""
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType
+
+from data.generation import sampling
+from models.diffusion import samplers
+from trainer import sharding
+
+_GENERATOR = flags.DEFINE_string('generator', None, 'Generator checkpoint directory.')
+_NUM = flags.DEFINE_integer('num', None, 'Samples to draw (with --top_k: candidates).')
+_OUT = flags.DEFINE_string('out', None, 'Output prefix DIR/NAME (local or gs://).')
+_SHARDS = flags.DEFINE_integer('shards', None, 'Shard files of the whole set.')
+_SAMPLER = flags.DEFINE_enum('sampler', 'dpm++2m', list(samplers.SAMPLERS), 'Sampler.')
+_STEPS = flags.DEFINE_integer('steps', None, 'Network evaluations per sample (ddpm: 1000 as '
+                              'Ho et al.; ddim: e.g. 100; dpm++2m: e.g. 20).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the noise (and of the top-K shuffle).')
+_CLASSIFIER = flags.DEFINE_string('classifier', None, 'Training workdir of the pseudo-labeller.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "Classifier: 'best', 'latest' or a step.")
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'Keep the K best-scoring samples per class (0: all).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Images per batch on each host (a '
+                                   'multiple of its device count; same on every host).')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'UNet compute dtype.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize().')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'jax.distributed: HOST:PORT of process 0 (default: detected).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'jax.distributed: number of processes (default: detected).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'jax.distributed: index of this process (default: detected).')
+_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar (images/s, ETA).')
+
+
+def local_mesh():
+  """A ('data', 'fsdp') mesh of this host's devices, the batch over all of them."""
+  devices = jax.local_devices()
+  return jax.make_mesh((len(devices), 1), sharding.BATCH_AXES, axis_types=(AxisType.Auto,) * 2,
+                       devices=devices)
+
+
+def _to_host_numpy(tree):
+  """Host copies of (possibly multi-host, replicated) arrays, to place on a local mesh."""
+  return jax.tree_util.tree_map(
+      lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else np.asarray(a),
+      tree)
+
+
+def make_sample_batch(eps_fn: Callable, params: Any, alphas_cumprod, mesh, *, batch_size: int,
+                      image_shape, sampler: str, steps: int, num_classes: int | None = None,
+                      **options) -> Callable:
+  """`sample_batch(key, b) -> uint8 images` (and labels for a conditional generator), jitted.
+
+  Sample id = b * batch_size + row draws its noise from fold_in(key, id) and, when conditional,
+  class id mod num_classes; the batch is split over the mesh's devices.
+  """
+  if batch_size % mesh.size:
+    raise ValueError(f'--batch_size={batch_size} must be a multiple of the {mesh.size} devices '
+                     f'of this host')
+  batch = sharding.batch_sharding(mesh)
+  params = jax.device_put(_to_host_numpy(params), sharding.replicated(mesh))
+  shape = (batch_size,) + tuple(image_shape)
+
+  def fn(params, key, b):
+    ids = jax.lax.with_sharding_constraint(
+        b.astype(jnp.int32) * batch_size + jnp.arange(batch_size, dtype=jnp.int32), batch)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+    y = None if not num_classes else ids % num_classes
+    x = samplers.sample(eps_fn, params, alphas_cumprod, keys, shape, sampler=sampler,
+                        steps=steps, y=y, **options)
+    images = samplers.to_uint8(x)
+    return images if y is None else (images, y)
+
+  jitted = jax.jit(fn, out_shardings=batch if not num_classes else (batch, batch))
+  return lambda key, b: jitted(params, key, jnp.int32(b))
+
+
+def make_label_batch(model, variables, mesh) -> Callable:
+  """`label_batch(uint8 images on the mesh) -> (labels, scores)`: arg-max class, its probability."""
+  variables = jax.device_put(_to_host_numpy(variables), sharding.replicated(mesh))
+
+  @jax.jit
+  def label(variables, images):
+    probs = jax.nn.softmax(model.apply(variables, images.astype(jnp.float32) / 255.0,
+                                       train=False))
+    return jnp.argmax(probs, -1), jnp.max(probs, -1)
+  return lambda images: label(variables, images)
+
+
+def sampler_options(generator, sampler: str) -> dict[str, Any]:
+  """The generator's own schedule settings: x_0 clipping, and DDPM's posterior variance."""
+  schedule = generator.schedule
+  options = {'clip_denoised': bool(schedule.clip_sample)}
+  if sampler == 'ddpm':
+    options['variance'] = schedule.variance_type
+  return options
+
+
+def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int, sampler: str,
+                     steps: int, seed: int = 0, classifier: str | None = None,
+                     checkpoint: str = 'best', top_k: int = 0, batch_size: int = 256,
+                     dtype: str = 'float32', progress: bool = True) -> sampling.SamplingResult:
+  """Loads the generator (and classifier), builds the jitted functions, writes the set."""
+  from models.diffusion import checkpoint as generator_checkpoint  # pylint: disable=g-import-not-at-top
+  generator = generator_checkpoint.load(generator_path, dtype=dtype)
+  mesh = local_mesh()
+  num_classes, label_batch = generator.num_classes, None
+  if classifier:
+    from data import real  # pylint: disable=g-import-not-at-top
+    from trainer import checkpointing  # pylint: disable=g-import-not-at-top
+    config, model, variables = checkpointing.restore_for_eval(classifier, checkpoint)
+    info = real.info(config.dataset.name)
+    if tuple(info.shape) != tuple(generator.image_shape):
+      raise ValueError(f'{generator_path}: generates images of shape {generator.image_shape}, '
+                       f'but the classifier in {classifier} was trained on '
+                       f'{config.dataset.name} images of shape {tuple(info.shape)}')
+    label_batch, num_classes = make_label_batch(model, variables, mesh), info.num_classes
+  elif not num_classes:
+    raise ValueError(f'{generator_path}: an unconditional generator needs --classifier to '
+                     f'label its samples')
+  sample_batch = make_sample_batch(
+      generator.eps_fn, generator.params, generator.alphas_cumprod, mesh, batch_size=batch_size,
+      image_shape=generator.image_shape, sampler=sampler, steps=steps,
+      num_classes=None if classifier else num_classes, **sampler_options(generator, sampler))
+  return sampling.write_samples(
+      sample_batch, label_batch, out, num=num, batch_size=batch_size, num_shards=num_shards,
+      image_shape=generator.image_shape, num_classes=num_classes, generator=generator.name,
+      sampler=sampler, steps=steps, seed=seed, top_k=top_k,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      barrier=lambda: multihost_utils.sync_global_devices('trainer.sample'), progress=progress,
+      metadata={'generator_checkpoint': generator_path, 'classifier': classifier or None,
+                'sampler': sampler, 'steps': steps, 'dtype': dtype})
+
+
+def _absolute(path: str | None) -> str | None:
+  return path if not path or '://' in path else os.path.abspath(path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(*cluster)
+  elif any(v is not None for v in cluster):
+    raise app.UsageError('--coordinator_address/--num_processes/--process_id need --distributed.')
+  steps = _STEPS.value or {'ddpm': 1000, 'ddim': 100, 'dpm++2m': 20}[_SAMPLER.value]
+  logging.info('Process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  result = sample_to_shards(
+      _absolute(_GENERATOR.value), _absolute(_OUT.value), num=_NUM.value,
+      num_shards=_SHARDS.value, sampler=_SAMPLER.value, steps=steps, seed=_SEED.value,
+      classifier=_absolute(_CLASSIFIER.value), checkpoint=_CHECKPOINT.value, top_k=_TOP_K.value,
+      batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value, progress=_PROGRESS.value)
+  if jax.process_index() == 0:
+    print(result.manifest, flush=True)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['generator', 'num', 'out', 'shards'])
+  app.run(main)
