@@ -2,6 +2,9 @@
 # shellcheck shell=bash
 
 DRY_RUN=0 # --dry-run: run_cmd prints its command instead of running it
+# Where run_cmd prints under --dry-run (stdout). A script that captures the output of run_cmd
+# points it at a copy of stdout, so that the printed command is shown, not captured.
+DRY_RUN_FD=1
 
 die() {
   printf '%s: error: %s\n' "${0##*/}" "$*" >&2
@@ -30,7 +33,7 @@ qjoin() {
 # Runs a command, or prints it (one line, '+ ' prefix) under --dry-run.
 run_cmd() {
   if ((DRY_RUN)); then
-    printf '+ %s\n' "$(qjoin "$@")"
+    printf '+ %s\n' "$(qjoin "$@")" >&"$DRY_RUN_FD"
     return 0
   fi
   "$@"

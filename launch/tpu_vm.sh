@@ -2,14 +2,8 @@
 # Train on a Cloud TPU VM slice: create the TPU (on-demand, spot or through a queued resource),
 # set up every worker, run the trainer on all workers, follow its logs, start TensorBoard,
 # stop/delete, and a supervisor that relaunches after preemptions until the run has finished.
-# `bash launch/tpu_vm.sh help` prints the usage. Every subcommand takes --dry-run, which prints
-# the commands it would run, one per line, prefixed with '+ ', and runs none of them.
-#
-# On the workers: the code lives in ~/REMOTE_DIR (default ~/robust) with its own .venv; the
-# trainer runs detached from the SSH session (it survives a dropped connection) and writes
-# ~/REMOTE_DIR/logs/trainer.log, trainer.pid (the trainer's process id) and trainer.exit (its
-# exit status, written when it ends). `run` attaches to a trainer that is already running
-# instead of starting a second one.
+# `bash launch/tpu_vm.sh help` prints the usage. What runs on the workers is launch/worker.sh,
+# which this script copies to each worker's home and runs there.
 #
 # Contract with the trainer (how `supervise` knows that the run has finished):
 #   * When the trainer has completed its last step -- final checkpoint saved and committed,
@@ -22,7 +16,7 @@
 #   * done.json is never written for an unfinished run: on SIGTERM (what `stop` sends and what
 #     a preemption notice brings) the trainer saves at the next step boundary and exits 0
 #     WITHOUT done.json.
-#   `supervise` stops as soon as `gcloud storage ls WORKDIR/done.json` succeeds. Any other
+#   `supervise` stops as soon as `gcloud storage ls WORKDIR/done.json` lists it. Any other
 #   ending -- exit 0 after SIGTERM, a crash, a lost or preempted VM -- is followed by a relaunch
 #   that resumes from the latest checkpoint.
 set -euo pipefail
@@ -36,7 +30,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
 # shellcheck source=launch/common.sh
 source "$ROOT/launch/common.sh"
-readonly LIBTPU_INDEX="https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 
 usage() {
   cat <<'EOF'
@@ -47,7 +40,7 @@ Commands:
   setup       on every worker: copy the code (or git clone it with --git-url), create .venv,
               pip install -r requirements.txt and jax[tpu] at the version pinned there
   run         run the trainer on all workers (--worker=all) and stream its log until it ends;
-              --detach: start it and return
+              --detach: start it and return. A trainer already running is attached to
   logs        follow the trainer log of one worker (--worker N, default 0; or all)
   tensorboard TensorBoard on the workdir: locally, or with --remote on worker 0 through an
               SSH tunnel to localhost:PORT
@@ -78,7 +71,7 @@ Options (environment variable defaults in brackets):
   --env KEY=VALUE         environment variable for the trainer, repeatable
   --module MODULE         trainer module, run as python -m MODULE [TPU_MODULE; trainer.main]
   --remote-dir DIR        code directory on the workers, under $HOME unless absolute
-                          [TPU_REMOTE_DIR; robust]
+                          [TPU_REMOTE_DIR; robust]; logs in DIR/logs/trainer.log
   --python VERSION        Python of the workers' venv [TPU_PYTHON; 3.11]
   --git-url URL           setup clones this repository instead of copying the local files
                           [TPU_GIT_URL]
@@ -89,8 +82,7 @@ Options (environment variable defaults in brackets):
   --port PORT             tensorboard port [6006]
   --grace SECONDS         stop: wait this long after SIGTERM before SIGKILL [300]
   --tpu                   stop: also stop the TPU VM
-  --poll SECONDS          supervise: interval between state checks and relaunches
-                          [TPU_POLL; 60]
+  --poll SECONDS          supervise: interval between state checks and relaunches [TPU_POLL; 60]
   --max-restarts N        supervise: give up after N relaunches [TPU_MAX_RESTARTS; 100]
   --dry-run               print the commands ('+ ' prefix), run nothing
   -h, --help              this text
@@ -106,80 +98,87 @@ Example:
 EOF
 }
 
-# ---- settings ---------------------------------------------------------------------------------
+# ---- options: one row each --------------------------------------------------------------------
+# option, variable, kind (value; switch: takes no value, sets 1; list: repeatable), environment
+# variable giving the default, default, and the pattern a value must match with what it means.
+# A '-' is an empty field.
+readonly OPTIONS='
+--name             NAME             value  TPU_NAME              -      -
+--zone             ZONE             value  TPU_ZONE              -      -
+--project          PROJECT          value  TPU_PROJECT           -      -
+--accelerator-type ACCELERATOR_TYPE value  TPU_ACCELERATOR_TYPE  v4-32  -
+--version          VERSION          value  TPU_VERSION           -      -
+--spot             SPOT             switch TPU_SPOT              0      -
+--queued           QUEUED           switch TPU_QUEUED            0      -
+--create-arg       CREATE_ARGS      list   -                     -      -
+--workdir          WORKDIR          value  TPU_WORKDIR           -      -
+--config           CONFIG           value  TPU_CONFIG            -      -
+--env              TRAINER_ENV      list   -                     -      ^[A-Za-z_][A-Za-z0-9_]*= KEY=VALUE
+--module           MODULE           value  TPU_MODULE   trainer.main    ^[A-Za-z_][A-Za-z0-9_.]*$ a Python module name
+--remote-dir       REMOTE_DIR       value  TPU_REMOTE_DIR        robust -
+--python           PYTHON_VERSION   value  TPU_PYTHON            3.11   -
+--git-url          GIT_URL          value  TPU_GIT_URL           -      -
+--git-ref          GIT_REF          value  TPU_GIT_REF           -      -
+--detach           DETACH           switch -                     0      -
+--worker           WORKER           value  -                     0      ^([0-9]+|all)$ a worker index or '"'all'"'
+--remote           REMOTE_TB        switch -                     0      -
+--port             PORT             value  -                     6006   ^[0-9]+$ a port number
+--grace            GRACE            value  -                     300    ^[0-9]+$ a whole number of seconds
+--tpu              STOP_TPU         switch -                     0      -
+--poll             POLL             value  TPU_POLL              60     ^[0-9]+([.][0-9]+)?$ a number of seconds
+--max-restarts     MAX_RESTARTS     value  TPU_MAX_RESTARTS      100    ^[0-9]+$ a whole number
+--dry-run          DRY_RUN          switch -                     0      -
+'
 COMMAND=""
-NAME="${TPU_NAME:-}"
-ZONE="${TPU_ZONE:-}"
-PROJECT="${TPU_PROJECT:-}"
-ACCELERATOR_TYPE="${TPU_ACCELERATOR_TYPE:-v4-32}"
-VERSION="${TPU_VERSION:-}"
-SPOT="${TPU_SPOT:-0}"
-QUEUED="${TPU_QUEUED:-0}"
-WORKDIR="${TPU_WORKDIR:-}"
-CONFIG="${TPU_CONFIG:-}"
-MODULE="${TPU_MODULE:-trainer.main}"
-REMOTE_DIR="${TPU_REMOTE_DIR:-robust}"
-PYTHON_VERSION="${TPU_PYTHON:-3.11}"
-GIT_URL="${TPU_GIT_URL:-}"
-GIT_REF="${TPU_GIT_REF:-}"
-POLL="${TPU_POLL:-60}"
-MAX_RESTARTS="${TPU_MAX_RESTARTS:-100}"
-DETACH=0
-WORKER=0
-REMOTE_TB=0
-PORT=6006
-GRACE=300
-STOP_TPU=0
-OVERRIDES=()
-TRAINER_ARGS=()
-TRAINER_ENV=()
 CREATE_ARGS=()
-ERR_FILE=""
-RUNTIME=""     # TPU software version, resolved in main
-JAX_VERSION="" # from requirements.txt, resolved in main
+TRAINER_ENV=()
+OVERRIDES=()    # --config.KEY=VALUE
+TRAINER_ARGS=() # after --
+RUNTIME=""      # TPU software version, resolved in main
+JAX_VERSION=""  # from requirements.txt, resolved in main
+TMP=""          # this run's temporary directory
+SHIPPED=0       # 1: the setup just before copied the worker script
+STATE=""        # the last state tpu_ready saw
 
-log() {
-  printf '[tpu_vm %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2
-}
+log() { printf '[tpu_vm %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-truthy() {
-  case "${1,,}" in
-    1 | true | yes | on) return 0 ;;
-    *) return 1 ;;
+truthy() { [[ ${1,,} =~ ^(1|true|yes|on)$ ]]; }
+
+set_option() { # set_option VARIABLE KIND VALUE
+  case $2 in
+    list) local -n list=$1 && list+=("$3") ;;
+    switch) if truthy "$3"; then printf -v "$1" 1; else printf -v "$1" 0; fi ;;
+    *) printf -v "$1" '%s' "$3" ;;
   esac
 }
 
+# Each variable of the table from its environment variable, else its default.
+set_defaults() {
+  local flag var kind env default rest
+  while read -r flag var kind env default rest; do
+    [[ -n $flag && $kind != list ]] || continue
+    [[ $default != - ]] || default=""
+    [[ $env == - ]] || default=${!env:-$default}
+    set_option "$var" "$kind" "$default"
+  done <<<"$OPTIONS"
+}
+
 parse_args() {
-  local value
+  local flag spec var kind value
   while (($#)); do
-    case "$1" in
-      -h | --help | help)
-        usage
-        exit 0
-        ;;
-      --)
-        shift
-        TRAINER_ARGS+=("$@")
-        break
-        ;;
-      --config.*)
-        OVERRIDES+=("$1")
-        ;;
-      --spot) SPOT=1 ;;
-      --queued) QUEUED=1 ;;
-      --detach) DETACH=1 ;;
-      --remote) REMOTE_TB=1 ;;
-      --tpu) STOP_TPU=1 ;;
-      --dry-run) DRY_RUN=1 ;;
-      --*)
-        local flag=${1%%=*}
-        case "$flag" in
-          --name | --zone | --project | --accelerator-type | --version | --workdir | --config | \
-            --module | --remote-dir | --python | --git-url | --git-ref | --poll | --max-restarts | \
-            --worker | --port | --grace | --env | --create-arg) ;;
-          *) die "unknown option '$flag' (see: bash launch/tpu_vm.sh help)" ;;
-        esac
-        if [[ $1 == *=* ]]; then
+    case $1 in
+      -h | --help | help) usage && exit 0 ;;
+      --) shift && TRAINER_ARGS+=("$@") && break ;;
+      --config.*) OVERRIDES+=("$1") ;;
+      -*)
+        flag=${1%%=*}
+        spec=$(grep -E -m1 -- "^$flag " <<<"$OPTIONS") ||
+          die "unknown option '$flag' (see: bash launch/tpu_vm.sh help)"
+        read -r _ var kind _ <<<"$spec"
+        if [[ $kind == switch ]]; then
+          [[ $1 != *=* ]] || die "option $flag takes no value"
+          value=1
+        elif [[ $1 == *=* ]]; then
           value=${1#*=}
         else
           (($# >= 2)) || die "option $flag needs a value"
@@ -187,29 +186,8 @@ parse_args() {
           shift
           value=$1
         fi
-        case "$flag" in
-          --name) NAME=$value ;;
-          --zone) ZONE=$value ;;
-          --project) PROJECT=$value ;;
-          --accelerator-type) ACCELERATOR_TYPE=$value ;;
-          --version) VERSION=$value ;;
-          --workdir) WORKDIR=$value ;;
-          --config) CONFIG=$value ;;
-          --module) MODULE=$value ;;
-          --remote-dir) REMOTE_DIR=$value ;;
-          --python) PYTHON_VERSION=$value ;;
-          --git-url) GIT_URL=$value ;;
-          --git-ref) GIT_REF=$value ;;
-          --poll) POLL=$value ;;
-          --max-restarts) MAX_RESTARTS=$value ;;
-          --worker) WORKER=$value ;;
-          --port) PORT=$value ;;
-          --grace) GRACE=$value ;;
-          --env) TRAINER_ENV+=("$value") ;;
-          --create-arg) CREATE_ARGS+=("$value") ;;
-        esac
+        set_option "$var" "$kind" "$value"
         ;;
-      -*) die "unknown option '$1' (see: bash launch/tpu_vm.sh help)" ;;
       *)
         [[ -z $COMMAND ]] || die "unexpected argument '$1' (trainer arguments go after --)"
         COMMAND=$1
@@ -217,49 +195,45 @@ parse_args() {
     esac
     shift
   done
-  truthy "$SPOT" && SPOT=1 || SPOT=0
-  truthy "$QUEUED" && QUEUED=1 || QUEUED=0
 }
 
-# ---- validation ---------------------------------------------------------------------------------
+# Every value against the pattern of its row.
+validate() {
+  local flag var kind env default pattern what v values
+  while read -r flag var kind env default pattern what; do
+    [[ -n $flag && $pattern != - ]] || continue
+    values="${var}[@]"
+    for v in "${!values}"; do
+      [[ $v =~ $pattern ]] || die "$flag '$v' is not $what"
+    done
+  done <<<"$OPTIONS"
+}
+
 require() {
-  local what
+  local what no_workdir="no workdir: pass --workdir gs://BUCKET/DIR or set TPU_WORKDIR"
   for what in "$@"; do
-    case "$what" in
+    case $what in
       name) [[ -n $NAME ]] || die "no TPU name: pass --name NAME or set TPU_NAME" ;;
       zone) [[ -n $ZONE ]] || die "no zone: pass --zone ZONE (e.g. us-central2-b) or set TPU_ZONE" ;;
       config) [[ -n $CONFIG ]] || die "no config: pass --config configs/NAME.py or set TPU_CONFIG" ;;
-      workdir) [[ -n $WORKDIR ]] || die "no workdir: pass --workdir gs://BUCKET/DIR or set TPU_WORKDIR" ;;
+      workdir) [[ -n $WORKDIR ]] || die "$no_workdir" ;;
       gs_workdir)
-        [[ -n $WORKDIR ]] || die "no workdir: pass --workdir gs://BUCKET/DIR or set TPU_WORKDIR"
+        [[ -n $WORKDIR ]] || die "$no_workdir"
         [[ $WORKDIR == gs://?* ]] ||
           die "workdir '$WORKDIR' is not a gs:// path: all workers write to it, so it must be a bucket"
         ;;
     esac
   done
-  [[ $POLL =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--poll '$POLL' is not a number of seconds"
-  [[ $MAX_RESTARTS =~ ^[0-9]+$ ]] || die "--max-restarts '$MAX_RESTARTS' is not a whole number"
-  [[ $GRACE =~ ^[0-9]+$ ]] || die "--grace '$GRACE' is not a whole number of seconds"
-  [[ $PORT =~ ^[0-9]+$ ]] || die "--port '$PORT' is not a port number"
-  [[ $WORKER =~ ^([0-9]+|all)$ ]] || die "--worker '$WORKER' is not a worker index or 'all'"
-  [[ $MODULE =~ ^[A-Za-z_][A-Za-z0-9_.]*$ ]] || die "--module '$MODULE' is not a Python module name"
-  local kv
-  for kv in "${TRAINER_ENV[@]}"; do
-    [[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env '$kv' is not KEY=VALUE"
-  done
 }
 
 # TPU software version: the flag, else the recommended one for the accelerator's generation.
 runtime_version() {
-  if [[ -n $VERSION ]]; then
-    printf '%s' "$VERSION"
-    return
-  fi
-  case "$ACCELERATOR_TYPE" in
-    v2-* | v3-* | v4-*) printf 'tpu-ubuntu2204-base' ;;
-    v5p-*) printf 'v2-alpha-tpuv5' ;;
-    v5litepod-* | v5e-*) printf 'v2-alpha-tpuv5-lite' ;;
-    v6e-*) printf 'v2-alpha-tpuv6e' ;;
+  case "${VERSION:+set}:$ACCELERATOR_TYPE" in
+    set:*) printf '%s' "$VERSION" ;;
+    :v2-* | :v3-* | :v4-*) printf 'tpu-ubuntu2204-base' ;;
+    :v5p-*) printf 'v2-alpha-tpuv5' ;;
+    :v5litepod-* | :v5e-*) printf 'v2-alpha-tpuv5-lite' ;;
+    :v6e-*) printf 'v2-alpha-tpuv6e' ;;
     *) die "no default TPU software version for '$ACCELERATOR_TYPE': pass --version" ;;
   esac
 }
@@ -274,31 +248,29 @@ jax_version() {
   printf '%s' "$v"
 }
 
-# ---- gcloud pieces --------------------------------------------------------------------------------
-location() {
-  LOC=(--zone="$ZONE")
-  [[ -z $PROJECT ]] || LOC+=(--project="$PROJECT")
+git_ref() {
+  if [[ -n $GIT_REF ]]; then
+    printf '%s' "$GIT_REF"
+  elif ! git -C "$ROOT" rev-parse -q --verify HEAD 2>/dev/null; then
+    printf 'main'
+  fi
 }
 
+# ---- gcloud pieces --------------------------------------------------------------------------------
 qr_id() { printf '%s-qr' "$NAME"; }
 
 tpu_ssh() { # tpu_ssh WORKER COMMAND [extra gcloud args...]
-  local worker=$1 command=$2
-  shift 2
-  run_cmd gcloud compute tpus tpu-vm ssh "$NAME" "${LOC[@]}" --worker="$worker" \
-    --command="$command" "$@"
+  run_cmd gcloud compute tpus tpu-vm ssh "$NAME" "${LOC[@]}" --worker="$1" --command="$2" "${@:3}"
 }
 
 create_tpu() {
-  local version=$RUNTIME
+  local cmd=(gcloud compute tpus tpu-vm create "$NAME" "${LOC[@]}"
+    --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME")
   if ((QUEUED)); then
-    local cmd=(gcloud compute tpus queued-resources create "$(qr_id)" --node-id="$NAME" "${LOC[@]}"
-      --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$version")
-  else
-    local cmd=(gcloud compute tpus tpu-vm create "$NAME" "${LOC[@]}"
-      --accelerator-type="$ACCELERATOR_TYPE" --version="$version")
+    cmd=(gcloud compute tpus queued-resources create "$(qr_id)" --node-id="$NAME" "${LOC[@]}"
+      --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$RUNTIME")
   fi
-  ((SPOT)) && cmd+=(--spot)
+  ((!SPOT)) || cmd+=(--spot)
   run_cmd "${cmd[@]}" "${CREATE_ARGS[@]}"
 }
 
@@ -310,17 +282,14 @@ delete_tpu() {
   fi
 }
 
-# Prints the state from a describe command, MISSING when it does not exist, UNKNOWN on errors.
+# Prints the state from a describe command, MISSING when it does not exist, UNKNOWN on errors
+# (and under --dry-run, where nothing is asked).
 describe_state() {
   local out rc=0
-  if ((DRY_RUN)); then
-    run_cmd "$@"
-    return 0
-  fi
-  out=$("$@" 2>"$ERR_FILE") || rc=$?
+  out=$(run_cmd "$@" 2>"$TMP/err") || rc=$?
   if ((rc == 0)) && [[ -n $out ]]; then
     printf '%s\n' "$out"
-  elif ((rc != 0)) && grep -qiE 'NOT_FOUND|not found' "$ERR_FILE"; then
+  elif ((rc != 0)) && grep -qiE 'NOT_FOUND|not found' "$TMP/err"; then
     printf 'MISSING\n'
   else
     printf 'UNKNOWN\n'
@@ -336,95 +305,40 @@ qr_state() {
     --format='value(state.state)'
 }
 
-is_done() {
-  if ((DRY_RUN)); then
-    run_cmd gcloud storage ls "$WORKDIR/done.json"
-    return 1
-  fi
-  gcloud storage ls "$WORKDIR/done.json" >/dev/null 2>&1
-}
+# True when done.json is listed (never under --dry-run, where nothing is listed).
+is_done() { [[ -n $(run_cmd gcloud storage ls "$WORKDIR/done.json" 2>/dev/null) ]]; }
 
-# ---- remote shell snippets (each one line: `--command` is one argument) --------------------------
+# ---- the workers ---------------------------------------------------------------------------------
+# DIR on a worker as its shell reads it: under $HOME unless absolute.
 remote_dir() {
-  if [[ $REMOTE_DIR == /* ]]; then
-    q "$REMOTE_DIR"
-  else
-    # shellcheck disable=SC2016  # $HOME is expanded on the worker
-    printf '"$HOME"/%s' "$(q "$REMOTE_DIR")"
-  fi
+  # shellcheck disable=SC2016  # $HOME is expanded on the worker
+  [[ $REMOTE_DIR == /* ]] && q "$REMOTE_DIR" || printf '"$HOME"/%s' "$(q "$REMOTE_DIR")"
 }
 
-# Defines D (code dir) and alive(): true when logs/trainer.pid names a live `python -m MODULE`
-# (checked through /proc, so a stale pid from before a reboot does not count); sets p.
-remote_prelude() {
-  local pattern="-m $MODULE"
-  printf '%s' "set -euo pipefail; D=$(remote_dir); alive() { p=\$(cat \"\$D/logs/trainer.pid\" 2>/dev/null) && [ -n \"\$p\" ] && c=\$(tr \"\\0\" \" \" < \"/proc/\$p/cmdline\" 2>/dev/null) && [[ \"\$c \" == *\" $pattern \"* ]]; }"
+remote_name() { printf '%s-%s' "$(basename "$REMOTE_DIR")" "$1"; } # files copied to $HOME
+
+# Copies launch/worker.sh and FILES to the home directory of every worker.
+ship() {
+  run_cmd cp "$ROOT/launch/worker.sh" "$TMP/$(remote_name worker.sh)"
+  run_cmd gcloud compute tpus tpu-vm scp "$TMP/$(remote_name worker.sh)" "$@" "$NAME:" \
+    "${LOC[@]}" --worker=all
 }
 
-remote_setup_cmd() {
-  local jax_v=$JAX_VERSION code_step archive
-  if [[ -n $GIT_URL ]]; then
-    code_step="if [ ! -d \"\$D/.git\" ]; then mkdir -p \"\$D\"; git -C \"\$D\" init -q; git -C \"\$D\" remote add origin $(q "$GIT_URL"); fi; git -C \"\$D\" remote set-url origin $(q "$GIT_URL"); git -C \"\$D\" fetch -q --tags origin '+refs/heads/*:refs/remotes/origin/*'; ref=\$(git -C \"\$D\" rev-parse -q --verify $(q "origin/$(git_ref)^{commit}") || git -C \"\$D\" rev-parse -q --verify $(q "$(git_ref)^{commit}")); git -C \"\$D\" checkout -q --force --detach \"\$ref\"; git -C \"\$D\" clean -fdq -e /logs/"
-  else
-    archive=$(remote_archive)
-    code_step="mkdir -p \"\$D\"; find \"\$D\" -mindepth 1 -maxdepth 1 ! -name .venv ! -name logs -exec rm -rf {} +; tar -xzf \"\$HOME\"/$(q "$archive") -C \"\$D\"; rm -f \"\$HOME\"/$(q "$archive")"
-  fi
-  local py="python$PYTHON_VERSION"
-  printf '%s' "$(remote_prelude); if alive; then echo \"trainer running on \$(hostname) (pid \$p): setup skipped\"; exit 0; fi; $code_step; cd \"\$D\"; if [ ! -x .venv/bin/python ]; then if command -v $(q "$py") >/dev/null 2>&1 && $(q "$py") -m venv .venv; then :; else rm -rf .venv; if [ ! -x \"\$HOME/.local/bin/uv\" ]; then python3 -m pip install --user --quiet uv || curl -LsSf https://astral.sh/uv/install.sh | sh; fi; \"\$HOME/.local/bin/uv\" venv --seed --python $(q "$PYTHON_VERSION") .venv; fi; fi; .venv/bin/python -m pip install --quiet --upgrade pip; .venv/bin/python -m pip install --quiet -r requirements.txt \"jax[tpu]==$jax_v\" -f $LIBTPU_INDEX; echo \"\$(hostname): jax \$(.venv/bin/python -c \"import jax; print(jax.__version__)\")\""
+# The command that runs `worker.sh SUBCOMMAND ARGS` on a worker.
+worker_cmd() {
+  # shellcheck disable=SC2016  # $HOME is expanded on the worker
+  printf 'bash "$HOME"/%s %s' "$(q "$(remote_name worker.sh)")" \
+    "$(qjoin "$1" --dir "$REMOTE_DIR" --module "$MODULE" "${@:2}")"
 }
 
-trainer_argv() {
-  TRAINER_ARGV=(--config="$CONFIG" --workdir="$WORKDIR" --config.distributed=True
-    "${OVERRIDES[@]}" "${TRAINER_ARGS[@]}")
-}
-
-remote_run_cmd() {
-  trainer_argv
-  local launch wait_part start
-  launch="env PYTHONUNBUFFERED=1 $(qjoin "${TRAINER_ENV[@]}")${TRAINER_ENV[*]:+ }.venv/bin/python -m $(q "$MODULE") $(qjoin "${TRAINER_ARGV[@]}")"
-  wait_part="for i in \$(seq 600); do [ -s logs/trainer.pid ] && break; sleep 0.2; done; p=\$(cat logs/trainer.pid); tail -n \"+\$from\" -s 0.5 -f --pid=\"\$p\" logs/trainer.log || true; for i in \$(seq 300); do [ -s logs/trainer.exit ] && break; sleep 0.2; done; rc=\$(cat logs/trainer.exit 2>/dev/null || echo 1); echo \"trainer on \$(hostname) exited with status \$rc\"; exit \"\$rc\""
-  start="$(remote_prelude); cd \"\$D\"; mkdir -p logs; touch logs/trainer.log; n=\$(wc -l < logs/trainer.log); if alive; then echo \"trainer already running on \$(hostname) (pid \$p): attaching\"; from=\$(( n > 50 ? n - 49 : 1 )); else rm -f logs/trainer.pid logs/trainer.exit; from=\$(( n + 1 )); echo \"=== launch \$(date -u +%FT%TZ) on \$(hostname) ===\" >> logs/trainer.log; ( trap \"\" HUP; $launch & echo \$! > logs/trainer.pid; rc=0; wait \$! || rc=\$?; echo \$rc > logs/trainer.exit ) >> logs/trainer.log 2>&1 < /dev/null & fi"
-  if ((DETACH)); then
-    printf '%s' "$start; for i in \$(seq 600); do [ -s logs/trainer.pid ] && break; sleep 0.2; done; echo \"trainer started on \$(hostname) (pid \$(cat logs/trainer.pid)); log: \$D/logs/trainer.log\""
-  else
-    printf '%s' "$start; $wait_part"
-  fi
-}
-
-remote_stop_cmd() {
-  printf '%s' "$(remote_prelude); if alive; then kill -TERM \"\$p\"; echo \"SIGTERM sent to the trainer (pid \$p) on \$(hostname)\"; i=0; while kill -0 \"\$p\" 2>/dev/null && [ \"\$i\" -lt $GRACE ]; do sleep 1; i=\$((i + 1)); done; if kill -0 \"\$p\" 2>/dev/null; then echo \"still running after ${GRACE}s: SIGKILL\"; kill -KILL \"\$p\"; else echo \"trainer on \$(hostname) has exited\"; fi; else echo \"no trainer running on \$(hostname)\"; fi"
-}
-
-remote_status_cmd() {
-  printf '%s' "$(remote_prelude); if alive; then echo \"\$(hostname): trainer running (pid \$p)\"; else echo \"\$(hostname): no trainer running (last exit status: \$(cat \"\$D/logs/trainer.exit\" 2>/dev/null || echo none))\"; fi"
-}
-
-# ---- code shipping ----------------------------------------------------------------------------------
-git_ref() {
-  if [[ -n $GIT_REF ]]; then
-    printf '%s' "$GIT_REF"
-  elif git -C "$ROOT" rev-parse -q --verify HEAD >/dev/null 2>&1; then
-    git -C "$ROOT" rev-parse HEAD
-  else
-    printf 'main'
-  fi
-}
-
-remote_archive() { printf '%s-code.tar.gz' "$(basename "$REMOTE_DIR")"; }
-
-local_archive() { printf '%s/%s-code.tar.gz' "${TMPDIR:-/tmp}" "$NAME"; }
-
-# Packs the tracked and untracked-but-not-ignored files of the checkout.
+# Packs the tracked and untracked-but-not-ignored files of the checkout into ARCHIVE.
 pack_code() {
-  local archive=$1
   if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    if ((DRY_RUN)); then
-      printf '+ %s\n' "(cd $(q "$ROOT") && git ls-files -z -co --exclude-standard | tar --null -T - -czf $(q "$archive"))"
-      return 0
-    fi
-    (cd "$ROOT" && git ls-files -z -co --exclude-standard | tar --null -T - -czf "$archive")
+    # shellcheck disable=SC2016  # expanded by the inner shell
+    run_cmd bash -c 'cd "$1" && git ls-files -z -co --exclude-standard | tar --null -T - -czf "$2"' \
+      pack_code "$ROOT" "$1"
   else
-    run_cmd tar -czf "$archive" -C "$ROOT" --exclude=.venv --exclude=.git --exclude=runs \
+    run_cmd tar -czf "$1" -C "$ROOT" --exclude=.venv --exclude=.git --exclude=runs \
       --exclude=workdirs --exclude=__pycache__ .
   fi
 }
@@ -433,28 +347,32 @@ pack_code() {
 cmd_create() {
   require name zone
   create_tpu
-  if ((QUEUED)) && ! ((DRY_RUN)); then
-    log "queued resource $(qr_id) requested; the TPU $NAME exists once it is ACTIVE (see: status)"
-  fi
+  ((!QUEUED)) || log "queued resource $(qr_id) requested; the TPU $NAME exists once it is ACTIVE"
 }
 
 cmd_setup() {
   require name zone
-  if [[ -z $GIT_URL ]]; then
-    local archive
-    archive=$(local_archive)
-    pack_code "$archive" || return 1
-    run_cmd gcloud compute tpus tpu-vm scp "$archive" "$NAME:$(remote_archive)" "${LOC[@]}" \
-      --worker=all || return 1
-    ((DRY_RUN)) || rm -f "$archive"
+  local args=(--python "$PYTHON_VERSION" --jax "$JAX_VERSION") files=()
+  if [[ -n $GIT_URL ]]; then
+    args+=(--git-url "$GIT_URL" --git-ref "$(git_ref)")
+  else
+    files=("$TMP/$(remote_name code.tar.gz)")
+    pack_code "${files[0]}" || return 1
+    args+=(--archive "$(remote_name code.tar.gz)")
   fi
-  tpu_ssh all "$(remote_setup_cmd)"
+  ship "${files[@]}" || return 1
+  tpu_ssh all "$(worker_cmd setup "${args[@]}")"
 }
 
 cmd_run() {
   require name zone config gs_workdir
-  tpu_ssh all "$(remote_run_cmd)" --ssh-flag="-o ServerAliveInterval=60" \
-    --ssh-flag="-o ServerAliveCountMax=5"
+  local args=() kv
+  ((!DETACH)) || args+=(--detach)
+  for kv in "${TRAINER_ENV[@]}"; do args+=(--env "$kv"); done
+  ((SHIPPED)) || ship || return 1
+  tpu_ssh all "$(worker_cmd run "${args[@]}" -- --config="$CONFIG" --workdir="$WORKDIR" \
+    --config.distributed=True "${OVERRIDES[@]}" "${TRAINER_ARGS[@]}")" \
+    --ssh-flag="-o ServerAliveInterval=60" --ssh-flag="-o ServerAliveCountMax=5"
 }
 
 cmd_logs() {
@@ -466,41 +384,31 @@ cmd_tensorboard() {
   require workdir
   if ((REMOTE_TB)); then
     require name zone
-    ((DRY_RUN)) || log "TensorBoard on worker 0, tunnelled to http://localhost:$PORT"
+    log "TensorBoard on worker 0, tunnelled to http://localhost:$PORT"
     tpu_ssh 0 "cd $(remote_dir) && .venv/bin/tensorboard --logdir=$(q "$WORKDIR") --host=localhost --port=$PORT" \
       -- -L "$PORT:localhost:$PORT"
   else
     local tb=tensorboard
-    [[ -x $ROOT/.venv/bin/tensorboard ]] && tb="$ROOT/.venv/bin/tensorboard"
+    [[ ! -x $ROOT/.venv/bin/tensorboard ]] || tb="$ROOT/.venv/bin/tensorboard"
     run_cmd "$tb" --logdir="$WORKDIR" --port="$PORT"
   fi
 }
 
 cmd_status() {
   require name zone
-  if ((DRY_RUN)); then
-    ((QUEUED)) && qr_state
-    node_state
-    [[ -z $WORKDIR ]] || is_done || true
-    tpu_ssh all "$(remote_status_cmd)"
-    return 0
-  fi
-  if ((QUEUED)); then
-    printf 'queued resource %s: %s\n' "$(qr_id)" "$(qr_state)"
-  fi
+  ((!QUEUED)) || printf 'queued resource %s: %s\n' "$(qr_id)" "$(qr_state)"
   printf 'TPU %s: %s\n' "$NAME" "$(node_state)"
   if [[ -n $WORKDIR ]]; then
     if is_done; then printf 'done.json: present (finished)\n'; else printf 'done.json: absent\n'; fi
   fi
-  tpu_ssh all "$(remote_status_cmd)" || true
+  { ship && tpu_ssh all "$(worker_cmd status)"; } || true
 }
 
 cmd_stop() {
   require name zone
-  tpu_ssh all "$(remote_stop_cmd)"
-  if ((STOP_TPU)); then
-    run_cmd gcloud compute tpus tpu-vm stop "$NAME" "${LOC[@]}"
-  fi
+  ship
+  tpu_ssh all "$(worker_cmd stop --grace "$GRACE")"
+  ((!STOP_TPU)) || run_cmd gcloud compute tpus tpu-vm stop "$NAME" "${LOC[@]}"
 }
 
 cmd_delete() {
@@ -508,75 +416,71 @@ cmd_delete() {
   delete_tpu
 }
 
+# One look at the TPU: true when it is READY; else creates, re-creates or starts it as its state
+# asks, and leaves the state in STATE.
+tpu_ready() {
+  if ((QUEUED)); then
+    local qstate
+    qstate=$(qr_state)
+    STATE="queued resource $qstate"
+    case $qstate in
+      ACTIVE) ;;
+      MISSING) fix create "queued resource $(qr_id) does not exist: creating it" && return 1 ;;
+      SUSPENDED | FAILED) fix recreate "queued resource $(qr_id) is $qstate: re-creating it" && return 1 ;;
+      *) return 1 ;;
+    esac
+  fi
+  STATE=$(node_state)
+  case $STATE in
+    READY) return 0 ;;
+    PREEMPTED | TERMINATED | MISSING)
+      if ((QUEUED)); then
+        fix recreate "TPU $NAME is $STATE: re-creating the queued resource $(qr_id)"
+      elif [[ $STATE == MISSING ]]; then
+        fix create "TPU $NAME does not exist: creating it"
+      else
+        fix recreate "TPU $NAME is $STATE: re-creating it"
+      fi
+      ;;
+    STOPPED) ((QUEUED)) || fix start "TPU $NAME is STOPPED: starting it" ;;
+  esac
+  return 1
+}
+
+# fix ACTION MESSAGE: logs MESSAGE, then creates, re-creates or starts the TPU; a failure is only
+# logged (the caller looks again after --poll seconds).
+fix() {
+  log "$2"
+  case $1 in
+    create) create_tpu ;;
+    recreate) delete_tpu || true && create_tpu ;;
+    start) run_cmd gcloud compute tpus tpu-vm start "$NAME" "${LOC[@]}" ;;
+  esac || log "$1 failed; retrying in ${POLL}s"
+}
+
 # Waits until the TPU is READY, creating it when missing and re-creating it when preempted.
 ensure_ready() {
-  local state qstate last=""
-  while true; do
-    if ((QUEUED)); then
-      qstate=$(qr_state)
-      state="queued resource $qstate"
-      case "$qstate" in
-        ACTIVE)
-          state=$(node_state)
-          case "$state" in
-            READY) return 0 ;;
-            PREEMPTED | TERMINATED | MISSING)
-              log "TPU $NAME is $state: re-creating the queued resource $(qr_id)"
-              delete_tpu || true
-              create_tpu || log "create failed; retrying in ${POLL}s"
-              ;;
-          esac
-          ;;
-        MISSING)
-          log "queued resource $(qr_id) does not exist: creating it"
-          create_tpu || log "create failed; retrying in ${POLL}s"
-          ;;
-        SUSPENDED | FAILED)
-          log "queued resource $(qr_id) is $qstate: re-creating it"
-          delete_tpu || true
-          create_tpu || log "create failed; retrying in ${POLL}s"
-          ;;
-      esac
-    else
-      state=$(node_state)
-      case "$state" in
-        READY) return 0 ;;
-        MISSING)
-          log "TPU $NAME does not exist: creating it"
-          create_tpu || log "create failed; retrying in ${POLL}s"
-          ;;
-        PREEMPTED | TERMINATED)
-          log "TPU $NAME is $state: re-creating it"
-          delete_tpu || true
-          create_tpu || log "create failed; retrying in ${POLL}s"
-          ;;
-        STOPPED)
-          log "TPU $NAME is STOPPED: starting it"
-          run_cmd gcloud compute tpus tpu-vm start "$NAME" "${LOC[@]}" ||
-            log "start failed; retrying in ${POLL}s"
-          ;;
-      esac
-    fi
-    if [[ $state != "$last" ]]; then
-      log "waiting for TPU $NAME to be READY (now: $state)"
-      last=$state
-    fi
+  local last=""
+  until tpu_ready; do
+    [[ $STATE == "$last" ]] || log "waiting for TPU $NAME to be READY (now: $STATE)"
+    last=$STATE
     sleep "$POLL"
   done
 }
 
+# A dry run cannot follow the TPU's state, so it lists what one pass of the loop runs.
 supervise_dry_run() {
   echo "# supervise: repeat until $WORKDIR/done.json exists (checked before each launch and after each ending)"
   is_done || true
   echo "# wait for the TPU to be READY: poll its state every ${POLL}s"
-  ((QUEUED)) && qr_state
-  node_state
+  ((!QUEUED)) || qr_state >/dev/null
+  node_state >/dev/null
   echo "# when it is missing: create it; when it is preempted or terminated: delete and re-create it"
   delete_tpu
   create_tpu
   echo "# then set up every worker and run the trainer"
   cmd_setup
-  cmd_run
+  SHIPPED=1 cmd_run
 }
 
 cmd_supervise() {
@@ -587,20 +491,13 @@ cmd_supervise() {
     return 0
   fi
   local restarts=0 rc
-  while true; do
-    if is_done; then
-      log "found $WORKDIR/done.json: the run has finished"
-      return 0
-    fi
+  until is_done; do
     ensure_ready
     rc=0
     if (cmd_setup); then
       log "launching the trainer (launch $((restarts + 1)); relaunches so far: $restarts of at most $MAX_RESTARTS)"
-      (cmd_run) || rc=$?
-      if is_done; then
-        log "found $WORKDIR/done.json: the run has finished"
-        return 0
-      fi
+      (SHIPPED=1 cmd_run) || rc=$?
+      is_done && break
       log "the trainer ended (status $rc) before its last step"
     else
       log "setup failed"
@@ -613,36 +510,29 @@ cmd_supervise() {
     log "relaunching in ${POLL}s"
     sleep "$POLL"
   done
+  log "found $WORKDIR/done.json: the run has finished"
 }
 
 main() {
+  exec 3>&1 # run_cmd prints to it under --dry-run, also from inside $(...)
+  DRY_RUN_FD=3
+  set_defaults
   parse_args "$@"
-  [[ -n $COMMAND ]] || {
-    usage >&2
-    exit 2
-  }
-  location
+  validate
+  [[ -n $COMMAND ]] || { usage >&2 && exit 2; }
+  LOC=(--zone="$ZONE")
+  [[ -z $PROJECT ]] || LOC+=(--project="$PROJECT")
   # Resolved here, where a failure ends the script, not inside a supervise retry.
-  case "$COMMAND" in
+  case $COMMAND in
     create | supervise) RUNTIME=$(runtime_version) || exit 2 ;;
   esac
-  case "$COMMAND" in
+  case $COMMAND in
     setup | supervise) JAX_VERSION=$(jax_version) || exit 2 ;;
   esac
-  if ! ((DRY_RUN)); then
-    ERR_FILE=$(mktemp)
-    trap 'rm -f "$ERR_FILE"' EXIT
-  fi
-  case "$COMMAND" in
-    create) cmd_create ;;
-    setup) cmd_setup ;;
-    run) cmd_run ;;
-    logs) cmd_logs ;;
-    tensorboard) cmd_tensorboard ;;
-    status) cmd_status ;;
-    stop) cmd_stop ;;
-    delete) cmd_delete ;;
-    supervise) cmd_supervise ;;
+  TMP=$(mktemp -d)
+  trap 'rm -rf "$TMP"' EXIT
+  case $COMMAND in
+    create | setup | run | logs | tensorboard | status | stop | delete | supervise) "cmd_$COMMAND" ;;
     *) die "unknown command '$COMMAND' (one of: create setup run logs tensorboard status stop delete supervise help)" ;;
   esac
 }

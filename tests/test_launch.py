@@ -1,5 +1,6 @@
-"""Launch scripts: shellcheck, the gcloud commands their --dry-run prints, and the supervisor loop
-run against a fake `gcloud` that simulates a TPU, its workers and a GCS bucket."""
+"""Launch scripts: shellcheck, the commands their --dry-run prints, launch/worker.sh run directly,
+and the supervisor loop against the fake `gcloud` and `python` of tests/fixtures/, which simulate
+a TPU, its worker and a GCS bucket."""
 import concurrent.futures
 import json
 import os
@@ -7,36 +8,39 @@ import pathlib
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
-import textwrap
+import time
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TPU_VM = REPO / 'launch' / 'tpu_vm.sh'
-LOCAL = REPO / 'launch' / 'local.sh'
+LAUNCH = REPO / 'launch'
+FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 COMMON = ['--name', 'tpu1', '--zone', 'us-central2-b', '--project', 'proj']
+LIBTPU = 'https://storage.googleapis.com/jax-releases/libtpu_releases.html'
 
 
 def clean_env(**extra):
-  env = {k: v for k, v in os.environ.items() if not k.startswith('TPU_')}
-  env.update(extra)
-  return env
+  """The environment without TPU_* defaults; the fakes' `#!/usr/bin/env python3` finds the
+  interpreter of the tests first (no slow launcher shims)."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('TPU_', 'FAKE_'))}
+  env['PATH'] = f'{pathlib.Path(sys.executable).parent}{os.pathsep}{env["PATH"]}'
+  return {**env, **extra}
 
 
 def sh(script, *args, env=None, check=True, timeout=60):
-  proc = subprocess.run(['bash', str(script), *args], capture_output=True, text=True,
+  proc = subprocess.run(['bash', str(LAUNCH / script), *args], capture_output=True, text=True,
                         env=env or clean_env(), timeout=timeout, cwd=REPO)
   if check and proc.returncode != 0:
-    raise AssertionError(f'{script.name} {args} failed ({proc.returncode}):\n'
-                         f'{proc.stdout}\n{proc.stderr}')
+    raise AssertionError(f'{script} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
   return proc
 
 
 def dry(*args, env=None):
   """The argv of every command a --dry-run prints (lines starting with '+ ')."""
-  out = sh(TPU_VM, '--dry-run', *args, env=env).stdout
+  out = sh('tpu_vm.sh', '--dry-run', *args, env=env).stdout
   cmds = [shlex.split(line[2:]) for line in out.splitlines() if line.startswith('+ ')]
   assert cmds, out
   return cmds
@@ -52,8 +56,24 @@ def option(argv, name):
   return values[0]
 
 
+def remote(ssh):
+  """The argv of the ssh command, after checking that it is one valid shell line."""
+  command = option(ssh, '--command')
+  subprocess.run(['bash', '-n', '-c', command], check=True)
+  return shlex.split(command)
+
+
+def worker_argv(sub, *args, remote_dir='robust'):
+  return ['bash', '$HOME/robust-worker.sh', sub, '--dir', remote_dir, '--module', 'trainer.main',
+          *args]
+
+
 def pinned_jax():
   return re.search(r'^jax==(\S+)', (REPO / 'requirements.txt').read_text(), re.M).group(1)
+
+
+def lines(path):
+  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 # ---- shellcheck ----------------------------------------------------------------------------------
@@ -62,8 +82,8 @@ def test_shellcheck_clean():
     pytest.fail('shellcheck is not installed; install it (apt-get install -y shellcheck, '
                 'brew install shellcheck) to check the launch scripts')
   # -x follows the scripts into launch/common.sh, which they source (paths from the repo root).
-  proc = subprocess.run(['shellcheck', '-x', '--shell=bash', str(TPU_VM), str(LOCAL),
-                         str(REPO / 'launch' / 'common.sh')],
+  scripts = ['tpu_vm.sh', 'worker.sh', 'local.sh', 'common.sh']
+  proc = subprocess.run(['shellcheck', '-x', '--shell=bash', *(f'launch/{s}' for s in scripts)],
                         cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -97,45 +117,41 @@ def test_create_queued_from_env_defaults():
   assert not any(a.startswith('--project') for a in cmd)
 
 
-def test_setup_copies_code_and_installs_pinned_jax_tpu():
+def test_setup_copies_code_and_worker_then_runs_worker_setup():
   cmds = dry('setup', *COMMON)
   (scp,) = gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'scp')
-  assert scp[5].endswith('tpu1-code.tar.gz') and scp[6] == 'tpu1:robust-code.tar.gz'
-  assert '--worker=all' in scp and '--zone=us-central2-b' in scp and '--project=proj' in scp
+  assert [pathlib.Path(p).name for p in scp[5:7]] == ['robust-worker.sh', 'robust-code.tar.gz']
+  assert scp[7] == 'tpu1:' and '--worker=all' in scp and '--project=proj' in scp
+  (pack,) = [c for c in cmds if c[0] == 'bash']  # the archive scp sends
+  assert 'git ls-files -z -co --exclude-standard' in pack[2] and pack[-1] == scp[6]
   (ssh,) = gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'ssh')
   assert ssh[5] == 'tpu1' and '--worker=all' in ssh and '--zone=us-central2-b' in ssh
-  command = option(ssh, '--command')
-  assert 'tar -xzf "$HOME"/robust-code.tar.gz' in command
-  assert 'python3.11 -m venv .venv' in command
-  assert (f'.venv/bin/python -m pip install --quiet -r requirements.txt "jax[tpu]=={pinned_jax()}"'
-          in command)
-  subprocess.run(['bash', '-n', '-c', command], check=True)
+  assert remote(ssh) == worker_argv('setup', '--python', '3.11', '--jax', pinned_jax(),
+                                    '--archive', 'robust-code.tar.gz')
 
 
 def test_setup_from_git():
   cmds = dry('setup', *COMMON, '--git-url', 'https://example.com/me/repo.git', '--git-ref', 'v1',
              '--python', '3.12', '--remote-dir', 'work/code')
-  assert not gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'scp')
+  (scp,) = gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'scp')
+  assert pathlib.Path(scp[5]).name == 'code-worker.sh' and scp[6] == 'tpu1:'  # no code archive
   (ssh,) = gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'ssh')
-  command = option(ssh, '--command')
-  assert 'D="$HOME"/work/code' in command
-  assert 'remote add origin https://example.com/me/repo.git' in command
-  assert "'origin/v1^{commit}'" in command and 'checkout -q --force --detach' in command
-  assert 'python3.12 -m venv .venv' in command
-  subprocess.run(['bash', '-n', '-c', command], check=True)
+  assert remote(ssh) == ['bash', '$HOME/code-worker.sh', 'setup', '--dir', 'work/code',
+                         '--module', 'trainer.main', '--python', '3.12', '--jax', pinned_jax(),
+                         '--git-url', 'https://example.com/me/repo.git', '--git-ref', 'v1']
 
 
 def test_run_on_all_workers_with_overrides():
-  (ssh,) = dry('run', *COMMON, '--workdir', 'gs://bucket/wrn', '--config=configs/x.py',
-               '--config.train.lr=0.4', '--config.model.name=wrn-70-16', '--env', 'XLA_FLAGS=-x',
-               '--', '--flagfile=f.txt')
+  scp, ssh = gcloud_cmds(dry('run', *COMMON, '--workdir', 'gs://bucket/wrn', '--config=configs/x.py',
+                             '--config.train.lr=0.4', '--config.model.name=wrn-70-16', '--env',
+                             'XLA_FLAGS=-x', '--', '--flagfile=f.txt'))
+  assert scp[4] == 'scp' and pathlib.Path(scp[5]).name == 'robust-worker.sh'
   assert ssh[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'tpu1']
   assert '--worker=all' in ssh and '--zone=us-central2-b' in ssh and '--project=proj' in ssh
-  command = option(ssh, '--command')
-  assert ('env PYTHONUNBUFFERED=1 XLA_FLAGS=-x .venv/bin/python -m trainer.main '
-          '--config=configs/x.py --workdir=gs://bucket/wrn --config.distributed=True '
-          '--config.train.lr=0.4 --config.model.name=wrn-70-16 --flagfile=f.txt &') in command
-  subprocess.run(['bash', '-n', '-c', command], check=True)
+  assert remote(ssh) == worker_argv(
+      'run', '--env', 'XLA_FLAGS=-x', '--', '--config=configs/x.py', '--workdir=gs://bucket/wrn',
+      '--config.distributed=True', '--config.train.lr=0.4', '--config.model.name=wrn-70-16',
+      '--flagfile=f.txt')
 
 
 def test_logs_tensorboard_stop_delete():
@@ -149,10 +165,9 @@ def test_logs_tensorboard_stop_delete():
   assert tb[4] == 'ssh' and '--worker=0' in tb and tb[-3:] == ['--', '-L', '6006:localhost:6006']
   assert '--logdir=gs://bucket/wrn' in option(tb, '--command')
 
-  stop, stop_vm = dry('stop', *COMMON, '--tpu', '--grace', '30')
-  assert stop[4] == 'ssh' and '--worker=all' in stop
-  assert 'kill -TERM "$p"' in option(stop, '--command')
-  assert '-lt 30' in option(stop, '--command')
+  scp, stop, stop_vm = gcloud_cmds(dry('stop', *COMMON, '--tpu', '--grace', '30'))
+  assert scp[4] == 'scp' and stop[4] == 'ssh' and '--worker=all' in stop
+  assert remote(stop) == worker_argv('stop', '--grace', '30')
   assert stop_vm == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'stop', 'tpu1', '--zone=us-central2-b',
                      '--project=proj']
 
@@ -164,15 +179,14 @@ def test_logs_tensorboard_stop_delete():
 
 
 def test_supervise_dry_run_lists_the_loop():
-  cmds = dry('supervise', *COMMON, '--spot', '--workdir', 'gs://bucket/wrn', '--config',
-             'configs/x.py')
-  words = [c[1:5] for c in cmds if c[0] == 'gcloud']
+  cmds = gcloud_cmds(dry('supervise', *COMMON, '--spot', '--workdir', 'gs://bucket/wrn',
+                         '--config', 'configs/x.py'))
+  words = [c[1:5] for c in cmds]
   assert words[0][:2] == ['storage', 'ls'] and cmds[0][-1] == 'gs://bucket/wrn/done.json'
-  assert ['compute', 'tpus', 'tpu-vm', 'describe'] in words
-  assert ['compute', 'tpus', 'tpu-vm', 'create'] in words
-  assert ['compute', 'tpus', 'tpu-vm', 'scp'] in words
+  for verb in ('describe', 'create', 'scp'):
+    assert ['compute', 'tpus', 'tpu-vm', verb] in words
   ssh = gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'ssh')
-  assert len(ssh) == 2 and 'trainer.main' in option(ssh[1], '--command')
+  assert len(ssh) == 2 and remote(ssh[1])[2] == 'run' and 'trainer.main' in remote(ssh[1])
   assert '--spot' in gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'create')[0]
 
 
@@ -188,9 +202,8 @@ def test_real_gcloud_parses_every_command(tmp_path):
                ['setup'], ['run', *workdir, '--config.a=1'], ['tensorboard', '--remote', *workdir],
                ['status', '--queued', *workdir], ['stop', '--tpu'], ['delete'],
                ['delete', '--queued']):
-    for c in dry(*args, *COMMON):
-      if c[0] == 'gcloud':
-        shapes.setdefault((*c[:5], *sorted(a.split('=')[0] for a in c if a.startswith('-'))), c)
+    for c in gcloud_cmds(dry(*args, *COMMON)):
+      shapes.setdefault((*c[:5], *sorted(a.split('=')[0] for a in c if a.startswith('-'))), c)
   cmds = list(shapes.values())
   env = clean_env(CLOUDSDK_CONFIG=str(tmp_path), CLOUDSDK_CORE_DISABLE_PROMPTS='1',
                   CLOUDSDK_CORE_CHECK_GCE_METADATA='false')
@@ -215,162 +228,185 @@ def test_real_gcloud_parses_every_command(tmp_path):
     (['create', '--name', 'n', '--zone', 'z', '--bogus'], "unknown option '--bogus'"),
     (['launch', '--name', 'n', '--zone', 'z'], "unknown command 'launch'"),
     (['create', '--name'], 'option --name needs a value'),
+    (['create', '--spot=yes'], 'option --spot takes no value'),
+    (['stop', '--poll', '1m'], "--poll '1m' is not a number of seconds"),
+    (['run', '--env', 'A-B=1'], "--env 'A-B=1' is not KEY=VALUE"),
+    (['logs', '--worker', 'one'], "--worker 'one' is not a worker index or 'all'"),
 ])
 def test_clear_errors(args, message):
-  proc = sh(TPU_VM, '--dry-run', *args, check=False)
+  proc = sh('tpu_vm.sh', '--dry-run', *args, check=False)
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr
   assert not proc.stdout
 
 
 def test_help():
-  out = sh(TPU_VM, 'help').stdout
+  out = sh('tpu_vm.sh', 'help').stdout
   for word in ('create', 'setup', 'run', 'logs', 'tensorboard', 'stop', 'delete', 'supervise',
                '--dry-run', 'TPU_NAME'):
     assert word in out
 
 
-# ---- a fake gcloud: one TPU worker in a temporary HOME, a fake bucket, a fake trainer ----------------
-FAKE_GCLOUD = textwrap.dedent('''\
-    #!{python}
-    """Records its calls; simulates TPU VMs, queued resources, ssh/scp and `storage ls`."""
-    import json, os, shutil, subprocess, sys
-    root = os.environ['FAKE_ROOT']
-    args = sys.argv[1:]
-    with open(os.path.join(root, 'calls.jsonl'), 'a') as f:
-      f.write(json.dumps(args) + '\\n')
-    state_file = os.path.join(root, 'state.json')
-    st = json.load(open(state_file))
-    def save():
-      json.dump(st, open(state_file, 'w'))
-    def fail(msg, rc=1):
-      print(msg, file=sys.stderr)
-      sys.exit(rc)
-    def option(name):
-      return next((a.split('=', 1)[1] for a in args if a.startswith(name + '=')), None)
-    pos = [a for a in args if not a.startswith('--')]
-    if pos[:2] == ['storage', 'ls']:
-      path = os.path.join(root, 'gcs', pos[2][len('gs://'):])
-      if os.path.exists(path):
-        print(pos[2]); sys.exit(0)
-      fail('ERROR: (gcloud.storage.ls) One or more URLs matched no objects.')
-    group, verb = pos[2], pos[3]
-    if group == 'queued-resources':
-      if verb == 'describe':
-        if st['qr'] is None:
-          fail('ERROR: (gcloud.compute.tpus.queued-resources.describe) NOT_FOUND: not found')
-        print(st['qr']); sys.exit(0)
-      if verb == 'create':
-        if st['qr'] is not None:
-          fail('ERROR: ALREADY_EXISTS')
-        st['qr'], st['node'] = 'ACTIVE', 'READY'
-      elif verb == 'delete':
-        st['qr'] = st['node'] = None
-      save(); sys.exit(0)
-    if verb == 'describe':
-      if st['node'] is None:
-        fail("ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: Resource 'x' was not found")
-      print(st['node']); sys.exit(0)
-    if verb == 'create':
-      if st['node'] is not None:
-        fail('ERROR: ALREADY_EXISTS')
-      st['node'] = 'READY'
-    elif verb == 'delete':
-      st['node'] = None
-    elif verb in ('stop', 'start'):
-      st['node'] = 'STOPPED' if verb == 'stop' else 'READY'
-    elif verb == 'scp':
-      if st['node'] != 'READY':
-        fail('ssh: connect to host: Connection refused', 255)
-      shutil.copy(pos[4], os.path.join(os.environ['FAKE_HOME'], pos[5].split(':', 1)[1]))
-    elif verb == 'ssh':
-      if st['node'] != 'READY':
-        fail('ssh: connect to host: Connection refused', 255)
-      command = option('--command')
-      env = dict(os.environ, HOME=os.environ['FAKE_HOME'])
-      if '.venv/bin/python -m trainer.main' in command:
-        step = st['plan'].pop(0)
-        if step == 'preempt':
-          st['node'] = 'PREEMPTED'
-          if st['qr'] is not None:
-            st['qr'] = 'SUSPENDED'
-          save()
-          fail('Connection to tpu closed by remote host.', 255)
-        env['FAKE_TRAINER_MODE'] = step
-        save()
-      sys.exit(subprocess.run(['bash', '-c', command], env=env, cwd=env['HOME']).returncode)
-    save()
-''')
+# ---- launch/worker.sh, run directly on a temporary home ----------------------------------------------
+class Worker:
+  """A worker's home in tmp_path; `python3.X` and the trainer are tests/fixtures/python."""
 
-FAKE_PYTHON = textwrap.dedent('''\
-    #!{python}
-    """Stands in for a worker's .venv/bin/python: pip and -c succeed; -m trainer.main is a
-    trainer that finishes, ends early, crashes or sleeps until SIGTERM (FAKE_TRAINER_MODE)."""
-    import json, os, signal, sys, time
-    root = os.environ['FAKE_ROOT']
-    args = sys.argv[1:]
-    with open(os.path.join(root, 'python_calls.jsonl'), 'a') as f:
-      f.write(json.dumps(args) + '\\n')
-    if args[:2] != ['-m', 'trainer.main']:
-      print('0.10.2'); sys.exit(0)
-    mode = os.environ.get('FAKE_TRAINER_MODE', 'finish')
-    workdir = next(a.split('=', 1)[1] for a in args if a.startswith('--workdir='))
-    print('trainer', mode, flush=True)
-    if mode == 'finish':
-      path = os.path.join(root, 'gcs', workdir[len('gs://'):])
-      os.makedirs(path, exist_ok=True)
-      json.dump({{'step': 10, 'total_steps': 10}}, open(os.path.join(path, 'done.json'), 'w'))
-    elif mode == 'crash':
-      sys.exit(1)
-    elif mode == 'sleep':
-      def on_term(*_):
-        open(os.path.join(root, 'terminated'), 'w').write('saved')
-        sys.exit(0)
-      signal.signal(signal.SIGTERM, on_term)
-      while True:
-        time.sleep(0.05)
-''')
+  def __init__(self, tmp_path, remote_dir='robust'):
+    self.root, self.home = tmp_path, tmp_path / 'home'
+    self.code = self.home / remote_dir
+    self.bin = tmp_path / 'bin'
+    self.bin.mkdir()
+    self.home.mkdir()
+    for name in ('python3.11', 'python3.12'):
+      (self.bin / name).symlink_to(FIXTURES / 'python')
+    self.env = clean_env(HOME=str(self.home), FAKE_ROOT=str(tmp_path), FAKE_HOME=str(self.home),
+                         TMPDIR=str(tmp_path), PATH=f'{self.bin}{os.pathsep}{clean_env()["PATH"]}')
+    self.remote_dir = remote_dir
+
+  def __call__(self, sub, *args, mode=None, check=True, timeout=60):
+    env = dict(self.env, **({'FAKE_TRAINER_MODE': mode} if mode else {}))
+    proc = subprocess.run(['bash', str(LAUNCH / 'worker.sh'), sub, '--dir', self.remote_dir,
+                           '--module', 'trainer.main', *args], env=env, cwd=self.home,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0 or not check, proc.stdout + proc.stderr
+    return proc
+
+  def wait_for_trainer(self, mode):
+    """Until the trainer has printed its first line (its SIGTERM handler is set)."""
+    log = self.code / 'logs' / 'trainer.log'
+    for _ in range(600):
+      if f'trainer {mode}' in log.read_text():
+        return
+      time.sleep(0.05)
+    raise AssertionError(log.read_text())
+
+  def python_calls(self):
+    return lines(self.root / 'python_calls.jsonl')
 
 
+def install_calls(jax):
+  return [['-m', 'pip', 'install', '--quiet', '--upgrade', 'pip'],
+          ['-m', 'pip', 'install', '--quiet', '-r', 'requirements.txt', f'jax[tpu]=={jax}', '-f',
+           LIBTPU], ['-c', 'import jax; print(jax.__version__)']]
+
+
+def test_worker_setup_from_archive(tmp_path):
+  w = Worker(tmp_path)
+  src = tmp_path / 'src'
+  src.mkdir()
+  (src / 'requirements.txt').write_text('jax==9.9\n')
+  (w.code / 'logs').mkdir(parents=True)
+  for path in ('stale.txt', 'logs/trainer.log'):
+    (w.code / path).write_text('old')
+  subprocess.run(['tar', '-czf', str(w.home / 'robust-code.tar.gz'), '-C', str(src), '.'],
+                 check=True)
+  out = w('setup', '--python', '3.11', '--jax', '9.9', '--archive', 'robust-code.tar.gz').stdout
+  assert out.strip() == f'{socket.gethostname()}: jax fake'
+  assert not (w.code / 'stale.txt').exists() and (w.code / 'logs' / 'trainer.log').exists()
+  assert (w.code / 'requirements.txt').exists() and not (w.home / 'robust-code.tar.gz').exists()
+  assert w.python_calls() == [['-m', 'venv', '.venv'], *install_calls('9.9')]
+  assert 'no code archive' in w('setup', '--python', '3.11', '--jax', '9.9', '--archive',
+                                'robust-code.tar.gz', check=False).stderr
+
+
+def test_worker_setup_from_git(tmp_path):
+  w = Worker(tmp_path, remote_dir='work/code')
+  src = tmp_path / 'src'
+  git = ['git', '-c', 'user.name=t', '-c', 'user.email=t@t', '-C', str(src)]
+  subprocess.run(['git', 'init', '-q', '-b', 'main', str(src)], check=True)
+  for text, tag in (('v1\n', 'v1'), ('v2\n', None)):
+    (src / 'requirements.txt').write_text(text)
+    subprocess.run([*git, 'add', '.'], check=True)
+    subprocess.run([*git, 'commit', '-q', '-m', text], check=True)
+    if tag:
+      subprocess.run([*git, 'tag', tag], check=True)
+  setup = ('setup', '--python', '3.12', '--jax', '1.0', '--git-url', f'file://{src}', '--git-ref')
+  w(*setup, 'v1')
+  assert (w.code / 'requirements.txt').read_text() == 'v1\n'
+  assert w.python_calls() == [['-m', 'venv', '.venv'], *install_calls('1.0')]
+  (w.code / 'logs').mkdir()
+  (w.code / 'untracked.txt').write_text('x')
+  w(*setup, 'main')  # a branch of the origin, over the previous checkout
+  assert (w.code / 'requirements.txt').read_text() == 'v2\n'
+  assert not (w.code / 'untracked.txt').exists() and (w.code / 'logs').exists()
+  assert "no commit 'v9'" in w(*setup, 'v9', check=False).stderr
+
+
+def test_worker_run_follows_the_trainer_to_its_exit_status(tmp_path):
+  w = Worker(tmp_path)
+  (w.code / '.venv' / 'bin').mkdir(parents=True)
+  shutil.copy(FIXTURES / 'python', w.code / '.venv' / 'bin' / 'python')
+  argv = ['--config=c.py', '--workdir=gs://b/w', "--note=it's a b"]
+  proc = w('run', '--env', 'XLA_FLAGS=-x', '--', *argv, mode='crash', check=False)
+  host = socket.gethostname()
+  assert proc.returncode == 1 and f'trainer on {host} exited with status 1' in proc.stdout
+  assert 'trainer crash PYTHONUNBUFFERED=1 XLA_FLAGS=-x' in proc.stdout  # the log, followed
+  assert w.python_calls() == [['-m', 'trainer.main', *argv]]
+  assert (w.code / 'logs' / 'trainer.log').read_text().startswith('=== launch ')
+  assert (w.code / 'logs' / 'trainer.exit').read_text() == '1\n'
+  assert w('run', '--', *argv, mode='finish').stdout.endswith('exited with status 0\n')
+  assert (tmp_path / 'gcs' / 'b' / 'w' / 'done.json').exists()
+
+
+def test_worker_stop_and_status(tmp_path):
+  w = Worker(tmp_path)
+  (w.code / '.venv' / 'bin').mkdir(parents=True)
+  shutil.copy(FIXTURES / 'python', w.code / '.venv' / 'bin' / 'python')
+  host = socket.gethostname()
+  assert w('status').stdout == f'{host}: no trainer running (last exit status: none)\n'
+  (w.code / 'logs').mkdir()
+  (w.code / 'logs' / 'trainer.pid').write_text(str(os.getpid()))  # alive, but not the trainer
+  assert 'no trainer running' in w('status').stdout
+  assert 'trainer started' in w('run', '--detach', '--', '--workdir=gs://b/w', mode='sleep').stdout
+  w.wait_for_trainer('sleep')
+  pid = (w.code / 'logs' / 'trainer.pid').read_text().strip()
+  assert w('status').stdout == f'{host}: trainer running (pid {pid})\n'
+  assert 'setup skipped' in w('setup', '--python', '3.11', '--jax', '1', '--archive', 'none').stdout
+  stopped = w('stop', '--grace', '20').stdout
+  assert 'SIGTERM sent to the trainer' in stopped and 'has exited' in stopped
+  assert (tmp_path / 'terminated').read_text() == 'saved'
+  w('run', '--detach', '--', '--workdir=gs://b/w', mode='stubborn')
+  w.wait_for_trainer('stubborn')
+  assert 'still running after 1s: SIGKILL' in w('stop', '--grace', '1').stdout
+  for _ in range(100):  # the wrapper writes the status of the killed trainer
+    if 'status: 137' in w('status').stdout:
+      break
+  assert w('status').stdout == f'{host}: no trainer running (last exit status: 137)\n'
+  assert f'no trainer running on {host}' in w('stop').stdout
+
+
+# ---- tpu_vm.sh against the fake gcloud: one TPU worker in a temporary HOME, a fake bucket ----------
 class FakeCloud:
 
   def __init__(self, tmp_path, node=None, qr=None, plan=()):
-    self.root = tmp_path
-    self.home = tmp_path / 'home'
+    self.root, self.home = tmp_path, tmp_path / 'home'
     venv_bin = self.home / 'robust' / '.venv' / 'bin'
     venv_bin.mkdir(parents=True)
+    shutil.copy(FIXTURES / 'python', venv_bin / 'python')
     (self.home / 'robust' / 'stale.txt').write_text('removed by setup')
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    for path, text in ((bin_dir / 'gcloud', FAKE_GCLOUD), (venv_bin / 'python', FAKE_PYTHON)):
-      path.write_text(text.format(python=sys.executable))
-      path.chmod(0o755)
     (tmp_path / 'gcs').mkdir()
     (tmp_path / 'state.json').write_text(json.dumps({'node': node, 'qr': qr, 'plan': list(plan)}))
-    self.env = clean_env(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', FAKE_ROOT=str(tmp_path),
-                         FAKE_HOME=str(self.home), TMPDIR=str(tmp_path))
+    self.env = clean_env(FAKE_ROOT=str(tmp_path), FAKE_HOME=str(self.home), TMPDIR=str(tmp_path))
+    self.env['PATH'] = f'{FIXTURES}{os.pathsep}{self.env["PATH"]}'
 
   def __call__(self, *args, check=True):
-    return sh(TPU_VM, *args, env=self.env, check=check, timeout=120)
+    return sh('tpu_vm.sh', *args, env=self.env, check=check, timeout=120)
 
   def calls(self):
     """Each gcloud call in short: 'storage ls', 'create', 'qr create', 'ssh run', ..."""
     out = []
-    for line in (self.root / 'calls.jsonl').read_text().splitlines():
-      argv = json.loads(line)
+    for argv in lines(self.root / 'calls.jsonl'):
       if argv[0] == 'storage':
         out.append('storage ls')
       elif argv[2] == 'queued-resources':
         out.append('qr ' + argv[3])
       elif argv[3] == 'ssh':
-        command = next(a for a in argv if a.startswith('--command='))
-        out.append('ssh run' if 'trainer.main --config' in command else 'ssh setup')
+        out.append('ssh ' + shlex.split(option(argv, '--command'))[2])
       else:
         out.append(argv[3])
     return out
 
   def trainer_calls(self):
-    lines = (self.root / 'python_calls.jsonl').read_text().splitlines()
-    return [a for a in map(json.loads, lines) if a[:2] == ['-m', 'trainer.main']]
+    return [a for a in lines(self.root / 'python_calls.jsonl') if a[:2] == ['-m', 'trainer.main']]
 
   def state(self):
     return json.loads((self.root / 'state.json').read_text())
@@ -388,8 +424,8 @@ def test_supervise_relaunches_after_spot_preemption(tmp_path):
       'storage ls', 'describe', 'create', 'describe', 'scp', 'ssh setup', 'ssh run',  # preempted
       'storage ls', 'storage ls', 'describe', 'delete', 'create', 'describe', 'scp', 'ssh setup',
       'ssh run', 'storage ls']
-  creates = [json.loads(l) for l in (tmp_path / 'calls.jsonl').read_text().splitlines()
-             if json.loads(l)[:4] == ['compute', 'tpus', 'tpu-vm', 'create']]
+  creates = [c for c in lines(tmp_path / 'calls.jsonl') if c[:4] == ['compute', 'tpus', 'tpu-vm',
+                                                                      'create']]
   assert all('--spot' in c for c in creates)
   (trainer,) = cloud.trainer_calls()  # the preempted launch never reached the worker
   assert trainer[2:] == ['--config=configs/x.py', '--workdir=gs://bucket/run1',
@@ -446,8 +482,9 @@ def test_run_detached_then_status_and_stop(tmp_path):
   assert 'trainer running (pid' in cloud('status', *COMMON).stdout
   # A second launch attaches to the running trainer instead of starting another one; stop it
   # from a second process while this one follows the log.
-  attach = subprocess.Popen(['bash', str(TPU_VM), 'run', *COMMON, *args], env=cloud.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  attach = subprocess.Popen(['bash', str(LAUNCH / 'tpu_vm.sh'), 'run', *COMMON, *args],
+                            env=cloud.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
   try:
     out = ''
     for line in attach.stdout:  # wait until it has attached
@@ -467,35 +504,24 @@ def test_run_detached_then_status_and_stop(tmp_path):
 
 # ---- local runner ----------------------------------------------------------------------------------
 def test_local_dry_run_defaults():
-  out = sh(LOCAL, '--dry-run', '--', '--config.train.steps=3').stdout.splitlines()
+  out = sh('local.sh', '--dry-run', '--', '--config.train.steps=3').stdout.splitlines()
   assert out[-1] == ('+ .venv/bin/python -m trainer.method --config=configs/demo.py '
                      '--workdir=runs/demo --config.train.steps=3')
   assert '+ .venv/bin/python -m pip install -r requirements.txt' in out
 
 
 def test_local_installs_once_then_runs(tmp_path):
-  venv_bin = tmp_path / 'venv' / 'bin'
-  venv_bin.mkdir(parents=True)
-  log = tmp_path / 'calls.txt'
-  python = venv_bin / 'python'
-  python.write_text(textwrap.dedent(f'''\
-      #!{sys.executable}
-      import hashlib, sys
-      if sys.argv[1] == '-c':
-        code, sys.argv = sys.argv[2], ['-c'] + sys.argv[3:]
-        exec(code)
-      else:
-        open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')
-  '''))
-  python.chmod(0o755)
-  env = clean_env(VENV=str(tmp_path / 'venv'))
-  sh(LOCAL, '--workdir', str(tmp_path / 'w'), '--', '--config.seed=1', env=env)
-  sh(LOCAL, '--config', '', '--workdir', '', '--module', 'data.tool', env=env)
-  assert log.read_text().splitlines() == [
+  (tmp_path / 'venv' / 'bin').mkdir(parents=True)
+  (tmp_path / 'venv' / 'bin' / 'python').symlink_to(FIXTURES / 'python')
+  env = clean_env(VENV=str(tmp_path / 'venv'), FAKE_ROOT=str(tmp_path))
+  sh('local.sh', '--workdir', str(tmp_path / 'w'), '--', '--config.seed=1', env=env)
+  sh('local.sh', '--config', '', '--workdir', '', '--module', 'data.tool', env=env)
+  calls = [' '.join(a) for a in lines(tmp_path / 'python_calls.jsonl') if a[0] != '-c']
+  assert calls == [
       '-m pip install --upgrade pip',
       '-m pip install -r requirements.txt',
       f'-m trainer.method --config=configs/demo.py --workdir={tmp_path / "w"} --config.seed=1',
       '-m data.tool',
   ]
-  proc = sh(LOCAL, '--no-install', '--venv', str(tmp_path / 'none'), check=False)
+  proc = sh('local.sh', '--no-install', '--venv', str(tmp_path / 'none'), check=False)
   assert proc.returncode == 2 and 'run once without --no-install' in proc.stderr
