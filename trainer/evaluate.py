@@ -30,6 +30,7 @@ from ml_collections import config_flags
 
 from data import real
 from trainer import checkpointing
+from trainer import interop_layout
 from trainer.attacks.autoattack import autoattack
 from trainer.attacks.autoattack import zero_gradient_share
 from trainer.attacks.stages import VERSIONS
@@ -121,6 +122,21 @@ def _summarise(results, clean_accuracy, meta, zero_share):
               gradient_masking=_masking_report(results, zero_share, n))
 
 
+def robustbench_record(summary):
+  """The result in RobustBench's terms (its model-info fields; accuracies in percent, as strings
+  the way RobustBench writes them): AutoAttack is the first of the 'standard', 'plus' or 'rand'
+  cascades that ran, None if none did."""
+  version = next((v for v in ('standard', 'plus', 'rand') if v in summary['cascades']), None)
+  percent = lambda a: None if a is None else str(round(100 * a, 2))
+  return {'dataset': summary['dataset'],
+          'threat_model': {'linf': 'Linf', 'l2': 'L2'}.get(summary['norm'].lower()),
+          'eps': summary['eps'], 'clean_acc': percent(summary['clean_accuracy']),
+          'autoattack_acc': percent(version and summary['cascades'][version]['robust_accuracy']),
+          'autoattack_version': version, 'n_examples': summary['num_examples'],
+          'architecture': interop_layout.architecture_name(summary['model']),
+          'model': summary['model'], 'checkpoint': summary['checkpoint'], 'step': summary['step']}
+
+
 def _scalars(summary):
   out = {'eval/clean_accuracy': summary['clean_accuracy'],
          'eval/worst_case_robust_accuracy': summary['worst_case_robust_accuracy']}
@@ -182,6 +198,8 @@ def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None
 
   if jax.process_index() == 0:
     epath.Path(workdir, 'eval.json').write_text(json.dumps(summary, indent=2))
+    epath.Path(workdir, 'robustbench.json').write_text(
+        json.dumps(robustbench_record(summary), indent=2))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_scalars(step or 0, _scalars(summary))
   writer.flush()
