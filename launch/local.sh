@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Local runner: creates .venv when it is missing, installs the pinned requirements (again only
-# when requirements.txt changed), then runs the trainer from the repository root:
+# Local runner: creates .venv when it is missing, installs the full lock of the requirements
+# (requirements.lock, exactly what CI tested; again only when it changed), then runs the trainer
+# from the repository root:
 #   python -m trainer.method --config=configs/demo.py --workdir=runs/demo [extra args]
 # `bash launch/local.sh --help` prints the usage.
 set -euo pipefail
@@ -20,7 +21,7 @@ Options (environment variable defaults in brackets):
   --module MODULE    module to run as python -m MODULE [MODULE; trainer.method]
   --venv DIR         virtual environment [VENV; .venv]
   --python PYTHON    interpreter that creates the venv, Python >= 3.11 [PYTHON; python3]
-  --dev              install requirements-dev.txt (requirements.txt plus the test tools)
+  --dev              install requirements-dev.lock (the main job's lock plus the test tools)
   --no-install       do not create the venv or install anything
   --dry-run          print the commands ('+ ' prefix), run nothing
   -h, --help         this text
@@ -37,7 +38,7 @@ EOF
 main() {
   local workdir="${WORKDIR-runs/demo}" config="${CONFIG-configs/demo.py}"
   local module="${MODULE:-trainer.method}" venv="${VENV:-.venv}" python="${PYTHON:-python3}"
-  local requirements=requirements.txt install=1 value flag
+  local lock=requirements.lock install=1 value flag
   local -a extra=()
   while (($#)); do
     case "$1" in
@@ -50,7 +51,7 @@ main() {
         extra+=("$@")
         break
         ;;
-      --dev) requirements="requirements-dev.txt" ;;
+      --dev) lock="requirements-dev.lock" ;;
       --no-install) install=0 ;;
       --dry-run) DRY_RUN=1 ;;
       --workdir | --workdir=* | --config | --config=* | --module | --module=* | --venv | --venv=* | \
@@ -89,16 +90,15 @@ main() {
       fi
       run_cmd "$python" -m venv "$venv"
     fi
-    # Installs only when the requirements changed since the last successful install.
+    # Installs only when the lock changed since the last successful install. The lock names every
+    # package, so pip resolves nothing (--no-deps): a fresh machine gets exactly these versions.
     local stamp="$venv/.requirements.sha256" digest=""
     if ! ((DRY_RUN)); then
       digest=$("$py" -c 'import hashlib, sys
-print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest())' \
-        requirements.txt "$requirements")
+print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$lock")
     fi
     if ((DRY_RUN)) || [[ ! -f $stamp || $(cat "$stamp") != "$digest" ]]; then
-      run_cmd "$py" -m pip install --upgrade pip
-      run_cmd "$py" -m pip install -r "$requirements"
+      run_cmd "$py" -m pip install -q --disable-pip-version-check --no-deps -r "$lock"
       ((DRY_RUN)) || printf '%s\n' "$digest" >"$stamp"
     fi
   elif [[ ! -x $py ]] && ! ((DRY_RUN)); then

@@ -507,7 +507,8 @@ def test_local_dry_run_defaults():
   out = sh('local.sh', '--dry-run', '--', '--config.train.steps=3').stdout.splitlines()
   assert out[-1] == ('+ .venv/bin/python -m trainer.method --config=configs/demo.py '
                      '--workdir=runs/demo --config.train.steps=3')
-  assert '+ .venv/bin/python -m pip install -r requirements.txt' in out
+  assert ('+ .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps '
+          '-r requirements.lock') in out
 
 
 def test_local_installs_once_then_runs(tmp_path):
@@ -518,8 +519,7 @@ def test_local_installs_once_then_runs(tmp_path):
   sh('local.sh', '--config', '', '--workdir', '', '--module', 'data.tool', env=env)
   calls = [' '.join(a) for a in lines(tmp_path / 'python_calls.jsonl') if a[0] != '-c']
   assert calls == [
-      '-m pip install --upgrade pip',
-      '-m pip install -r requirements.txt',
+      '-m pip install -q --disable-pip-version-check --no-deps -r requirements.lock',
       f'-m trainer.method --config=configs/demo.py --workdir={tmp_path / "w"} --config.seed=1',
       '-m data.tool',
   ]
