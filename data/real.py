@@ -92,9 +92,22 @@ def _load_digits(split):
   return {'image': images[sl], 'label': labels[sl]}
 
 
+class DatasetNotPreparedError(FileNotFoundError):
+  """A tfds dataset that is not on disk: training never downloads (TPU workers may be offline)."""
+
+
 def _load_tfds(tfds_name, split, data_dir):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  ds = tfds.load(tfds_name, split=split, data_dir=data_dir or None, as_supervised=True)
+  try:
+    ds = tfds.load(tfds_name, split=split, data_dir=data_dir or None, as_supervised=True,
+                   download=False)
+  except AssertionError as e:  # tfds's way of saying "could not find data in DIR"
+    where = data_dir or 'the tfds default folder'
+    prepare = (f"tfds.builder('{tfds_name}', data_dir='DIR').download_and_prepare()")
+    raise DatasetNotPreparedError(
+        f'the tfds dataset {tfds_name!r} is not prepared in {where}: prepare it once on a machine '
+        f'with internet (python -c "import tensorflow_datasets as tfds; {prepare}") and pass '
+        '--config.dataset.data_dir=DIR (a local folder or gs://)') from e
   images, labels = [], []
   for image, label in tfds.as_numpy(ds.batch(4096)):
     images.append(image)

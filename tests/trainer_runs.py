@@ -22,6 +22,8 @@ from configs import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_MARK = '.orbax-checkpoint-tmp'
+# An absl INFO or DEBUG record on the console ("I1201 12:00:00.000 …"): chatter for the log.
+INFO_RECORD = re.compile(r'^[ID]\d{4} \d\d:\d\d:\d\d')
 
 
 def tiny_overrides(steps, **more):

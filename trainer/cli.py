@@ -14,6 +14,7 @@ changes its working directory must not lose its workdir. URLs (gs://…) pass th
 """
 import os
 import re
+import socket
 import sys
 import tempfile
 import traceback
@@ -56,8 +57,33 @@ def log_dir(workdir: str) -> str:
   return os.path.join(workdir, 'logs')
 
 
+GCS_CREDENTIALS_HINT = ('give Google Cloud credentials (`gcloud auth application-default login`, '
+                        'or GOOGLE_APPLICATION_CREDENTIALS=key.json) with write access to the '
+                        'bucket')
+
+
+def has_gcs_credentials() -> bool:
+  """Whether Google Cloud credentials can be found: a key file, gcloud's application-default
+  credentials, or a metadata server (on GCE and TPU VMs). Checked before the first gs:// call,
+  which would otherwise retry for about a minute before failing."""
+  key = os.environ.get('GOOGLE_APPLICATION_CREDENTIALS')
+  if key and os.path.exists(key):
+    return True
+  config = os.environ.get('CLOUDSDK_CONFIG', os.path.expanduser('~/.config/gcloud'))
+  if os.path.exists(os.path.join(config, 'application_default_credentials.json')):
+    return True
+  try:
+    socket.getaddrinfo(os.environ.get('GCE_METADATA_HOST', 'metadata.google.internal'), 80)
+    return True
+  except OSError:
+    return False
+
+
 def check_writable(workdir: str) -> None:
   """Fails in one line, before any work, when the workdir cannot be created or written."""
+  if str(workdir).startswith('gs://') and not has_gcs_credentials():
+    raise UserError(f'cannot write to {workdir}: no Google Cloud credentials found; '
+                    f'{GCS_CREDENTIALS_HINT}.')
   probe = epath.Path(workdir) / f'.write-probe-{os.getpid()}'
   try:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -65,10 +91,7 @@ def check_writable(workdir: str) -> None:
     probe.unlink()
   except Exception as e:  # pylint: disable=broad-except
     if is_url(workdir):
-      raise UserError(
-          f'cannot write to {workdir}: {type(e).__name__}: {_first_line(e)}. For gs:// give '
-          'Google Cloud credentials (`gcloud auth application-default login`, or '
-          'GOOGLE_APPLICATION_CREDENTIALS=key.json) with write access to the bucket.') from e
+      raise UserError(f'cannot write to {workdir}: {_first_line(e)}; {GCS_CREDENTIALS_HINT}.') from e
     raise UserError(f'cannot write to workdir {workdir}: {_first_line(e)}') from e
 
 

@@ -8,7 +8,6 @@ K highest-scoring samples of each class are kept (Carmon et al. 2019), class-bal
 memory bounded by K × classes whatever the source size; they are shuffled before writing.
 """
 import logging
-import sys
 from typing import Callable
 
 import numpy as np
@@ -50,8 +49,8 @@ def pseudolabel(label_fn: Callable, source: str, out: str, *, num_shards: int, n
   writer_args = dict(num_shards=num_shards, image_shape=shape, num_classes=num_classes,
                      source=source_name or f'pseudolabel:{source}', seed=seed,
                      metadata=dict(metadata or {}, top_k=top_k))
-  progress = tqdm.tqdm(total=count, unit='img', desc='pseudo-label', file=sys.stdout,
-                       dynamic_ncols=True, mininterval=1.0)
+  progress = tqdm.tqdm(total=count, unit='img', desc='pseudo-label', dynamic_ncols=True,
+                       mininterval=1.0)
   if not top_k:
     with shard_writer.ShardWriter(out, total=count, **writer_args) as writer:
       for batch in batches:
