@@ -20,7 +20,10 @@ Real repeats (`real_repeats` = r, default 1): DeepMind's reference code
 the host count, passed as `repeat` to datasets.py's `_repeat_batch`, which
 batches B_real / r distinct images, `tf.repeat`s each r times and only then maps
 the random crop + flip) shows every real image r times per batch, each copy
-augmented independently, and never repeats the extra (generated) data. Here the
+augmented independently, and never repeats the extra (generated) data. (On 4
+hosts the repeat is 1, but every host shuffles the real set with the same seed,
+`shuffle(50_000, seed=0)`, and the extra data with `seed=jax.host_id()`, so the
+published 4-host runs also saw each real image 4 times per batch.) Here the
 plan then holds U = R / r distinct real images per global batch, split across
 hosts as above; each host repeats its share r times (the r copies stay on one
 host), so R = r * round(alpha * B / r) (`real_count`). The reference rounds per
