@@ -32,7 +32,7 @@ readonly ROOT
 source "$ROOT/launch/common.sh"
 
 usage() {
-  cat <<'EOF'
+  cat <<'EOF2'
 Usage: bash launch/tpu_vm.sh COMMAND [options] [-- trainer args]
 
 Commands:
@@ -53,38 +53,11 @@ Commands:
               that is not the end of training (stops after --max-restarts relaunches)
   help        this text
 
-Options (environment variable defaults in brackets):
-  --name NAME             TPU name [TPU_NAME] (required)
-  --zone ZONE             zone, e.g. us-central2-b [TPU_ZONE] (required)
-  --project PROJECT       project [TPU_PROJECT; unset: gcloud's configured project]
-  --accelerator-type T    [TPU_ACCELERATOR_TYPE; v4-32]
-  --version V             TPU software version [TPU_VERSION; from the type: v2/v3/v4
-                          tpu-ubuntu2204-base, v5p v2-alpha-tpuv5, v5e (v5litepod)
-                          v2-alpha-tpuv5-lite, v6e v2-alpha-tpuv6e]
-  --spot                  spot capacity [TPU_SPOT=1]
-  --queued                create through a queued resource [TPU_QUEUED=1]
-  --create-arg ARG        extra flag for the create command, repeatable
-                          (e.g. --create-arg=--network=my-net)
-  --workdir gs://B/DIR    training workdir: checkpoints, TensorBoard, done.json [TPU_WORKDIR]
-  --config FILE           config file, e.g. configs/cifar10_linf_wrn70_16_100m.py [TPU_CONFIG]
-  --config.KEY=VALUE      config override for the trainer, repeatable
-  --env KEY=VALUE         environment variable for the trainer, repeatable
-  --module MODULE         trainer module, run as python -m MODULE [TPU_MODULE; trainer.main]
-  --remote-dir DIR        code directory on the workers, under $HOME unless absolute
-                          [TPU_REMOTE_DIR; robust]; logs in DIR/logs/trainer.log
-  --python VERSION        Python of the workers' venv [TPU_PYTHON; 3.11]
-  --git-url URL           setup clones this repository instead of copying the local files
-                          [TPU_GIT_URL]
-  --git-ref REF           commit, tag or branch to check out [TPU_GIT_REF; the local HEAD]
-  --detach                run: start the trainer and return
-  --worker N|all          logs: which worker [0]
-  --remote                tensorboard: on worker 0, reached through an SSH tunnel
-  --port PORT             tensorboard port [6006]
-  --grace SECONDS         stop: wait this long after SIGTERM before SIGKILL [300]
-  --tpu                   stop: also stop the TPU VM
-  --poll SECONDS          supervise: interval between state checks and relaunches [TPU_POLL; 60]
-  --max-restarts N        supervise: give up after N relaunches [TPU_MAX_RESTARTS; 100]
-  --dry-run               print the commands ('+ ' prefix), run nothing
+Options (environment variable and default in brackets; VALUE... is repeatable):
+EOF2
+  options_help
+  cat <<'EOF2'
+  --config.KEY=VALUE...   config override for the trainer
   -h, --help              this text
   -- ARGS                 everything after -- is passed to the trainer unchanged
 
@@ -95,43 +68,50 @@ Example:
   export TPU_NAME=robust-v4 TPU_ZONE=us-central2-b TPU_SPOT=1
   bash launch/tpu_vm.sh supervise --workdir=gs://my-bucket/wrn70 \
     --config=configs/cifar10_linf_wrn70_16_100m.py --config.generated.path=gs://my-bucket/gen/manifest.json
-EOF
+EOF2
 }
 
-# ---- options: one row each --------------------------------------------------------------------
-# option, variable, kind (value; switch: takes no value, sets 1; list: repeatable), environment
-# variable giving the default, default, and the pattern a value must match with what it means.
-# A '-' is an empty field.
+# ---- options: one table --------------------------------------------------------------------------
+# A row: the option, its value (- for a switch, which takes none and sets 1; VALUE... for a
+# repeatable one, which makes a list), 'env' where TPU_<VARIABLE> gives the default, the default
+# (- for none) and the help, continued on indented lines. The variable is the option in capitals
+# (--git-url sets GIT_URL).
+# shellcheck disable=SC2016  # $HOME in a help text
 readonly OPTIONS='
---name             NAME             value  TPU_NAME              -      -
---zone             ZONE             value  TPU_ZONE              -      -
---project          PROJECT          value  TPU_PROJECT           -      -
---accelerator-type ACCELERATOR_TYPE value  TPU_ACCELERATOR_TYPE  v4-32  -
---version          VERSION          value  TPU_VERSION           -      -
---spot             SPOT             switch TPU_SPOT              0      -
---queued           QUEUED           switch TPU_QUEUED            0      -
---create-arg       CREATE_ARGS      list   -                     -      -
---workdir          WORKDIR          value  TPU_WORKDIR           -      -
---config           CONFIG           value  TPU_CONFIG            -      -
---env              TRAINER_ENV      list   -                     -      ^[A-Za-z_][A-Za-z0-9_]*= KEY=VALUE
---module           MODULE           value  TPU_MODULE   trainer.main    ^[A-Za-z_][A-Za-z0-9_.]*$ a Python module name
---remote-dir       REMOTE_DIR       value  TPU_REMOTE_DIR        robust -
---python           PYTHON_VERSION   value  TPU_PYTHON            3.11   -
---git-url          GIT_URL          value  TPU_GIT_URL           -      -
---git-ref          GIT_REF          value  TPU_GIT_REF           -      -
---detach           DETACH           switch -                     0      -
---worker           WORKER           value  -                     0      ^([0-9]+|all)$ a worker index or '"'all'"'
---remote           REMOTE_TB        switch -                     0      -
---port             PORT             value  -                     6006   ^[0-9]+$ a port number
---grace            GRACE            value  -                     300    ^[0-9]+$ a whole number of seconds
---tpu              STOP_TPU         switch -                     0      -
---poll             POLL             value  TPU_POLL              60     ^[0-9]+([.][0-9]+)?$ a number of seconds
---max-restarts     MAX_RESTARTS     value  TPU_MAX_RESTARTS      100    ^[0-9]+$ a whole number
---dry-run          DRY_RUN          switch -                     0      -
+--name             NAME          env -       TPU name (required)
+--zone             ZONE          env -       zone, e.g. us-central2-b (required)
+--project          PROJECT       env -       project; unset: the project of gcloud config
+--accelerator-type T             env v4-32   accelerator type
+--version          V             env -       TPU software version; unset: from the type (v2/v3/v4
+                                             tpu-ubuntu2204-base, v5p v2-alpha-tpuv5, v5e
+                                             (v5litepod) v2-alpha-tpuv5-lite, v6e v2-alpha-tpuv6e)
+--spot             -             env -       spot capacity
+--queued           -             env -       create through a queued resource
+--create-arg       ARG...        -   -       extra flag for the create command
+                                             (e.g. --create-arg=--network=my-net)
+--workdir          gs://B/DIR    env -       training workdir: checkpoints, TensorBoard, done.json
+--config           FILE          env -       config file, e.g. configs/cifar10_linf_wrn70_16_100m.py
+--env              KEY=VALUE...  -   -       environment variable for the trainer
+--module           MODULE        env trainer.main  trainer module, run as python -m MODULE
+--remote-dir       DIR           env robust  code directory on the workers, under $HOME unless
+                                             absolute; the log is DIR/logs/trainer.log
+--python           VERSION       env 3.11    Python of the workers'"'"' venv
+--git-url          URL           env -       setup clones this repository instead of copying
+                                             the local files
+--git-ref          REF           env -       commit, tag or branch to check out; unset: local HEAD
+--detach           -             -   -       run: start the trainer and return
+--worker           N|all         -   0       logs: which worker
+--remote           -             -   -       tensorboard: on worker 0, reached through an SSH tunnel
+--port             PORT          -   6006    tensorboard port
+--grace            SECONDS       -   300     stop: wait this long after SIGTERM before SIGKILL
+--tpu              -             -   -       stop: also stop the TPU VM
+--poll             SECONDS       env 60      supervise: interval between state checks, relaunches
+--max-restarts     N             env 100     supervise: give up after N relaunches
+--dry-run          -             -   -       print the commands ('"'"'+ '"'"' prefix), run nothing
 '
 COMMAND=""
-CREATE_ARGS=()
-TRAINER_ENV=()
+CREATE_ARG=()
+ENV=()
 OVERRIDES=()    # --config.KEY=VALUE
 TRAINER_ARGS=() # after --
 RUNTIME=""      # TPU software version, resolved in main
@@ -144,6 +124,40 @@ log() { printf '[tpu_vm %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 truthy() { [[ ${1,,} =~ ^(1|true|yes|on)$ ]]; }
 
+variable() { local v=${1#--} && v=${v^^} && printf '%s' "${v//-/_}"; } # --git-url: GIT_URL
+
+# Usage lines from the table; each row ends with its environment variable and default.
+options_help() {
+  local line flag value env default help var text="" note=""
+  while IFS= read -r line; do
+    if [[ -z $line || $line == ' '* ]]; then
+      read -r help <<<"$line"
+      [[ -z $help ]] || text+=$'\n'"$(printf '%26s' '')$help"
+      continue
+    fi
+    [[ -z $text ]] || printf '%s%s\n' "$text" "$note"
+    read -r flag value env default help <<<"$line"
+    var=TPU_$(variable "$flag")
+    [[ $value != - ]] || value="" var+="=1"
+    [[ $env == env ]] || var=""
+    [[ $default == - ]] || var="${var:+$var; }$default"
+    note=${var:+ [$var]}
+    text=$(printf '  %-22s  %s' "$flag${value:+ $value}" "$help")
+  done <<<"$OPTIONS"
+  printf '%s%s\n' "$text" "$note"
+}
+
+# The row of an option: "VARIABLE KIND" (KIND: value, switch or list), or fails.
+option_kind() {
+  local flag value rest
+  read -r flag value rest < <(grep -E -m1 -- "^$1 " <<<"$OPTIONS") || return 1
+  case $value in
+    -) printf '%s switch' "$(variable "$flag")" ;;
+    *...) printf '%s list' "$(variable "$flag")" ;;
+    *) printf '%s value' "$(variable "$flag")" ;;
+  esac
+}
+
 set_option() { # set_option VARIABLE KIND VALUE
   case $2 in
     list) local -n list=$1 && list+=("$3") ;;
@@ -152,19 +166,22 @@ set_option() { # set_option VARIABLE KIND VALUE
   esac
 }
 
-# Each variable of the table from its environment variable, else its default.
+# Each option of the table from TPU_<VARIABLE> where the table says so, else its default.
 set_defaults() {
-  local flag var kind env default rest
-  while read -r flag var kind env default rest; do
-    [[ -n $flag && $kind != list ]] || continue
+  local flag value env default rest var kind from
+  while read -r flag value env default rest; do
+    [[ $flag == --* ]] || continue
+    read -r var kind <<<"$(option_kind "$flag")"
+    [[ $kind != list ]] || continue
     [[ $default != - ]] || default=""
-    [[ $env == - ]] || default=${!env:-$default}
+    from=TPU_$var
+    [[ $env != env ]] || default=${!from:-$default}
     set_option "$var" "$kind" "$default"
   done <<<"$OPTIONS"
 }
 
 parse_args() {
-  local flag spec var kind value
+  local flag var kind value
   while (($#)); do
     case $1 in
       -h | --help | help) usage && exit 0 ;;
@@ -172,9 +189,8 @@ parse_args() {
       --config.*) OVERRIDES+=("$1") ;;
       -*)
         flag=${1%%=*}
-        spec=$(grep -E -m1 -- "^$flag " <<<"$OPTIONS") ||
-          die "unknown option '$flag' (see: bash launch/tpu_vm.sh help)"
-        read -r _ var kind _ <<<"$spec"
+        read -r var kind <<<"$(option_kind "$flag")"
+        [[ -n $var ]] || die "unknown option '$flag' (see: bash launch/tpu_vm.sh help)"
         if [[ $kind == switch ]]; then
           [[ $1 != *=* ]] || die "option $flag takes no value"
           value=1
@@ -197,16 +213,22 @@ parse_args() {
   done
 }
 
-# Every value against the pattern of its row.
+# check VARIABLE PATTERN WHAT: each value of the option matches PATTERN.
+check() {
+  local values="${1}[@]" flag=${1,,} v
+  for v in "${!values}"; do
+    [[ $v =~ $2 ]] || die "--${flag//_/-} '$v' is not $3"
+  done
+}
+
 validate() {
-  local flag var kind env default pattern what v values
-  while read -r flag var kind env default pattern what; do
-    [[ -n $flag && $pattern != - ]] || continue
-    values="${var}[@]"
-    for v in "${!values}"; do
-      [[ $v =~ $pattern ]] || die "$flag '$v' is not $what"
-    done
-  done <<<"$OPTIONS"
+  check POLL '^[0-9]+([.][0-9]+)?$' 'a number of seconds'
+  check MAX_RESTARTS '^[0-9]+$' 'a whole number'
+  check GRACE '^[0-9]+$' 'a whole number of seconds'
+  check PORT '^[0-9]+$' 'a port number'
+  check WORKER '^([0-9]+|all)$' "a worker index or 'all'"
+  check MODULE '^[A-Za-z_][A-Za-z0-9_.]*$' 'a Python module name'
+  check ENV '^[A-Za-z_][A-Za-z0-9_]*=' 'KEY=VALUE'
 }
 
 require() {
@@ -271,7 +293,7 @@ create_tpu() {
       --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$RUNTIME")
   fi
   ((!SPOT)) || cmd+=(--spot)
-  run_cmd "${cmd[@]}" "${CREATE_ARGS[@]}"
+  run_cmd "${cmd[@]}" "${CREATE_ARG[@]}"
 }
 
 delete_tpu() {
@@ -352,7 +374,7 @@ cmd_create() {
 
 cmd_setup() {
   require name zone
-  local args=(--python "$PYTHON_VERSION" --jax "$JAX_VERSION") files=()
+  local args=(--python "$PYTHON" --jax "$JAX_VERSION") files=()
   if [[ -n $GIT_URL ]]; then
     args+=(--git-url "$GIT_URL" --git-ref "$(git_ref)")
   else
@@ -368,7 +390,7 @@ cmd_run() {
   require name zone config gs_workdir
   local args=() kv
   ((!DETACH)) || args+=(--detach)
-  for kv in "${TRAINER_ENV[@]}"; do args+=(--env "$kv"); done
+  for kv in "${ENV[@]}"; do args+=(--env "$kv"); done
   ((SHIPPED)) || ship || return 1
   tpu_ssh all "$(worker_cmd run "${args[@]}" -- --config="$CONFIG" --workdir="$WORKDIR" \
     --config.distributed=True "${OVERRIDES[@]}" "${TRAINER_ARGS[@]}")" \
@@ -382,7 +404,7 @@ cmd_logs() {
 
 cmd_tensorboard() {
   require workdir
-  if ((REMOTE_TB)); then
+  if ((REMOTE)); then
     require name zone
     log "TensorBoard on worker 0, tunnelled to http://localhost:$PORT"
     tpu_ssh 0 "cd $(remote_dir) && .venv/bin/tensorboard --logdir=$(q "$WORKDIR") --host=localhost --port=$PORT" \
@@ -408,7 +430,7 @@ cmd_stop() {
   require name zone
   ship
   tpu_ssh all "$(worker_cmd stop --grace "$GRACE")"
-  ((!STOP_TPU)) || run_cmd gcloud compute tpus tpu-vm stop "$NAME" "${LOC[@]}"
+  ((!TPU)) || run_cmd gcloud compute tpus tpu-vm stop "$NAME" "${LOC[@]}"
 }
 
 cmd_delete() {
