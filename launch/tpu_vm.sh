@@ -278,7 +278,7 @@ git_ref() {
   fi
 }
 
-# ---- gcloud pieces --------------------------------------------------------------------------------
+# ---- gcloud pieces -------------------------------------------------------------------------------
 qr_id() { printf '%s-qr' "$NAME"; }
 
 tpu_ssh() { # tpu_ssh WORKER COMMAND [extra gcloud args...]
@@ -357,8 +357,9 @@ worker_cmd() {
 pack_code() {
   if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     # shellcheck disable=SC2016  # expanded by the inner shell
-    run_cmd bash -c 'cd "$1" && git ls-files -z -co --exclude-standard | tar --null -T - -czf "$2"' \
-      pack_code "$ROOT" "$1"
+    run_cmd bash -c \
+      'cd "$1" && git ls-files -z -co --exclude-standard | tar --null -T - -czf "$2"' pack_code \
+      "$ROOT" "$1"
   else
     run_cmd tar -czf "$1" -C "$ROOT" --exclude=.venv --exclude=.git --exclude=runs \
       --exclude=workdirs --exclude=__pycache__ .
@@ -448,7 +449,9 @@ tpu_ready() {
     case $qstate in
       ACTIVE) ;;
       MISSING) fix create "queued resource $(qr_id) does not exist: creating it" && return 1 ;;
-      SUSPENDED | FAILED) fix recreate "queued resource $(qr_id) is $qstate: re-creating it" && return 1 ;;
+      SUSPENDED | FAILED)
+        fix recreate "queued resource $(qr_id) is $qstate: re-creating it" && return 1
+        ;;
       *) return 1 ;;
     esac
   fi
@@ -554,7 +557,9 @@ main() {
   TMP=$(mktemp -d)
   trap 'rm -rf "$TMP"' EXIT
   case $COMMAND in
-    create | setup | run | logs | tensorboard | status | stop | delete | supervise) "cmd_$COMMAND" ;;
+    create | setup | run | logs | tensorboard | status | stop | delete | supervise)
+      "cmd_$COMMAND"
+      ;;
     *) die "unknown command '$COMMAND' (one of: create setup run logs tensorboard status stop delete supervise help)" ;;
   esac
 }

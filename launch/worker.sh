@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # What runs on each TPU VM worker. launch/tpu_vm.sh copies this file to the home directory of
 # every worker and runs it there, on all workers at once, through `gcloud ... ssh --worker=all`:
-#   worker.sh setup  --dir D --module M --python V --jax J (--archive FILE | --git-url U --git-ref R)
+#   worker.sh setup  --dir D --module M --python V --jax J (--archive F | --git-url U --git-ref R)
 #   worker.sh run    --dir D --module M [--detach] [--env KEY=VALUE]... -- TRAINER ARGS
 #   worker.sh stop   --dir D --module M [--grace SECONDS]
 #   worker.sh status --dir D --module M
-# D is the code directory and FILE a code archive, both under $HOME unless absolute. The trainer
+# D is the code directory and F a code archive, both under $HOME unless absolute. The trainer
 # (`D/.venv/bin/python -m M TRAINER ARGS`) runs detached from the SSH session, so it survives a
 # dropped connection, and writes D/logs/trainer.log, trainer.pid (its process id) and trainer.exit
 # (its exit status, written when it ends).

@@ -34,7 +34,8 @@ def sh(script, *args, env=None, check=True, timeout=60):
   proc = subprocess.run(['bash', str(LAUNCH / script), *args], capture_output=True, text=True,
                         env=env or clean_env(), timeout=timeout, cwd=REPO)
   if check and proc.returncode != 0:
-    raise AssertionError(f'{script} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+    raise AssertionError(f'{script} {args} failed ({proc.returncode}):\n'
+                         f'{proc.stdout}\n{proc.stderr}')
   return proc
 
 
@@ -88,7 +89,7 @@ def test_shellcheck_clean():
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-# ---- dry runs --------------------------------------------------------------------------------------
+# ---- dry runs ------------------------------------------------------------------------------------
 def test_create_on_demand():
   (cmd,) = dry('create', *COMMON)
   assert cmd == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'tpu1', '--zone=us-central2-b',
@@ -142,9 +143,10 @@ def test_setup_from_git():
 
 
 def test_run_on_all_workers_with_overrides():
-  scp, ssh = gcloud_cmds(dry('run', *COMMON, '--workdir', 'gs://bucket/wrn', '--config=configs/x.py',
-                             '--config.train.lr=0.4', '--config.model.name=wrn-70-16', '--env',
-                             'XLA_FLAGS=-x', '--', '--flagfile=f.txt'))
+  scp, ssh = gcloud_cmds(dry('run', *COMMON, '--workdir', 'gs://bucket/wrn',
+                             '--config=configs/x.py', '--config.train.lr=0.4',
+                             '--config.model.name=wrn-70-16', '--env', 'XLA_FLAGS=-x', '--',
+                             '--flagfile=f.txt'))
   assert scp[4] == 'scp' and pathlib.Path(scp[5]).name == 'robust-worker.sh'
   assert ssh[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'tpu1']
   assert '--worker=all' in ssh and '--zone=us-central2-b' in ssh and '--project=proj' in ssh
@@ -198,10 +200,10 @@ def test_real_gcloud_parses_every_command(tmp_path):
     pytest.skip('the Cloud SDK (gcloud) is not installed')
   workdir = ('--workdir', 'gs://bucket/wrn', '--config', 'configs/x.py')
   shapes = {}  # one command per subcommand and set of flags
-  for args in (['create', '--spot', '--create-arg=--network=net1'], ['create', '--queued', '--spot'],
-               ['setup'], ['run', *workdir, '--config.a=1'], ['tensorboard', '--remote', *workdir],
-               ['status', '--queued', *workdir], ['stop', '--tpu'], ['delete'],
-               ['delete', '--queued']):
+  for args in (['create', '--spot', '--create-arg=--network=net1'],
+               ['create', '--queued', '--spot'], ['setup'], ['run', *workdir, '--config.a=1'],
+               ['tensorboard', '--remote', *workdir], ['status', '--queued', *workdir],
+               ['stop', '--tpu'], ['delete'], ['delete', '--queued']):
     for c in gcloud_cmds(dry(*args, *COMMON)):
       shapes.setdefault((*c[:5], *sorted(a.split('=')[0] for a in c if a.startswith('-'))), c)
   cmds = list(shapes.values())
@@ -246,7 +248,7 @@ def test_help():
     assert word in out
 
 
-# ---- launch/worker.sh, run directly on a temporary home ----------------------------------------------
+# ---- launch/worker.sh, run directly on a temporary home ------------------------------------------
 class Worker:
   """A worker's home in tmp_path; `python3.X` and the trainer are tests/fixtures/python."""
 
@@ -374,7 +376,7 @@ def test_worker_stop_and_status(tmp_path):
   assert f'no trainer running on {host}' in w('stop').stdout
 
 
-# ---- tpu_vm.sh against the fake gcloud: one TPU worker in a temporary HOME, a fake bucket ----------
+# ---- tpu_vm.sh against the fake gcloud: one TPU worker in a temporary HOME, a fake bucket --------
 class FakeCloud:
 
   def __init__(self, tmp_path, node=None, qr=None, plan=()):
@@ -502,7 +504,7 @@ def test_run_detached_then_status_and_stop(tmp_path):
   assert 'no trainer running' in cloud('status', *COMMON).stdout
 
 
-# ---- local runner ----------------------------------------------------------------------------------
+# ---- local runner --------------------------------------------------------------------------------
 def test_local_dry_run_defaults():
   out = sh('local.sh', '--dry-run', '--', '--config.train.steps=3').stdout.splitlines()
   assert out[-1] == ('+ .venv/bin/python -m trainer.method --config=configs/demo.py '
