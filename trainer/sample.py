@@ -15,7 +15,6 @@ exactly N samples, each once (data/generation/sampling.py).
 Multi-host: pass --distributed on every process (coordinator flags as in trainer.main). Each host
 samples its own batches on its own devices and writes its own shards; OUT.json lists them all.
 """
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +27,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType
 
+from data import images as images_lib
 from data.generation import sampling
 from models.diffusion import samplers
+from trainer import cli
 from trainer import sharding
 
 _GENERATOR = flags.DEFINE_string('generator', None, 'Generator checkpoint directory.')
@@ -105,8 +106,7 @@ def make_label_batch(model, variables, mesh) -> Callable:
 
   @jax.jit
   def label(variables, images):
-    probs = jax.nn.softmax(model.apply(variables, images.astype(jnp.float32) / 255.0,
-                                       train=False))
+    probs = jax.nn.softmax(model.apply(variables, images_lib.to_float(images), train=False))
     return jnp.argmax(probs, -1), jnp.max(probs, -1)
   return lambda images: label(variables, images)
 
@@ -114,6 +114,9 @@ def make_label_batch(model, variables, mesh) -> Callable:
 def sampler_options(generator, sampler: str) -> dict[str, Any]:
   """The generator's own schedule settings: x_0 clipping, and DDPM's posterior variance."""
   schedule = generator.schedule
+  if schedule.clip_sample and schedule.clip_sample_range != 1.0:
+    raise ValueError(f'schedule clip_sample_range={schedule.clip_sample_range}: the samplers '
+                     f'clip the predicted x_0 to [-1, 1] only')
   options = {'clip_denoised': bool(schedule.clip_sample)}
   if sampler == 'ddpm':
     options['variance'] = schedule.variance_type
@@ -156,10 +159,6 @@ def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int
                 'sampler': sampler, 'steps': steps, 'dtype': dtype})
 
 
-def _absolute(path: str | None) -> str | None:
-  return path if not path or '://' in path else os.path.abspath(path)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -169,12 +168,14 @@ def main(argv):
   elif any(v is not None for v in cluster):
     raise app.UsageError('--coordinator_address/--num_processes/--process_id need --distributed.')
   steps = _STEPS.value or {'ddpm': 1000, 'ddim': 100, 'dpm++2m': 20}[_SAMPLER.value]
+  out = cli.absolute(_OUT.value)
+  cli.start(out.rsplit('/', 1)[0] if '/' in out else '.')
   logging.info('Process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   result = sample_to_shards(
-      _absolute(_GENERATOR.value), _absolute(_OUT.value), num=_NUM.value,
+      cli.absolute(_GENERATOR.value), out, num=_NUM.value,
       num_shards=_SHARDS.value, sampler=_SAMPLER.value, steps=steps, seed=_SEED.value,
-      classifier=_absolute(_CLASSIFIER.value), checkpoint=_CHECKPOINT.value, top_k=_TOP_K.value,
+      classifier=cli.absolute(_CLASSIFIER.value), checkpoint=_CHECKPOINT.value, top_k=_TOP_K.value,
       batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value, progress=_PROGRESS.value)
   if jax.process_index() == 0:
     print(result.manifest, flush=True)
@@ -182,4 +183,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['generator', 'num', 'out', 'shards'])
-  app.run(main)
+  cli.run(main)
