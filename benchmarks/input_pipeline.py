@@ -115,21 +115,20 @@ def grain_device_batches(manifest: str):
   """The pipeline with uint8 batches, moved to the device and converted there."""
   import grain  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from data import images as images_lib  # pylint: disable=g-import-not-at-top
   from data.input import batch_mix  # pylint: disable=g-import-not-at-top
   from data.input import pipeline  # pylint: disable=g-import-not-at-top
   images, labels, ids = real_set()
   config = _config(manifest)
-  config.loader.prefetch = 0   # the prefetch thread is added below, after uint8
+  config.loader.prefetch = 0   # the prefetch thread is added below
   ds = pipeline.make_train_dataset(config, images, labels, ids,
                                    process_index=0, process_count=1)
   if not isinstance(ds, batch_mix.MixedBatchIterDataset):
     raise TypeError(f'expected the in-process batch dataset, got {ds}')
-  ds.float_images = False
   it = iter(grain.experimental.ThreadPrefetchIterDataset(
       ds, prefetch_buffer_size=2))
   device = jax.devices()[0]
-  to_float = jax.jit(lambda x: x.astype(jnp.float32) / 255.0)
+  to_float = jax.jit(images_lib.to_float)
   while True:
     batch = next(it)
     to_float(jax.device_put(batch['image'], device)).block_until_ready()

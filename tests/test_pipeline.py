@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import base
+from data.input import augment
 from data.input import batch_mix
 from data.input import pipeline
 from data.records import shard_writer
@@ -70,7 +71,7 @@ def test_batch_contents_match_the_sources(gen_set):
   it = _iterator(_config(path, alpha=0.25, pad=0), real)
   for _ in range(10):
     batch = next(it)
-    assert batch['image'].dtype == np.float32
+    assert batch['image'].dtype == np.uint8   # uint8 to the devices; float in the step
     assert batch['image'].shape == (16, *SHAPE)
     assert batch['label'].dtype == np.int32
     assert batch['is_generated'].dtype == bool
@@ -81,17 +82,24 @@ def test_batch_contents_match_the_sources(gen_set):
         source, label = gen_images[i], gen_labels[i]
       else:
         source, label = images[i - 1000], labels[i - 1000]
-      np.testing.assert_array_equal(batch['image'][row] * 255, source)
+      np.testing.assert_array_equal(batch['image'][row], source)
       assert batch['label'][row] == label
   it.close()
 
 
-def test_augmentation_keeps_values_in_range(gen_set):
-  it = _iterator(_config(gen_set[0], alpha=0.5, pad=4))
-  batch = next(it)
-  assert 0.0 <= batch['image'].min() and batch['image'].max() <= 1.0
-  assert (batch['image'] == 0).any()   # zero padding shows up
-  it.close()
+def test_augmentation_pads_with_zeros_around_a_shifted_image():
+  # Images with no zero pixel: after pad-and-crop, the zeros of each image are exactly the
+  # padding, i.e. the complement of one (H - |dy|) x (W - |dx|) rectangle of source pixels.
+  images = np.full((64, *SHAPE), 200, np.uint8)
+  out = augment.pad_crop_flip(images, np.random.default_rng(0), pad=4, flip=True)
+  assert out.dtype == np.uint8 and set(np.unique(out)) <= {0, 200}
+  shifted = 0
+  for image in out[..., 0] > 0:
+    rows, cols = image.any(1), image.any(0)
+    np.testing.assert_array_equal(image, np.outer(rows, cols))  # a rectangle
+    assert rows.sum() >= SHAPE[0] - 4 and cols.sum() >= SHAPE[1] - 4  # shift at most pad
+    shifted += not image.all()
+  assert shifted >= 56  # a (0, 0) shift has probability 1/81 per image
 
 
 @pytest.mark.parametrize('alpha,batch_size,real_per_batch', [
@@ -284,9 +292,7 @@ def test_corrupt_record_raises_or_is_skipped_and_counted(gen_set, tmp_path):
 
 
 def test_rejects_inconsistent_inputs(gen_set, tmp_path):
-  path = gen_set[0]
-  with pytest.raises(ValueError, match=r'alpha must lie in \[0, 1\]'):
-    _iterator(_config(path, alpha=1.5))
+  path = gen_set[0]   # (a bad alpha is the config validation's: tests/test_config.py)
   with pytest.raises(ValueError, match='not divisible by the process count'):
     _iterator(_config(path, batch_size=18), host=0, hosts=4)
   with pytest.raises(ValueError, match='8 shard files, but 16 hosts'):

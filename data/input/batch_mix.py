@@ -35,8 +35,7 @@ epoch advances U, not R, images per step.
 Augmentation (pad + random crop + optional flip) is applied to the whole uint8
 batch, both parts, with an RNG seeded from (seed, host, step); real and
 generated rows are then shuffled together. `MixedBatchIterDataset` yields dicts
-of numpy arrays: `image` (b, H, W, C) float32 in [0, 1] (uint8 with
-`float_images=False`), `label` int32, `is_generated` bool (for label smoothing)
+of numpy arrays: `image` (b, H, W, C) uint8, `label` int32, `is_generated` bool (for label smoothing)
 and `id` int64 (the original training index for real images, the shard set's id
 for generated ones).
 """
@@ -199,15 +198,14 @@ class MixedBatchIterDataset(grain.IterDataset):
 
   `generated` yields (image bytes, label, id) tuples; `records` is the
   `TFRecordIterDataset` at its root, sliced by file when Grain slices this
-  dataset for its workers. `float_images=False` leaves images uint8.
+  dataset for its workers.
   """
 
   def __init__(self, *, plan: BatchPlan, image_shape, real: RealData | None,
                generated: grain.IterDataset | None,
                records: record_dataset.TFRecordIterDataset | None,
-               pad: int, flip: bool, seed: int, float_images: bool = True):
+               pad: int, flip: bool, seed: int):
     super().__init__([generated] if generated is not None else [])
-    self.float_images = float_images
     self.plan = plan
     self.image_shape = tuple(image_shape)
     self.real = real
@@ -238,12 +236,6 @@ class MixedBatchIterDataset(grain.IterDataset):
   def __str__(self) -> str:
     return (f'MixedBatchIterDataset(host_batch={self.plan.host_batch}, '
             f'global_real={self.plan.global_real})')
-
-
-def to_float(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """uint8 images -> float32 in [0, 1]."""
-  return dict(batch, image=np.divide(batch['image'], np.float32(255),
-                                     dtype=np.float32))
 
 
 class _MixedBatchIterator(grain.DatasetIterator):
@@ -287,7 +279,7 @@ class _MixedBatchIterator(grain.DatasetIterator):
     self._count += 1
     batch = {'image': images, 'label': labels[order],
              'is_generated': is_generated[order], 'id': ids[order]}
-    return to_float(batch) if ds.float_images else batch
+    return batch
 
   def _take_real(self, step, n, images, labels, ids) -> None:
     real, plan = self._ds.real, self._ds.plan

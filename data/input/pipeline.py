@@ -4,9 +4,11 @@
   batch = next(it)   # this host's share of one global batch
 
 Each batch is a dict of numpy arrays for this host, b = batch_size // P rows
-(P = process count): `image` float32 in [0, 1] (b, H, W, C), `label` int32,
-`is_generated` bool (for label smoothing) and `id` int64 (the original training
-index for real images, the shard set's id for generated ones).
+(P = process count): `image` uint8 (b, H, W, C) — it crosses to the devices as
+uint8 and becomes float in the jitted step (data.images.to_float) —, `label`
+int32, `is_generated` bool (for label smoothing) and `id` int64 (the original
+training index for real images, the shard set's id for generated ones; a
+host-only field the train loop keeps off the devices).
 
 This module assembles the pieces from a config. `batch_mix` holds the exact
 mix: every global batch has round(alpha * batch_size) real examples, split
@@ -111,9 +113,7 @@ def make_train_dataset(config, real_images, real_labels, real_ids, *,
         process_index)
     process_count = jax.process_count() if process_count is None else (
         process_count)
-  alpha = float(config.generated.alpha)
-  if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f'config.generated.alpha must lie in [0, 1], got {alpha}')
+  alpha = float(config.generated.alpha)  # validated in trainer/config_validation.py
   batch_size = config.train.batch_size
   repeats = config.dataset.real_repeats
   global_real = batch_mix.real_count(batch_size, alpha, repeats)
@@ -139,19 +139,15 @@ def make_train_dataset(config, real_images, real_labels, real_ids, *,
   ds = batch_mix.MixedBatchIterDataset(
       plan=plan, image_shape=image_shape, real=real, generated=generated,
       records=records, pad=config.dataset.pad, flip=config.dataset.flip,
-      seed=config.seed, float_images=workers == 0)
+      seed=config.seed)
   if workers > 0:
     if not flags.FLAGS.is_parsed():
       # Grain's workers read its absl flags; outside an absl app (tests,
       # notebooks) take their defaults instead of failing in the worker.
       flags.FLAGS.mark_as_parsed()
-    # Workers hand over uint8 images: moving a batch through shared memory
-    # costs ~14 ms of CPU as float32 and a quarter of that as uint8, more
-    # than the conversion, which therefore happens here.
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers,
         per_worker_buffer_size=max(1, config.loader.prefetch)))
-    ds = ds.map(batch_mix.to_float)
   if config.loader.prefetch > 0:
     return grain.experimental.ThreadPrefetchIterDataset(
         ds, prefetch_buffer_size=config.loader.prefetch)
