@@ -112,15 +112,33 @@ def saved_workdir(path, config, variables, step=5):
   return workdir
 
 
+def _run(args, cwd, returncode=0):
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  done = subprocess.run([sys.executable, '-m'] + args, cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert done.returncode == returncode, done.stdout + done.stderr
+  return done
+
+
 # --- Ours -> RobustBench -------------------------------------------------------------------------
 
-@pytest.mark.parametrize('model_name', ['wrn-16-2', 'preact-resnet-18'])
-def test_export_loads_strictly_into_robustbench_with_equal_logits(dm, tmp_path, model_name):
+@pytest.mark.parametrize('model_name,command_line', [
+    pytest.param('wrn-16-2', True, marks=pytest.mark.slow),  # a command-line run
+    ('preact-resnet-18', False)])
+def test_export_loads_strictly_into_robustbench_with_equal_logits(dm, tmp_path, model_name,
+                                                                   command_line):
   config = cifar_config(model_name)
   variables = random_variables(import_checkpoint.abstract_variables(config))
   workdir = saved_workdir(tmp_path / 'run', config, variables, step=5)
   out = str(tmp_path / 'export' / 'model.pt')
-  cls, kwargs = export.export(workdir, out)
+  if command_line:  # relative paths, from another working directory
+    printed = _run(['trainer.export', '--workdir=run', '--out=export/model.pt'], tmp_path).stdout
+    info = real.info('cifar10')
+    cls, kwargs = interop_layout.robustbench_constructor(
+        model_name, num_classes=10, mean=info.mean, std=info.std)
+    assert f'{cls}(num_classes=10, depth=16, width=2, activation_fn=Swish' in printed
+  else:
+    cls, kwargs = export.export(workdir, out)
 
   kwargs['activation_fn'] = dm.Swish
   model = getattr(dm, cls)(**kwargs)
@@ -272,12 +290,6 @@ def test_robustbench_record_of_an_evaluation():
   assert evaluate.robustbench_record(summary)['autoattack_acc'] is None
 
 
-def _run(args, cwd):
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  done = subprocess.run([sys.executable, '-m'] + args, cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=600, check=False)
-  assert done.returncode == 0, done.stdout + done.stderr
-  return done
 
 
 @pytest.mark.slow  # two command-line runs, each importing jax and TensorFlow
@@ -297,6 +309,17 @@ def test_an_imported_model_evaluates_end_to_end_from_a_relative_workdir(dm, tmp_
   assert record['n_examples'] == 16 and record['dataset'] == 'digits'
   assert record['clean_acc'] == str(round(100 * summary['clean_accuracy'], 2))
   assert record['autoattack_acc'] is None  # only PGD-5 ran
+
+  # What the command line refuses, it refuses in one line.
+  pair = np.empty(2, dtype=object)
+  pair[:] = ({}, {})
+  np.save(tmp_path / 'haiku.npy', pair, allow_pickle=True)
+  refused = _run(['trainer.import_checkpoint', '--source=haiku.npy', f'--config={config}',
+                  '--workdir=refused'], cwd=tmp_path, returncode=1)
+  assert refused.stderr.startswith('error: ') and '--trust_pickle' in refused.stderr
+  refused = _run(['trainer.export', '--workdir=imported', '--out=digits.pt'], cwd=tmp_path,
+                 returncode=1)
+  assert '32x32' in refused.stderr
 
   # The evaluated weights are the file's (RobustBench's class pools 8x8 and cannot run on 8x8
   # digits, so the logits are compared at 32x32 in the tests above).

@@ -20,12 +20,9 @@ from etils import epath
 
 from data import real
 from trainer import checkpointing
+from trainer import cli
 from trainer import evaluate
 from trainer import interop_layout
-
-
-def _absolute(path):
-  return path if '://' in path else os.path.abspath(os.path.expanduser(path))
 
 
 def check_image_shape(config):
@@ -80,8 +77,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  out = _absolute(f.out)
-  cls, kwargs = export(_absolute(f.workdir), out, f.checkpoint)
+  out = cli.absolute(f.out)
+  cls, kwargs = export(cli.absolute(f.workdir), out, f.checkpoint)
   print(f'Wrote {out} and {os.path.splitext(out)[0]}.json. Load it with:\n'
         f'{_constructor_text(cls, kwargs)}\n'
         f'model.load_state_dict(torch.load({out!r}, weights_only=True)); model.eval()')
@@ -92,4 +89,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('out', None, 'Path of the PyTorch state_dict to write (e.g. model.pt).')
   flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
   flags.mark_flags_as_required(['workdir', 'out'])
-  app.run(main)
+  cli.run(main)

@@ -36,6 +36,7 @@ from data import real
 from data.input import pipeline
 from models import registry
 from trainer import checkpointing
+from trainer import cli
 from trainer import interop_layout
 from trainer import optimizer
 from trainer import train
@@ -43,10 +44,6 @@ from trainer import train_state
 
 UNKNOWN_ACCURACY = -1.0
 TORCH_SUFFIXES = ('.pt', '.pth')
-
-
-def _absolute(path):
-  return path if '://' in path else os.path.abspath(os.path.expanduser(path))
 
 
 def load_torch(source):
@@ -167,8 +164,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  workdir = _absolute(f.workdir)
-  record = import_checkpoint(_absolute(f.source), f.config, workdir,
+  workdir = cli.absolute(f.workdir)
+  cli.start(workdir)
+  record = import_checkpoint(cli.absolute(f.source), f.config, workdir,
                              trust_pickle=f.trust_pickle, with_train_state=f.train_state)
   print(f'Imported {record["source"]} ({record["format"]}) as {record["model"]} into {workdir}; '
         f'evaluate it with: python -m trainer.evaluate --workdir={workdir}')
@@ -183,4 +181,4 @@ if __name__ == '__main__':
   flags.DEFINE_bool('train_state', False, 'Also write checkpoints/0 for fine-tuning with '
                     'trainer.main (reads the training data).')
   flags.mark_flags_as_required(['config', 'source', 'workdir'])
-  app.run(main)
+  cli.run(main)
