@@ -18,7 +18,8 @@ outcome: a point keeps the adversarial example of the first run that broke it. E
 the (r // n_restarts)-th strongest rival class of the clean input. The cascade relies on this to
 call one run at a time on the points still robust and get the same runs as a single call.
 
-Everything is vectorised over the batch and jit-compiled; a model passed as
+Everything is vectorised over the batch and jit-compiled, one step per call from a host loop on
+CPU and one program per run elsewhere (see `trainer.attacks.common`); a model passed as
 `jax.tree_util.Partial(apply_fn, variables)` has its weights passed as arguments to the compiled
 program instead of being embedded as constants (see `as_jit_arg`).
 """
@@ -31,22 +32,14 @@ import numpy as np
 
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
+from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import rival_class
+from trainer.attacks.common import run_steps
+from trainer.attacks.common import steps_per_call
 
 RHO = 0.75       # success-rate threshold of the first halving condition
 MOMENTUM = 0.75  # weight of the new step; 1 − MOMENTUM goes to the previous displacement
 LOSSES = ('ce', 'dlr', 'dlr-targeted')
-
-
-def as_jit_arg(logits_fn):
-  """Makes `logits_fn` a pytree that jit can take as an argument.
-
-  A `jax.tree_util.Partial` keeps its bound arrays as traced leaves, so `Partial(model.apply,
-  variables)` does not bake the weights into the compiled program; any other callable is wrapped
-  without leaves and is cached by identity (closed-over arrays then do become constants).
-  """
-  if isinstance(logits_fn, jax.tree_util.Partial):
-    return logits_fn
-  return jax.tree_util.Partial(logits_fn)
 
 
 def checkpoints(n_iter):
@@ -92,17 +85,6 @@ def start_point(key, x, *, norm, eps):
     t = jax.random.normal(key, x.shape, x.dtype)
   t = t / _bcast(projections.per_example_norm(t, norm) + 1e-12, t)
   return jnp.clip(x + eps * t, 0.0, 1.0)
-
-
-def rival_class(logits, y, rank):
-  """The class with the (rank + 1)-th highest logit among the classes other than y.
-
-  For a correctly classified input this is the reference's choice of target for APGD-T and
-  FAB-T (the (rank + 2)-th highest logit overall). `rank` may be traced.
-  """
-  others = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
-  order = jnp.argsort(-others, axis=1)
-  return jnp.take(order, rank, axis=1)
 
 
 class RunResult(NamedTuple):
@@ -160,40 +142,48 @@ def _halve(s, i, history, loss_best, is_check, window, rho):
   return is_check[i] & (oscillating | stalled)
 
 
-def apgd_run(logits_fn, x, y, key, loss_fn, *, norm, eps, n_iter=100, rho=RHO):
-  """One APGD run from one random start; maximises `loss_fn(logits)` (per example).
+def _where(c, a, b):
+  return jnp.where(_bcast(c, a), a, b)
 
-  Returns a RunResult. Traceable; the public functions below jit it.
-  """
+
+def run_init(logits_fn, x, y, key, loss_fn, *, norm, eps, n_iter=100):
+  """The state of a run at its random start (before the first iteration). Traceable."""
   projections.check_norm(norm)
-  is_check, window = _review_table(n_iter)
-  evaluate = functools.partial(_evaluate, logits_fn, loss_fn, y)
-  where = lambda c, a, b: jnp.where(_bcast(c, a), a, b)
-
   x0 = start_point(key, x, norm=norm, eps=eps)
-  loss0, wrong0, grad0 = evaluate(x0)
-  state = _State(
+  loss0, wrong0, grad0 = _evaluate(logits_fn, loss_fn, y, x0)
+  return _State(
       x_adv=x0, x_prev=x0, grad=grad0, step=jnp.full(x.shape[:1], 2.0 * eps, jnp.float32),
       x_best=x0, grad_best=grad0, loss_best=loss0, x_found=x0, broken=wrong0,
       history=jnp.zeros((n_iter,) + loss0.shape, loss0.dtype), loss_at_check=loss0,
       halved_at_check=jnp.ones_like(wrong0))
 
-  def body(i, s):
-    z = _step(s, i, x, norm=norm, eps=eps)
-    loss, wrong, grad = evaluate(z)
-    history = s.history.at[i].set(loss)
-    better = loss > s.loss_best
-    x_best, grad_best = where(better, z, s.x_best), where(better, grad, s.grad_best)
-    loss_best = jnp.where(better, loss, s.loss_best)
-    halve = _halve(s, i, history, loss_best, is_check, window, rho)
-    checked = is_check[i]
-    return _State(
-        x_adv=where(halve, x_best, z), x_prev=s.x_adv, grad=where(halve, grad_best, grad),
-        step=jnp.where(halve, s.step / 2.0, s.step), x_best=x_best, grad_best=grad_best,
-        loss_best=loss_best, x_found=where(wrong, z, s.x_found), broken=s.broken | wrong,
-        history=history, loss_at_check=jnp.where(checked, loss_best, s.loss_at_check),
-        halved_at_check=jnp.where(checked, halve, s.halved_at_check))
 
+def run_iteration(logits_fn, x, y, loss_fn, i, s, *, norm, eps, rho=RHO):
+  """Iteration i (0-based, may be traced) of a run: a step, then the step-size review."""
+  is_check, window = _review_table(s.history.shape[0])
+  z = _step(s, i, x, norm=norm, eps=eps)
+  loss, wrong, grad = _evaluate(logits_fn, loss_fn, y, z)
+  history = s.history.at[i].set(loss)
+  better = loss > s.loss_best
+  x_best, grad_best = _where(better, z, s.x_best), _where(better, grad, s.grad_best)
+  loss_best = jnp.where(better, loss, s.loss_best)
+  halve = _halve(s, i, history, loss_best, is_check, window, rho)
+  checked = is_check[i]
+  return _State(
+      x_adv=_where(halve, x_best, z), x_prev=s.x_adv, grad=_where(halve, grad_best, grad),
+      step=jnp.where(halve, s.step / 2.0, s.step), x_best=x_best, grad_best=grad_best,
+      loss_best=loss_best, x_found=_where(wrong, z, s.x_found), broken=s.broken | wrong,
+      history=history, loss_at_check=jnp.where(checked, loss_best, s.loss_at_check),
+      halved_at_check=jnp.where(checked, halve, s.halved_at_check))
+
+
+def apgd_run(logits_fn, x, y, key, loss_fn, *, norm, eps, n_iter=100, rho=RHO):
+  """One APGD run from one random start; maximises `loss_fn(logits)` (per example).
+
+  Returns a RunResult. Traceable, as one loop (the drivers below step it from the host on CPU).
+  """
+  state = run_init(logits_fn, x, y, key, loss_fn, norm=norm, eps=eps, n_iter=n_iter)
+  body = lambda i, s: run_iteration(logits_fn, x, y, loss_fn, i, s, norm=norm, eps=eps, rho=rho)
   s = jax.lax.fori_loop(0, n_iter, body, state)
   return RunResult(s.x_found, s.broken, s.x_best, s.loss_best)
 
@@ -212,7 +202,7 @@ def _check_classes(loss, num_classes, n_target_classes):
 
 def apgd_runs(logits_fn, x, y, key, runs, *, norm, eps, n_iter=100, loss='ce', n_restarts=1,
               n_target_classes=9, rho=RHO):
-  """APGD runs `runs` (an int array) one after another, each on the points still robust.
+  """APGD runs `runs` (a sequence of ints) one after another, each on the points still robust.
 
   Run r starts from `fold_in(key, r)`; with loss='dlr-targeted' it targets the
   (r // n_restarts)-th strongest rival class of the clean input. Stops early once no point is
@@ -222,40 +212,59 @@ def apgd_runs(logits_fn, x, y, key, runs, *, norm, eps, n_iter=100, loss='ce', n
   if loss not in LOSSES:
     raise ValueError(f'Unknown APGD loss {loss!r}; expected one of {LOSSES}.')
   projections.check_norm(norm)
-  return _apgd_runs(as_jit_arg(logits_fn), x, y, key, jnp.asarray(runs, jnp.int32), norm=norm,
-                    eps=float(eps), n_iter=n_iter, loss=loss, n_restarts=n_restarts,
-                    n_target_classes=n_target_classes, rho=rho)
-
-
-@functools.partial(jax.jit, static_argnames=(
-    'norm', 'eps', 'n_iter', 'loss', 'n_restarts', 'n_target_classes', 'rho'))
-def _apgd_runs(logits_fn, x, y, key, runs, *, norm, eps, n_iter, loss, n_restarts,
-               n_target_classes, rho):
-  clean_logits = logits_fn(x).astype(jnp.float32)
+  logits_fn, eps = as_jit_arg(logits_fn), float(eps)
+  statics = dict(norm=norm, eps=eps, loss=loss, n_restarts=n_restarts, rho=rho)
+  per_call = steps_per_call(x, n_iter)
+  clean_logits, robust = _clean(logits_fn, x, y)
   _check_classes(loss, clean_logits.shape[1], n_target_classes)
-  robust = jnp.argmax(clean_logits, axis=1) == y
+  x_adv = x
+  for r in np.asarray(runs, np.int32).reshape(-1):
+    if not bool(jnp.any(robust)):
+      break
+    r = jnp.asarray(r, jnp.int32)
+    s = _run_start(logits_fn, x, y, jax.random.fold_in(key, r), clean_logits, r,
+                   n_iter=n_iter, **statics)
+    for start in range(0, n_iter, per_call):
+      s = _run_steps(logits_fn, x, y, clean_logits, r, s, jnp.asarray(start, jnp.int32),
+                     n=min(per_call, n_iter - start), **statics)
+    robust, x_adv = _keep_first(robust, x_adv, s.broken, s.x_found)
+  return jnp.asarray(x_adv)
 
-  def run(r):
-    if loss == 'dlr-targeted':
-      target = rival_class(clean_logits, y, r // n_restarts)
-      loss_fn = lambda logits: losses_lib.targeted_dlr(logits, y, target)
-    else:
-      loss_fn = lambda logits: losses_lib.get_loss(loss)(logits, y)
-    return apgd_run(logits_fn, x, y, jax.random.fold_in(key, r), loss_fn, norm=norm, eps=eps,
-                    n_iter=n_iter, rho=rho)
 
-  def cond(carry):
-    k, robust, _ = carry
-    return (k < runs.shape[0]) & jnp.any(robust)
+@jax.jit
+def _clean(logits_fn, x, y):
+  clean_logits = logits_fn(x).astype(jnp.float32)
+  return clean_logits, jnp.argmax(clean_logits, axis=1) == y
 
-  def body(carry):
-    k, robust, x_adv = carry
-    result = run(runs[k])
-    newly = robust & result.broken
-    return k + 1, robust & ~newly, jnp.where(_bcast(newly, x), result.x_adv, x_adv)
 
-  _, _, x_adv = jax.lax.while_loop(cond, body, (0, robust, x))
-  return x_adv
+def _loss_fn(loss, y, clean_logits, r, n_restarts):
+  if loss == 'dlr-targeted':
+    target = rival_class(clean_logits, y, r // n_restarts)
+    return lambda logits: losses_lib.targeted_dlr(logits, y, target)
+  return lambda logits: losses_lib.get_loss(loss)(logits, y)
+
+
+@functools.partial(jax.jit, static_argnames=('norm', 'eps', 'n_iter', 'loss', 'n_restarts',
+                                             'rho'))
+def _run_start(logits_fn, x, y, key, clean_logits, r, *, norm, eps, n_iter, loss, n_restarts,
+               rho):
+  del rho
+  loss_fn = _loss_fn(loss, y, clean_logits, r, n_restarts)
+  return run_init(logits_fn, x, y, key, loss_fn, norm=norm, eps=eps, n_iter=n_iter)
+
+
+@functools.partial(jax.jit, static_argnames=('n', 'norm', 'eps', 'loss', 'n_restarts', 'rho'))
+def _run_steps(logits_fn, x, y, clean_logits, r, s, start, *, n, norm, eps, loss, n_restarts,
+               rho):
+  loss_fn = _loss_fn(loss, y, clean_logits, r, n_restarts)
+  body = lambda i, s: run_iteration(logits_fn, x, y, loss_fn, i, s, norm=norm, eps=eps, rho=rho)
+  return run_steps(body, start, n, s)
+
+
+@jax.jit
+def _keep_first(robust, x_adv, broken, x_found):
+  newly = robust & broken
+  return robust & ~newly, jnp.where(_bcast(newly, x_adv), x_found, x_adv)
 
 
 def apgd(logits_fn, x, y, *, norm, eps, n_iter=100, n_restarts=1, loss='ce', seed=0, rho=RHO):

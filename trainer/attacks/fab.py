@@ -1,4 +1,4 @@
-"""FAB-T: the targeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), L∞ and L2.
+"""FAB: the Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), targeted and not, L∞ and L2.
 
 FAB looks for the adversarial example of smallest norm. At each step it linearises the decision
 boundary between the true class y and a target class t,
@@ -17,9 +17,13 @@ Restarts after the first start from a random point in the ε/2-ball: the referen
 start by min(best norm so far, ε)/2, and since restarts run only on points with no adversarial
 inside ε, that is always ε/2.
 
-Everything is batched with static shapes so the attack jit-compiles: instead of gathering the
-points still robust (as the reference does), every (target, restart) run computes on the whole
-batch and keeps the result only for those points; the runs stop once no point is left.
+The untargeted version (AutoAttack 'plus') linearises, at every step, the boundary to each class
+from the Jacobian of all the logits and follows the closest one in the dual norm.
+
+Every (target, restart) run computes on the whole batch it is given and keeps the result only
+for the points still robust; the runs stop once no point is left. The cascade gathers the points
+still robust before each target (one pass per target, as the reference does), so a run is never
+spent on points already broken.
 `logits_fn` must treat examples independently (inference mode), as the per-example gradient is
 taken as the gradient of the batch sum. The attack is jit-compiled; pass the model as a
 `jax.tree_util.Partial` so that its weights are arguments of the compiled program:
@@ -31,9 +35,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from trainer.attacks import projections
-from trainer.attacks.apgd import as_jit_arg
+from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import run_steps
+from trainer.attacks.common import steps_per_call
 
 
 def _bcast(v, like):
@@ -126,43 +133,123 @@ def _random_start(key, x0, *, norm, radius):
   return jnp.clip(x0 + radius * t, 0.0, 1.0)
 
 
-def _single_run(logits_fn, x1, x0, y, target, *, norm, n_iter, alpha_max, eta, beta):
-  """One FAB run towards `target`; returns (closest adversarial found, its norm or +inf)."""
-  batch = jnp.arange(x0.shape[0])
+def _boundary(logits_fn, x1, y, target, targeted, norm):
+  """The linearised boundary at x1: per point its gap f(x1) and normal ∇f(x1), flat (B, d).
+
+  Targeted: f = z_t − z_y, one gradient of the batch sum. Untargeted (as the reference): the
+  Jacobian of all the logit differences z_k − z_y, and the class whose linearised boundary is
+  closest in the norm's dual (L1 for L∞, L2 for L2), never y itself.
+  """
+  batch = jnp.arange(x1.shape[0])
+  if targeted:
+    def gap(z):
+      logits = logits_fn(z).astype(jnp.float32)
+      diff = logits[batch, target] - logits[batch, y]
+      return jnp.sum(diff), diff
+    w, df = jax.grad(gap, has_aux=True)(x1)
+    return df, w.reshape(w.shape[0], -1)
+  logits, vjp = jax.vjp(lambda z: logits_fn(z).astype(jnp.float32), x1)
+  eye = jnp.eye(logits.shape[1], dtype=logits.dtype)
+  jac = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, logits.shape))[0])(eye)   # (K, B, ...)
+  jac = jnp.moveaxis(jac, 0, 1).reshape(x1.shape[0], logits.shape[1], -1)    # (B, K, d)
+  df = logits - logits[batch, y][:, None]
+  dg = jac - jac[batch, y][:, None]
+  dual = jnp.sum(jnp.abs(dg), -1) if norm == 'linf' else jnp.sqrt(jnp.sum(dg * dg, -1))
+  dist = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), jnp.inf,
+                   jnp.abs(df) / (dual + 1e-12))
+  k = jnp.argmin(dist, axis=1)
+  return df[batch, k], dg[batch, k]
+
+
+def _fab_step(logits_fn, x0, y, target, carry, *, norm, targeted, alpha_max, eta, beta):
+  """One FAB iteration: project x1 and x0 onto the linearised boundary, step, keep the closest."""
+  x1, best, best_norm = carry
   project = _PROJECT[norm]
   flat = lambda v: v.reshape(v.shape[0], -1)
+  df, w = _boundary(logits_fn, x1, y, target, targeted, norm)
+  # The linearised boundary is {z : df + ⟨w, z − x1⟩ = 0}; c is each point's signed gap to it.
+  d1 = project(flat(x1), w, df)
+  d2 = project(flat(x0), w, df + jnp.sum(w * flat(x0 - x1), axis=1))
+  a1 = jnp.maximum(_flat_norm(d1, norm), 1e-8)
+  a2 = jnp.maximum(_flat_norm(d2, norm), 1e-8)
+  alpha = _bcast(jnp.clip(a1 / (a1 + a2), 0.0, alpha_max), x0)
+  x1 = jnp.clip((x1 + eta * d1.reshape(x0.shape)) * (1.0 - alpha)
+                + (x0 + eta * d2.reshape(x0.shape)) * alpha, 0.0, 1.0)
 
-  def boundary_gap(z):
-    logits = logits_fn(z).astype(jnp.float32)
-    diff = logits[batch, target] - logits[batch, y]
-    return jnp.sum(diff), diff
+  is_adv = jnp.argmax(logits_fn(x1), axis=1) != y
+  dist = _flat_norm(x1 - x0, norm)
+  closer = is_adv & (dist < best_norm)
+  best = jnp.where(_bcast(closer, x0), x1, best)
+  best_norm = jnp.where(closer, dist, best_norm)
+  x1 = jnp.where(_bcast(is_adv, x0), x0 + beta * (x1 - x0), x1)
+  return x1, best, best_norm
 
-  gap_and_grad = jax.grad(boundary_gap, has_aux=True)
 
-  def step(_, carry):
-    x1, best, best_norm = carry
-    w, df = gap_and_grad(x1)
-    w = flat(w)
-    # The linearised boundary is {z : df + ⟨w, z − x1⟩ = 0}; c is each point's signed gap to it.
-    d1 = project(flat(x1), w, df)
-    d2 = project(flat(x0), w, df + jnp.sum(w * flat(x0 - x1), axis=1))
-    a1 = jnp.maximum(_flat_norm(d1, norm), 1e-8)
-    a2 = jnp.maximum(_flat_norm(d2, norm), 1e-8)
-    alpha = _bcast(jnp.clip(a1 / (a1 + a2), 0.0, alpha_max), x0)
-    x1 = jnp.clip((x1 + eta * d1.reshape(x0.shape)) * (1.0 - alpha)
-                  + (x0 + eta * d2.reshape(x0.shape)) * alpha, 0.0, 1.0)
+def fab_runs(logits_fn, x, y, key, runs, *, norm, eps, n_iter=100, targeted=True,
+             n_target_classes=9, n_restarts=1, alpha_max=0.1, eta=1.05, beta=0.9):
+  """FAB runs `runs` (a sequence of ints) one after another, each on the points still robust.
 
-    is_adv = jnp.argmax(logits_fn(x1), axis=1) != y
-    dist = _flat_norm(x1 - x0, norm)
-    closer = is_adv & (dist < best_norm)
-    best = jnp.where(_bcast(closer, x0), x1, best)
-    best_norm = jnp.where(closer, dist, best_norm)
-    x1 = jnp.where(_bcast(is_adv, x0), x0 + beta * (x1 - x0), x1)
-    return x1, best, best_norm
+  Run j is restart j % n_restarts (all but the first start at a random point of the ε/2-ball,
+  from `fold_in(key, j)`); targeted, it aims at the class ranked j // n_restarts + 2 by the
+  clean logits. A point is broken by the first run whose closest adversarial lies inside ε.
+  Returns x_adv (the clean point where no run broke it).
+  """
+  projections.check_norm(norm)
+  if n_target_classes < 1 or n_restarts < 1 or n_iter < 1:
+    raise ValueError(f'n_target_classes, n_restarts and n_iter must be positive; got '
+                     f'{n_target_classes}, {n_restarts}, {n_iter}.')
+  logits_fn = as_jit_arg(logits_fn)
+  eps = jnp.asarray(eps, jnp.float32)
+  statics = dict(norm=norm, targeted=targeted, alpha_max=float(alpha_max), eta=float(eta),
+                 beta=float(beta))
+  per_call = steps_per_call(x, n_iter)
+  ranked, robust = _clean(logits_fn, x, y)
+  x_adv = x
+  for j in np.asarray(runs, np.int32).reshape(-1):
+    if not bool(jnp.any(robust)):
+      break
+    target = _target(ranked, jnp.asarray(j // n_restarts + 2, jnp.int32))
+    carry = _start(jax.random.fold_in(key, j), x, eps, bool(j % n_restarts), norm=norm)
+    for start in range(0, n_iter, per_call):
+      carry = _fab_steps(logits_fn, x, y, target, carry, n=min(per_call, n_iter - start),
+                         **statics)
+    robust, x_adv = _keep_first(robust, x_adv, carry[1], carry[2], eps, target, y,
+                                targeted=targeted)
+  return jnp.asarray(x_adv)
 
-  init = (x1, x0, jnp.full((x0.shape[0],), jnp.inf, jnp.float32))
-  _, best, best_norm = jax.lax.fori_loop(0, n_iter, step, init)
-  return best, best_norm
+
+@jax.jit
+def _clean(logits_fn, x, y):
+  clean_logits = logits_fn(x)
+  return jnp.argsort(clean_logits, axis=1), jnp.argmax(clean_logits, axis=1) == y
+
+
+@jax.jit
+def _target(ranked, rank):
+  return jnp.take(ranked, ranked.shape[1] - rank, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=('random', 'norm'))
+def _start(key, x, eps, random, *, norm):
+  x = x.astype(jnp.float32)
+  x1 = _random_start(key, x, norm=norm, radius=0.5 * eps) if random else x
+  return x1, x, jnp.full((x.shape[0],), jnp.inf, jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=('n', 'norm', 'targeted', 'alpha_max', 'eta',
+                                             'beta'))
+def _fab_steps(logits_fn, x, y, target, carry, *, n, **statics):
+  x0 = x.astype(jnp.float32)
+  body = lambda _, c: _fab_step(logits_fn, x0, y, target, c, **statics)
+  return run_steps(body, 0, n, carry)
+
+
+@functools.partial(jax.jit, static_argnames=('targeted',))
+def _keep_first(robust, x_adv, best, best_norm, eps, target, y, *, targeted):
+  broken = robust & (best_norm <= eps)
+  if targeted:
+    broken &= target != y
+  return robust & ~broken, jnp.where(_bcast(broken, best), best, x_adv)
 
 
 def fab_targeted(logits_fn, x, y, *, norm, eps, n_iter=100, n_target_classes=9, n_restarts=1,
@@ -185,48 +272,18 @@ def fab_targeted(logits_fn, x, y, *, norm, eps, n_iter=100, n_target_classes=9, 
     seed: seeds the random starts.
     alpha_max, eta, beta: the reference's step parameters (see module docstring).
   """
-  projections.check_norm(norm)
-  if n_target_classes < 1 or n_restarts < 1 or n_iter < 1:
-    raise ValueError(f'n_target_classes, n_restarts and n_iter must be positive; got '
-                     f'{n_target_classes}, {n_restarts}, {n_iter}.')
-  return _fab_targeted(as_jit_arg(logits_fn), x, y, jax.random.key(seed),
-                       jnp.asarray(eps, jnp.float32), norm=norm, n_iter=n_iter,
-                       n_target_classes=n_target_classes, n_restarts=n_restarts,
-                       alpha_max=float(alpha_max), eta=float(eta), beta=float(beta))
-
-
-@functools.partial(jax.jit, static_argnames=(
-    'norm', 'n_iter', 'n_target_classes', 'n_restarts', 'alpha_max', 'eta', 'beta'))
-def _fab_targeted(logits_fn, x, y, key, eps, *, norm, n_iter, n_target_classes, n_restarts,
-                  alpha_max, eta, beta):
-  x = x.astype(jnp.float32)
-  clean_logits = logits_fn(x)
-  num_classes = clean_logits.shape[1]
+  num_classes = jax.eval_shape(as_jit_arg(logits_fn), jax.ShapeDtypeStruct(
+      x.shape, jnp.float32)).shape[1]
   n_targets = min(n_target_classes, num_classes - 1)
-  ranked = jnp.argsort(clean_logits, axis=1)       # ascending: column −1 is the top class
-  robust = jnp.argmax(clean_logits, axis=1) == y
+  return fab_runs(logits_fn, x, y, jax.random.key(seed), np.arange(n_targets * n_restarts),
+                  norm=norm, eps=eps, n_iter=n_iter, targeted=True,
+                  n_target_classes=n_target_classes, n_restarts=n_restarts,
+                  alpha_max=alpha_max, eta=eta, beta=beta)
 
-  def attack(carry, j):
-    robust, x_adv = carry
-    rank, restart = j // n_restarts + 2, j % n_restarts
-    target = jnp.take(ranked, num_classes - rank, axis=1)
-    start = jax.lax.cond(
-        restart > 0,
-        lambda: _random_start(jax.random.fold_in(key, j), x, norm=norm, radius=0.5 * eps),
-        lambda: x)
-    best, best_norm = _single_run(logits_fn, start, x, y, target, norm=norm, n_iter=n_iter,
-                                  alpha_max=alpha_max, eta=eta, beta=beta)
-    broken = robust & (best_norm <= eps) & (target != y)
-    return robust & ~broken, jnp.where(_bcast(broken, x), best, x_adv)
 
-  def unfinished(carry):
-    j, robust, _ = carry
-    return (j < n_targets * n_restarts) & jnp.any(robust)
-
-  def next_run(carry):
-    # Stops early once every point is broken.
-    j, robust, x_adv = carry
-    return (j + 1,) + attack((robust, x_adv), j)
-
-  _, _, x_adv = jax.lax.while_loop(unfinished, next_run, (0, robust, x))
-  return x_adv
+def fab(logits_fn, x, y, *, norm, eps, n_iter=100, n_restarts=5, seed=0, alpha_max=0.1,
+        eta=1.05, beta=0.9):
+  """Untargeted FAB (AutoAttack 'plus'): each step aims at the closest linearised boundary."""
+  return fab_runs(logits_fn, x, y, jax.random.key(seed), np.arange(n_restarts), norm=norm,
+                  eps=eps, n_iter=n_iter, targeted=False, n_restarts=n_restarts,
+                  alpha_max=alpha_max, eta=eta, beta=beta)

@@ -3,7 +3,9 @@
 Each query changes the current best perturbation inside one random square window (per example
 and per iteration) and keeps the change if it lowers the margin z_y − max_{j≠y} z_j, or if it
 misclassifies. The window side shrinks with the query count following the reference's p schedule
-(the fraction of pixels changed), which is written for 10,000 queries and rescaled to n_queries.
+(the fraction of pixels changed). The schedule is written for 10,000 queries; AutoAttack
+'standard' runs 5,000 queries on it as written (`resc_schedule=False`, so p stops at p_init/128),
+while `resc_schedule=True` (the Square paper's code default) stretches it to n_queries.
 
 - L∞ starts from vertical stripes of ±ε (one sign per example, column and channel) and sets a
   window to ±ε per channel (a vertex of the ball).
@@ -28,19 +30,20 @@ import numpy as np
 
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
-from trainer.attacks.apgd import as_jit_arg
+from trainer.attacks.common import as_jit_arg
 
 # The reference's schedule: p_init is halved after each of these (rescaled) query counts.
 _P_BREAKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def p_selection(it, n_queries, p_init=0.8):
+def p_selection(it, n_queries, p_init=0.8, resc_schedule=True):
   """Fraction of the image a square covers at query `it` (0-based) of n_queries."""
-  it = int(it / n_queries * 10000)
+  if resc_schedule:
+    it = int(it / n_queries * 10000)
   return p_init / 2 ** sum(it > b for b in _P_BREAKPOINTS)
 
 
-def square_sizes(norm, n_queries, p_init, height, width):
+def square_sizes(norm, n_queries, p_init, height, width, resc_schedule=True):
   """Side of the square at every query, as an int array of length n_queries.
 
   The side is round(√(p·h·w)) (Python's round, as in the reference), at least 1 for L∞ and an
@@ -48,7 +51,7 @@ def square_sizes(norm, n_queries, p_init, height, width):
   """
   sizes = []
   for it in range(n_queries):
-    s = int(round(math.sqrt(p_selection(it, n_queries, p_init) * height * width)))
+    s = int(round(math.sqrt(p_selection(it, n_queries, p_init, resc_schedule) * height * width)))
     if norm == 'linf':
       s = max(s, 1)
     else:
@@ -210,7 +213,8 @@ def _propose_l2(key, x, x_best, s, eps, tile_side):
   return jnp.clip(x + _l2_normalize(delta, eps), 0.0, 1.0)
 
 
-def square(logits_fn, x, y, *, norm, eps, n_queries=5000, p_init=0.8, seed=0):
+def square(logits_fn, x, y, *, norm, eps, n_queries=5000, p_init=0.8, seed=0,
+           resc_schedule=True):
   """Untargeted Square attack with the margin loss; returns x_adv of x's shape.
 
   For each point: the fooling point found, or the clean point if none was (also for points
@@ -225,6 +229,8 @@ def square(logits_fn, x, y, *, norm, eps, n_queries=5000, p_init=0.8, seed=0):
     n_queries: iterations after the initial query (the reference's n_queries).
     p_init: initial fraction of pixels in a square; the schedule divides it down.
     seed: the attack is a deterministic function of the seed.
+    resc_schedule: stretch the 10,000-query p schedule to n_queries (AutoAttack 'standard'
+      does not: False).
   """
   projections.check_norm(norm)
   if x.ndim != 4:
@@ -232,15 +238,16 @@ def square(logits_fn, x, y, *, norm, eps, n_queries=5000, p_init=0.8, seed=0):
   if n_queries < 1:
     raise ValueError(f'n_queries must be positive, got {n_queries}.')
   return _square(as_jit_arg(logits_fn), x, y, jax.random.key(seed), jnp.asarray(eps, jnp.float32),
-                 norm=norm, n_queries=n_queries, p_init=float(p_init))
+                 norm=norm, n_queries=n_queries, p_init=float(p_init),
+                 resc_schedule=bool(resc_schedule))
 
 
-@functools.partial(jax.jit, static_argnames=('norm', 'n_queries', 'p_init'))
-def _square(logits_fn, x, y, key, eps, *, norm, n_queries, p_init):
+@functools.partial(jax.jit, static_argnames=('norm', 'n_queries', 'p_init', 'resc_schedule'))
+def _square(logits_fn, x, y, key, eps, *, norm, n_queries, p_init, resc_schedule):
   x = x.astype(jnp.float32)
   _, h, w, _ = x.shape
   k_init, k_loop = jax.random.split(key)
-  sizes = jnp.asarray(square_sizes(norm, n_queries, p_init, h, w))
+  sizes = jnp.asarray(square_sizes(norm, n_queries, p_init, h, w, resc_schedule))
 
   correct = jnp.argmax(logits_fn(x), axis=1) == y
   if norm == 'linf':

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import jax
 
 from trainer.attacks.apgd import apgd_runs
-from trainer.attacks.apgd import as_jit_arg
+from trainer.attacks.common import as_jit_arg
 from trainer.attacks.multitargeted import multitargeted_runs
 from trainer.attacks.pgd import pgd
 
@@ -59,23 +59,29 @@ def _multitargeted_stage(num_classes, *, n_restarts=10, n_steps=200, n_target_cl
   return Stage('mt', n_restarts, attack)
 
 
-def _fab_targeted_stage(num_classes, *, n_target_classes=9, n_iter=100):
-  n_targets = min(n_target_classes, num_classes - 1)
-  def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
-    del pass_index
-    from trainer.attacks.fab import fab_targeted  # pylint: disable=g-import-not-at-top
-    return fab_targeted(logits_fn, x, y, norm=norm, eps=eps, n_iter=n_iter,
-                        n_target_classes=n_targets, seed=seed)
-  return Stage('fab-t', 1, attack)
+def _fab_stage(name, targeted):
+  """FAB-T: one pass per target (restarts within it); FAB: one pass per restart."""
+  def make(num_classes, *, n_target_classes=9, n_restarts=1, n_iter=100):
+    n_targets = min(n_target_classes, num_classes - 1) if targeted else 1
+    def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
+      from trainer.attacks.fab import fab_runs  # pylint: disable=g-import-not-at-top
+      runs = range(pass_index * n_restarts, (pass_index + 1) * n_restarts) if targeted else [
+          pass_index]
+      return fab_runs(logits_fn, x, y, jax.random.key(seed), list(runs), norm=norm, eps=eps,
+                      n_iter=n_iter, targeted=targeted, n_target_classes=n_targets,
+                      n_restarts=n_restarts)
+    return Stage(name, n_targets if targeted else n_restarts, attack)
+  return make
 
 
-def _square_stage(num_classes, *, n_queries=5000, p_init=0.8):
+def _square_stage(num_classes, *, n_queries=5000, p_init=0.8, resc_schedule=False):
+  """resc_schedule=False: the p schedule as AutoAttack runs it (not stretched to n_queries)."""
   del num_classes
   def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
     del pass_index
     from trainer.attacks.square import square  # pylint: disable=g-import-not-at-top
     return square(logits_fn, x, y, norm=norm, eps=eps, n_queries=n_queries, p_init=p_init,
-                  seed=seed)
+                  seed=seed, resc_schedule=resc_schedule)
   return Stage('square', 1, attack)
 
 
@@ -100,7 +106,8 @@ STAGES = {
     'apgd-ce': _apgd_stage('apgd-ce', 'ce'),
     'apgd-dlr': _apgd_stage('apgd-dlr', 'dlr'),
     'apgd-t': _apgd_targeted_stage,
-    'fab-t': _fab_targeted_stage,
+    'fab': _fab_stage('fab', targeted=False),
+    'fab-t': _fab_stage('fab-t', targeted=True),
     'square': _square_stage,
     'mt': _multitargeted_stage,
 }
