@@ -25,6 +25,7 @@ import jax  # noqa: E402
 from configs import demo  # noqa: E402
 from data import real  # noqa: E402
 from trainer import checkpointing  # noqa: E402
+from trainer import cli  # noqa: E402
 from trainer import method  # noqa: E402
 from trainer import robust_accuracy  # noqa: E402
 from trainer import sharding  # noqa: E402
@@ -89,10 +90,11 @@ def main():
   base.train.num_epochs = args.epochs
   base.model.name = args.model
   base.pipeline.num_generated = args.num_generated
-  method = os.path.join(args.workdir, 'method')
-  classifier = pipeline.stage_classifier(base, method)
-  fit = pipeline.stage_generator(base, method)
-  manifest = pipeline.stage_samples(base, method, fit, classifier)
+  stages = os.path.join(cli.absolute(args.workdir), 'method')
+  console = method.Console()
+  classifier = method.stage_classifier(base, stages, console)
+  fit = method.stage_generator(base, stages, console)
+  manifest = method.stage_samples(base, stages, fit, classifier, console)
 
   rows = {}
   for alpha in [float(a) for a in args.alphas.split(',')]:

@@ -33,11 +33,11 @@ import numpy as np
 
 from configs import base
 from data import real
+from models import registry
 from trainer import objectives
 from trainer import optimizer
 from trainer import sharding
 from trainer import step as step_lib
-from trainer import train
 from trainer import train_state
 
 
@@ -90,7 +90,7 @@ def benchmark(args, model_name):
   config = _config(args, model_name)
   mesh = sharding.make_mesh(config)
   info = real.info(config.dataset.name)
-  model = train.build_model(config)
+  model = registry.from_config(config)
   tx = optimizer.make_optimizer(config)
   create = functools.partial(train_state.create, model, tx, info.shape, config.seed)
   state_sh = sharding.state_shardings(mesh, jax.eval_shape(create))

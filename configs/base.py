@@ -1,4 +1,5 @@
-"""Every configuration key, documented, with the paper's defaults (Gowal, Rebuffi et al. 2021, App. A).
+"""Every configuration key, documented, with the paper's defaults (Gowal, Rebuffi et al. 2021,
+App. A).
 
 Presets import `get_config()` from here and change only what differs. Any key can be overridden on
 the command line: `--config.train.beta=3.0`. Unknown keys are rejected by ml_collections.
@@ -56,6 +57,8 @@ def get_config():
   c.train.beta = 6.0                 # TRADES robustness weight
   c.train.attack_steps = 10          # inner maximisation: Adam steps
   c.train.attack_lr = 0.1            # Adam learning rate, x0.1 after half the steps
+  c.train.attack_adam_eps = 1e-8     # Adam's eps in the inner maximisation (optax default; the
+                                     # paper does not say; DeepMind's reference code uses 1e-9)
   c.train.batch_size = 1024          # global batch
   c.train.num_epochs = 400           # CIFAR-10-equivalent epochs: steps = epochs*epoch_size/batch
   c.train.epoch_size = 50_000
@@ -73,6 +76,10 @@ def get_config():
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 2000          # clean + PGD on the test set, PGD on the held-out set
   c.eval.pgd_steps = 40              # selection attack: PGD-40 on the margin loss
+  c.eval.selection_attack = 'pgd'    # pgd: sign (L2: unit-gradient) steps of 2.5*eps/steps from a
+                                     # uniform start, best iterate kept | reference: DeepMind's
+                                     # code, Adam (eps 1e-9) lr 0.1, x0.1 at half, x0.01 more at
+                                     # 3/4 of pgd_steps (40: steps 20, 30), last iterate
   c.eval.batch_size = 512
   c.eval.dtype = 'float32'           # compute dtype of evaluation attacks: float32 | bfloat16
   c.eval.attacks = 'aa+mt,standard'  # cascades run by trainer.evaluate after training

@@ -1,4 +1,5 @@
-"""The headline run: CIFAR-10, L∞ 8/255, WRN-70-16, 100M generated images, 2,000 epochs (~98K steps).
+"""The headline run: CIFAR-10, L∞ 8/255, WRN-70-16, 100M generated images, 2,000 epochs
+(~98K steps).
 
 Pass the shard set: --config.generated.path=gs://BUCKET/cifar10_ddpm_100m/manifest.json
 On a pod slice the parameters fit replicated in bfloat16 compute; set --config.mesh.fsdp=N to

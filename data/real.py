@@ -71,7 +71,8 @@ def check(data, name):
   spec = DATASETS[name]
   image, label = data['image'], data['label']
   if image.dtype != np.uint8 or image.shape[1:] != spec.shape:
-    raise ValueError(f'{name}: expected uint8 images of shape (N, {", ".join(map(str, spec.shape))})'
+    shape = ', '.join(map(str, spec.shape))
+    raise ValueError(f'{name}: expected uint8 images of shape (N, {shape})'
                      f', got {image.dtype} {image.shape}.')
   if len(label) != len(image):
     raise ValueError(f'{name}: {len(image)} images but {len(label)} labels.')

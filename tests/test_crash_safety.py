@@ -27,6 +27,7 @@ import pytest
 
 import trainer_runs as runs
 from data import real
+from models import registry
 from trainer import optimizer
 from trainer import sharding
 from trainer import train
@@ -182,7 +183,7 @@ def _copy_until(src, dst, step):
 
 
 def _abstract_state(config, mesh):
-  model, tx = train.build_model(config), optimizer.make_optimizer(config)
+  model, tx = registry.from_config(config), optimizer.make_optimizer(config)
   info = real.info(config.dataset.name)
   abstract = jax.eval_shape(functools.partial(train_state.create, model, tx, info.shape, 0))
   shardings = sharding.state_shardings(mesh, abstract)

@@ -9,9 +9,9 @@ import pytest
 from absl import flags
 
 from configs import demo
+from models import registry
 from trainer import checkpointing
 from trainer import evaluate
-from trainer import train
 from trainer_runs import read_scalars
 from trainer.attacks.autoattack import AutoAttackResult
 from trainer.attacks.autoattack import zero_gradient_share
@@ -45,7 +45,7 @@ def workdir(tmp_path_factory):
   """A workdir holding a random wrn-10-1 as its best checkpoint, saved at step 7."""
   workdir = str(tmp_path_factory.mktemp('eval'))
   config = tiny_config()
-  variables = random_variables(train.build_model(config))
+  variables = random_variables(registry.from_config(config))
   checkpointing.save_config(workdir, config)
   ckpt = checkpointing.Checkpoints(workdir, config)
   ckpt.maybe_save_best(7, variables, {'holdout/robust_accuracy': 0.5}, 'holdout/robust_accuracy')

@@ -20,11 +20,11 @@ import tensorflow as tf
 import trainer_runs as runs
 from data.input import pipeline
 from data import real
+from models import registry
 from trainer import checkpointing
 from trainer import optimizer
 from trainer import sharding
 from trainer import step as step_lib
-from trainer import train
 from trainer import train_state
 
 STEPS = 16
@@ -44,7 +44,7 @@ def one_process_reference(config, hosts=2):
   mesh = sharding.make_mesh(config)
   info = real.info(config.dataset.name)
   data, _, _ = real.training_splits(config)
-  model, tx = train.build_model(config), optimizer.make_optimizer(config)
+  model, tx = registry.from_config(config), optimizer.make_optimizer(config)
   create = functools.partial(train_state.create, model, tx, info.shape, config.seed)
   state_sh = sharding.state_shardings(mesh, jax.eval_shape(create))
   state = jax.jit(create, out_shardings=state_sh)()

@@ -37,8 +37,8 @@ def test_headline_run_step_count():
 
 
 def test_ema_decay_values():
-  for t, want in [(0, 0.1), (1, 2 / 11), (10, 11 / 20), (100, 101 / 110), (1000, 1001 / 1010), (1790, 0.995), (2000, 0.995),
-                  (10 ** 6, 0.995)]:
+  for t, want in [(0, 0.1), (1, 2 / 11), (10, 11 / 20), (100, 101 / 110), (1000, 1001 / 1010),
+                  (1790, 0.995), (2000, 0.995), (10 ** 6, 0.995)]:
     np.testing.assert_allclose(ema.decay(t, 0.995), want, rtol=1e-6)
   avg = ema.update({'w': jnp.array(1.0)}, {'w': jnp.array(3.0)}, 0, 0.995)
   np.testing.assert_allclose(avg['w'], 0.1 * 1 + 0.9 * 3, rtol=1e-6)

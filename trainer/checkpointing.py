@@ -190,10 +190,7 @@ def restore_for_eval(workdir, which='best'):
   from trainer import train_state  # pylint: disable=g-import-not-at-top
   config = load_config(workdir)
   info = real.info(config.dataset.name)
-  model = registry.get_model(config.model.name, num_classes=info.num_classes, mean=info.mean,
-                             std=info.std, dtype=config.model.dtype,
-                             bn_momentum=config.model.bn_momentum,
-                             bn_epsilon=config.model.bn_epsilon)
+  model = registry.from_config(config)
   abstract = jax.eval_shape(functools.partial(
       train_state.create, model, optimizer.make_optimizer(config), info.shape, config.seed))
   if which == 'best':

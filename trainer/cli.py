@@ -91,7 +91,8 @@ def check_writable(workdir: str) -> None:
     probe.unlink()
   except Exception as e:  # pylint: disable=broad-except
     if is_url(workdir):
-      raise UserError(f'cannot write to {workdir}: {_first_line(e)}; {GCS_CREDENTIALS_HINT}.') from e
+      raise UserError(
+          f'cannot write to {workdir}: {_first_line(e)}; {GCS_CREDENTIALS_HINT}.') from e
     raise UserError(f'cannot write to workdir {workdir}: {_first_line(e)}') from e
 
 

@@ -68,7 +68,8 @@ class Console:
     result = {}
     if done:
       yield result
-      self._print(f'{tag}done before → {report.shown(out)}  {result.get("headline", "")}'.rstrip())
+      headline = result.get('headline', '')
+      self._print(f'{tag}done before → {report.shown(out)}  {headline}'.rstrip())
     else:
       self._print(f'{tag}{what} → {report.shown(out)}')
       yield result
@@ -203,8 +204,10 @@ def stage_data_metrics(config, workdir, manifest, classifier, console):
       generated = next(shards.read_examples(manifest, batch_size=shards.load_manifest(
           manifest)['count']))
       num_classes = real.info(config.dataset.name).num_classes
-      images = {'train': train_data['image'], 'test': test['image'], 'generated': generated['image']}
-      labels = {'train': train_data['label'], 'test': test['label'], 'generated': generated['label']}
+      images = {'train': train_data['image'], 'test': test['image'],
+                'generated': generated['image']}
+      labels = {'train': train_data['label'], 'test': test['label'],
+                'generated': generated['label']}
       n, classes = _balanced_size(labels, num_classes, n)
       result = metrics.data_metrics(images, labels if classes > 1 else _one_class(labels),
                                     _feature_fn(classifier, config.eval.batch_size), classes, n,

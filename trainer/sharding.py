@@ -79,7 +79,6 @@ def batched_apply(fn: Callable, mesh, batch_size: int) -> Callable:
   pseudo-labelling, data-metric features and sampling.
   """
   size = math.ceil(batch_size / mesh.size) * mesh.size
-  sharding = batch_sharding(mesh)
   jitted = jax.jit(lambda x, *rest: fn(images_lib.to_float(x), *rest),
                    out_shardings=replicated(mesh))
 

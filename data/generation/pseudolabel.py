@@ -1,11 +1,12 @@
 """Pseudo-labels generated images with a trained classifier and writes them as a shard set.
 
 The command is `python -m trainer.pseudolabel` (it restores the classifier); this module takes
-the classifier as a label function. SRC is a shard set's manifest (`….json`) or an `.npz` with an `image` array (DeepMind's or
-DM-Improves-AT's sets). Each sample gets the classifier's arg-max class as its label and the
-softmax probability of that class as its score; its source id is kept. With --top_k, only the
-K highest-scoring samples of each class are kept (Carmon et al. 2019), class-balanced, in
-memory bounded by K × classes whatever the source size; they are shuffled before writing.
+the classifier as a label function. The source is a shard set's manifest (`….json`) or an `.npz`
+with an `image` array (DeepMind's or DM-Improves-AT's sets). Each sample gets the classifier's
+arg-max class as its label and the softmax probability of that class as its score; its source id
+is kept. With top_k, only the K highest-scoring samples of each class are kept (Carmon et al.
+2019), class-balanced, in memory bounded by K × classes whatever the source size; they are
+shuffled before writing.
 """
 import logging
 from typing import Callable

@@ -35,9 +35,9 @@ epoch advances U, not R, images per step.
 Augmentation (pad + random crop + optional flip) is applied to the whole uint8
 batch, both parts, with an RNG seeded from (seed, host, step); real and
 generated rows are then shuffled together. `MixedBatchIterDataset` yields dicts
-of numpy arrays: `image` (b, H, W, C) uint8, `label` int32, `is_generated` bool (for label smoothing)
-and `id` int64 (the original training index for real images, the shard set's id
-for generated ones).
+of numpy arrays: `image` (b, H, W, C) uint8, `label` int32, `is_generated`
+bool (for label smoothing) and `id` int64 (the original training index for real
+images, the shard set's id for generated ones).
 """
 from __future__ import annotations
 
