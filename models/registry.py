@@ -86,7 +86,12 @@ def from_config(config: ml_collections.ConfigDict, *, name: Optional[str] = None
   Args:
     config: a full config (`configs/base.py`).
     name: another architecture with the same settings (e.g. `pipeline.classifier_model`).
-    dtype: overrides `model.dtype`, e.g. `config.eval.dtype` for evaluation attacks.
+    dtype: overrides `model.dtype`. Evaluation attacks pass `config.eval.dtype`, float32 by
+      default even when training in bfloat16: APGD's step-size checks, FAB's linearised
+      boundary projections, Square's margin tests and the final "still misclassified?" decision
+      read small differences of logits and signs of input gradients, which bfloat16's rounding
+      (about 1% of the logits' scale through a WRN, see tests/test_precision.py) can flip near
+      the boundary, and the reported robust accuracy is the quantity the paper compares.
 
   Returns:
     The (unbound) flax module.
