@@ -11,8 +11,10 @@ constructor call that rebuilds the model.
 """
 import json
 import os
+from typing import Any, Dict, Optional, Tuple
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
@@ -25,7 +27,7 @@ from trainer import evaluate
 from trainer import interop_layout
 
 
-def check_image_shape(config):
+def check_image_shape(config: ml_collections.ConfigDict) -> None:
   """The PyTorch classes pool a fixed window (8 for the WRN, 4 for ResNet-18): 32x32 inputs."""
   shape = real.info(config.dataset.name).shape
   if tuple(shape[:2]) != (32, 32):
@@ -33,7 +35,8 @@ def check_image_shape(config):
                      'DMWideResNet and DMPreActResNet take 32x32 images only (fixed pooling).')
 
 
-def model_info(config, model_name, record=None):
+def model_info(config: ml_collections.ConfigDict, model_name: str,
+               record: Optional[dict] = None) -> dict:
   """RobustBench's model-info fields (its `utils.ModelInfo`), accuracies in percent as strings."""
   record = record or {}
   return {'link': None, 'name': None, 'authors': None,
@@ -46,7 +49,7 @@ def model_info(config, model_name, record=None):
           'autoattack_acc': record.get('autoattack_acc'), 'footnote': None}
 
 
-def export(workdir, out, checkpoint='best'):
+def export(workdir: str, out: str, checkpoint: str = 'best') -> Tuple[str, Dict[str, Any]]:
   """Writes `out` (state_dict) and its model-info JSON; returns (class name, constructor kwargs)."""
   import torch  # pylint: disable=g-import-not-at-top
   config, _, variables = checkpointing.restore_for_eval(workdir, checkpoint)

@@ -23,9 +23,10 @@ fine-tunes them; it reads the training data.
 import functools
 import hashlib
 import json
-import os
+from typing import Any, Dict, Tuple
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
@@ -46,7 +47,7 @@ UNKNOWN_ACCURACY = -1.0
 TORCH_SUFFIXES = ('.pt', '.pth')
 
 
-def load_torch(source):
+def load_torch(source: str) -> Dict[str, np.ndarray]:
   """A state_dict of numpy arrays from a PyTorch file, without running code from it."""
   import torch  # pylint: disable=g-import-not-at-top
   try:
@@ -68,7 +69,7 @@ def load_torch(source):
   return out
 
 
-def load_haiku(source, trust_pickle):
+def load_haiku(source: str, trust_pickle: bool) -> Tuple[dict, dict]:
   """DeepMind's (params, state) pair from a `.npy`; only with `trust_pickle`."""
   with epath.Path(source).open('rb') as f:
     try:
@@ -94,7 +95,7 @@ def load_haiku(source, trust_pickle):
   return pair
 
 
-def abstract_variables(config):
+def abstract_variables(config: ml_collections.ConfigDict) -> Any:
   """ShapeDtypeStructs of the EMA variables a workdir of `config` holds."""
   info = real.info(config.dataset.name)
   create = functools.partial(train_state.create, registry.from_config(config),
@@ -102,7 +103,8 @@ def abstract_variables(config):
   return jax.eval_shape(create).ema_variables()
 
 
-def read_variables(source, config, trust_pickle=False):
+def read_variables(source: str, config: ml_collections.ConfigDict,
+                   trust_pickle: bool = False) -> Tuple[Any, str]:
   """(our variables, format name) of the checkpoint at `source`, for `config.model`."""
   abstract = abstract_variables(config)
   name = config.model.name
@@ -138,7 +140,8 @@ def _save_train_state(workdir, config, variables, ckpt):
   ckpt.save(0, state, data_iter, force=True)
 
 
-def import_checkpoint(source, config, workdir, *, trust_pickle=False, with_train_state=False):
+def import_checkpoint(source: str, config: ml_collections.ConfigDict, workdir: str, *,
+                      trust_pickle: bool = False, with_train_state: bool = False) -> dict:
   """Writes the workdir; returns its import record."""
   for name in ('best', 'checkpoints'):
     if epath.Path(workdir, name).exists():
