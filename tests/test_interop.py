@@ -130,6 +130,8 @@ def test_export_loads_strictly_into_robustbench_with_equal_logits(dm, tmp_path, 
   config = cifar_config(model_name)
   variables = random_variables(import_checkpoint.abstract_variables(config))
   workdir = saved_workdir(tmp_path / 'run', config, variables, step=5)
+  (tmp_path / 'run' / 'robustbench.json').write_text(json.dumps(
+      {'clean_acc': '91.5', 'autoattack_acc': '65.25'}))  # as trainer.evaluate writes it
   out = str(tmp_path / 'export' / 'model.pt')
   if command_line:  # relative paths, from another working directory
     printed = _run(['trainer.export', '--workdir=run', '--out=export/model.pt'], tmp_path).stdout
@@ -159,7 +161,8 @@ def test_export_loads_strictly_into_robustbench_with_equal_logits(dm, tmp_path, 
   info = json.loads((tmp_path / 'export' / 'model.json').read_text())
   assert info['dataset'] == 'cifar10' and info['eps'] == config.threat.eps
   assert info['architecture'] == interop_layout.architecture_name(model_name)
-  assert info['clean_acc'] is None and info['additional_data'] is False
+  assert info['clean_acc'] == '91.5' and info['autoattack_acc'] == '65.25'
+  assert info['additional_data'] is False and info['number_forward_passes'] == 1
 
 
 def test_export_refuses_what_robustbench_cannot_load(tmp_path):
