@@ -276,6 +276,8 @@ def test_haiku_npy_needs_trust_pickle_and_then_imports_exactly(dm, tmp_path):
   missing = r"no (params|state) 'wide_res_net/~/resnet_lay_0_block_2/~/"
   with pytest.raises(ValueError, match=missing):
     import_checkpoint.read_variables(source, cifar_config('wrn-22-2'), trust_pickle=True)
+  with pytest.raises(ValueError, match='WideResNets only'):
+    import_checkpoint.read_variables(source, cifar_config('preact-resnet-18'), trust_pickle=True)
 
 
 # --- Evaluate what comes in --------------------------------------------------------------------
