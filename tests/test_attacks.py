@@ -188,7 +188,7 @@ def test_versions_resolve_to_the_reference_stages():
   with pytest.raises(ValueError, match='Unknown attack stage'):
     make_stage('cw', CLASSES)
   with pytest.raises(ValueError, match='Unknown AutoAttack version'):
-    resolve_stages('plus', CLASSES)
+    resolve_stages('minus', CLASSES)
 
 
 class Spy:

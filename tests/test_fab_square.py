@@ -12,6 +12,7 @@ import pytest
 
 from trainer.attacks.autoattack import autoattack
 from trainer.attacks.autoattack import feasible
+from trainer.attacks.fab import fab
 from trainer.attacks.fab import fab_targeted
 from trainer.attacks.square import _eta
 from trainer.attacks.square import p_selection
@@ -132,6 +133,18 @@ def test_fab_finds_the_minimal_perturbation(norm):
   assert np.all(ratio >= 1 - 1e-4)
   np.testing.assert_array_less(ratio[nearest], 1.02)
   assert np.median(ratio[nearest]) < 1.01
+
+
+@pytest.mark.parametrize('norm', ['linf', 'l2'])
+def test_untargeted_fab_finds_the_minimal_perturbation_for_every_point(norm):
+  # Untargeted FAB follows the closest linearised boundary, which on an affine model is the
+  # closest boundary: unlike FAB-T's first target, it reaches the minimum for every point.
+  logits_fn, _, x, y, d = _setup(norm)
+  x_adv = fab(logits_fn, x, y, norm=norm, eps=0.3 if norm == 'linf' else 3.0, n_restarts=1)
+  assert _broken(logits_fn, x_adv, y).all()
+  ratio = _norms(x_adv, x, norm) / d
+  assert np.all(ratio >= 1 - 1e-4)
+  np.testing.assert_array_less(ratio, 1.02)
 
 
 @pytest.mark.parametrize('norm', ['linf', 'l2'])

@@ -33,6 +33,7 @@ import numpy as np
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import canonical_norm
 from trainer.attacks.common import rival_class
 from trainer.attacks.common import run_steps
 from trainer.attacks.common import steps_per_call
@@ -109,14 +110,22 @@ class _State(NamedTuple):
   halved_at_check: jax.Array   # whether the step was halved at the previous checkpoint
 
 
-def _evaluate(logits_fn, loss_fn, y, z):
-  """Per-example loss, misclassification flag and gradient of the loss at z."""
+def _evaluate(logits_fn, loss_fn, y, z, eot_iter=1):
+  """Per-example loss, misclassification flag and gradient of the loss at z.
+
+  With eot_iter > 1 the gradient is the mean over eot_iter evaluations (Expectation over
+  Transformation, AutoAttack 'rand'); loss and flag come from the last one, as in the reference.
+  `logits_fn` is a pure function, so for it the evaluations coincide (XLA computes one).
+  """
   def total(z):
     logits = logits_fn(z).astype(jnp.float32)
     per_example = loss_fn(logits)
     return jnp.sum(per_example), (per_example, logits)
-  grad, (loss, logits) = jax.grad(total, has_aux=True)(z)
-  return loss, jnp.argmax(logits, axis=1) != y, grad
+  grad = 0.0
+  for _ in range(eot_iter):
+    g, (loss, logits) = jax.grad(total, has_aux=True)(z)
+    grad = grad + g
+  return loss, jnp.argmax(logits, axis=1) != y, grad / eot_iter
 
 
 def _step(s, i, x, *, norm, eps):
@@ -146,11 +155,11 @@ def _where(c, a, b):
   return jnp.where(_bcast(c, a), a, b)
 
 
-def run_init(logits_fn, x, y, key, loss_fn, *, norm, eps, n_iter=100):
+def run_init(logits_fn, x, y, key, loss_fn, *, norm, eps, n_iter=100, eot_iter=1):
   """The state of a run at its random start (before the first iteration). Traceable."""
   projections.check_norm(norm)
   x0 = start_point(key, x, norm=norm, eps=eps)
-  loss0, wrong0, grad0 = _evaluate(logits_fn, loss_fn, y, x0)
+  loss0, wrong0, grad0 = _evaluate(logits_fn, loss_fn, y, x0, eot_iter)
   return _State(
       x_adv=x0, x_prev=x0, grad=grad0, step=jnp.full(x.shape[:1], 2.0 * eps, jnp.float32),
       x_best=x0, grad_best=grad0, loss_best=loss0, x_found=x0, broken=wrong0,
@@ -158,11 +167,11 @@ def run_init(logits_fn, x, y, key, loss_fn, *, norm, eps, n_iter=100):
       halved_at_check=jnp.ones_like(wrong0))
 
 
-def run_iteration(logits_fn, x, y, loss_fn, i, s, *, norm, eps, rho=RHO):
+def run_iteration(logits_fn, x, y, loss_fn, i, s, *, norm, eps, rho=RHO, eot_iter=1):
   """Iteration i (0-based, may be traced) of a run: a step, then the step-size review."""
   is_check, window = _review_table(s.history.shape[0])
   z = _step(s, i, x, norm=norm, eps=eps)
-  loss, wrong, grad = _evaluate(logits_fn, loss_fn, y, z)
+  loss, wrong, grad = _evaluate(logits_fn, loss_fn, y, z, eot_iter)
   history = s.history.at[i].set(loss)
   better = loss > s.loss_best
   x_best, grad_best = _where(better, z, s.x_best), _where(better, grad, s.grad_best)
@@ -201,7 +210,7 @@ def _check_classes(loss, num_classes, n_target_classes):
 
 
 def apgd_runs(logits_fn, x, y, key, runs, *, norm, eps, n_iter=100, loss='ce', n_restarts=1,
-              n_target_classes=9, rho=RHO):
+              n_target_classes=9, rho=RHO, eot_iter=1):
   """APGD runs `runs` (a sequence of ints) one after another, each on the points still robust.
 
   Run r starts from `fold_in(key, r)`; with loss='dlr-targeted' it targets the
@@ -211,9 +220,13 @@ def apgd_runs(logits_fn, x, y, key, runs, *, norm, eps, n_iter=100, loss='ce', n
   """
   if loss not in LOSSES:
     raise ValueError(f'Unknown APGD loss {loss!r}; expected one of {LOSSES}.')
+  norm = canonical_norm(norm)
   projections.check_norm(norm)
   logits_fn, eps = as_jit_arg(logits_fn), float(eps)
-  statics = dict(norm=norm, eps=eps, loss=loss, n_restarts=n_restarts, rho=rho)
+  if eot_iter < 1:
+    raise ValueError(f'eot_iter must be positive, got {eot_iter}.')
+  statics = dict(norm=norm, eps=eps, loss=loss, n_restarts=n_restarts, rho=rho,
+                 eot_iter=eot_iter)
   per_call = steps_per_call(x, n_iter)
   clean_logits, robust = _clean(logits_fn, x, y)
   _check_classes(loss, clean_logits.shape[1], n_target_classes)
@@ -245,19 +258,22 @@ def _loss_fn(loss, y, clean_logits, r, n_restarts):
 
 
 @functools.partial(jax.jit, static_argnames=('norm', 'eps', 'n_iter', 'loss', 'n_restarts',
-                                             'rho'))
+                                             'rho', 'eot_iter'))
 def _run_start(logits_fn, x, y, key, clean_logits, r, *, norm, eps, n_iter, loss, n_restarts,
-               rho):
+               rho, eot_iter):
   del rho
   loss_fn = _loss_fn(loss, y, clean_logits, r, n_restarts)
-  return run_init(logits_fn, x, y, key, loss_fn, norm=norm, eps=eps, n_iter=n_iter)
+  return run_init(logits_fn, x, y, key, loss_fn, norm=norm, eps=eps, n_iter=n_iter,
+                  eot_iter=eot_iter)
 
 
-@functools.partial(jax.jit, static_argnames=('n', 'norm', 'eps', 'loss', 'n_restarts', 'rho'))
+@functools.partial(jax.jit, static_argnames=('n', 'norm', 'eps', 'loss', 'n_restarts', 'rho',
+                                             'eot_iter'))
 def _run_steps(logits_fn, x, y, clean_logits, r, s, start, *, n, norm, eps, loss, n_restarts,
-               rho):
+               rho, eot_iter):
   loss_fn = _loss_fn(loss, y, clean_logits, r, n_restarts)
-  body = lambda i, s: run_iteration(logits_fn, x, y, loss_fn, i, s, norm=norm, eps=eps, rho=rho)
+  body = lambda i, s: run_iteration(logits_fn, x, y, loss_fn, i, s, norm=norm, eps=eps, rho=rho,
+                                    eot_iter=eot_iter)
   return run_steps(body, start, n, s)
 
 
@@ -267,12 +283,14 @@ def _keep_first(robust, x_adv, broken, x_found):
   return robust & ~newly, jnp.where(_bcast(newly, x_adv), x_found, x_adv)
 
 
-def apgd(logits_fn, x, y, *, norm, eps, n_iter=100, n_restarts=1, loss='ce', seed=0, rho=RHO):
+def apgd(logits_fn, x, y, *, norm, eps, n_iter=100, n_restarts=1, loss='ce', seed=0, rho=RHO,
+         eot_iter=1):
   """APGD-CE (loss='ce') or APGD-DLR (loss='dlr'); returns x_adv (clean where not broken)."""
   if loss not in ('ce', 'dlr'):
     raise ValueError(f'Unknown APGD loss {loss!r}; expected ce or dlr (use apgd_targeted).')
   return apgd_runs(logits_fn, x, y, jax.random.key(seed), np.arange(n_restarts), norm=norm,
-                   eps=eps, n_iter=n_iter, loss=loss, n_restarts=n_restarts, rho=rho)
+                   eps=eps, n_iter=n_iter, loss=loss, n_restarts=n_restarts, rho=rho,
+                   eot_iter=eot_iter)
 
 
 def apgd_targeted(logits_fn, x, y, *, norm, eps, n_iter=100, n_target_classes=9, n_restarts=1,

@@ -29,7 +29,8 @@ from jax.sharding import PartitionSpec as P
 
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
-from trainer.attacks.apgd import as_jit_arg
+from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import canonical_norm
 from trainer.attacks.stages import resolve_stages
 
 
@@ -72,13 +73,18 @@ class _Batcher:
     return -(-n // self.granule) * self.granule
 
   def padded_size(self, n):
-    """The smallest of batch_size, batch_size/2, batch_size/4, … (rounded up) that holds n."""
+    """The smallest of batch_size·(3/4)^k (rounded up, k = 0, 1, …) that holds n.
+
+    Steps of 3/4 rather than 1/2 pad n points to at most about 4n/3 instead of 2n (a stage that
+    attacks 39 points of a batch of 100 computes on 40 rather than 56) for about twice as many
+    possible sizes; each stage usually sees one size, so it compiles once either way.
+    """
     size = self._round(self.batch_size)
     while True:
-      half = self._round(size // 2)
-      if half >= size or half < n:
+      smaller = self._round(size * 3 // 4)
+      if smaller >= size or smaller < n:
         return size
-      size = half
+      size = smaller
 
   def chunks(self, indices):
     for start in range(0, len(indices), self.batch_size):
@@ -231,14 +237,16 @@ def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_
       so that the weights are jit arguments rather than constants; they are replicated over the
       mesh.
     x, y: clean inputs (n, ...) in [0, 1] and integer labels (n,), host arrays.
-    norm: 'linf' or 'l2'.
-    version: 'standard', 'aa+mt', or a list of stage names, (name, options) pairs or Stages.
+    norm: 'linf' or 'l2' (or fra31/auto-attack's 'Linf', 'L2').
+    version: 'standard', 'plus', 'rand' (fra31/auto-attack's), 'aa+mt' (the paper's), or a list
+      of stage names, (name, options) pairs or Stages.
     seed: each stage gets its own seed derived from this one.
     batch_size: points per attack call, split over the devices.
     mesh: defaults to a 1-D mesh over all devices.
   """
   x = np.asarray(x, np.float32)
   y = np.asarray(y).astype(np.int32)
+  norm = canonical_norm(norm)
   _check_inputs(x, y, norm, eps)
   eps = float(eps)
   mesh = default_mesh() if mesh is None else mesh

@@ -12,6 +12,15 @@ import jax
 import jax.numpy as jnp
 
 
+# fra31/auto-attack's spelling of the norms, accepted wherever a norm is.
+_NORM_NAMES = {'Linf': 'linf', 'L2': 'l2'}
+
+
+def canonical_norm(norm: str) -> str:
+  """'Linf' -> 'linf', 'L2' -> 'l2'; other names unchanged (and checked where they are used)."""
+  return _NORM_NAMES.get(norm, norm)
+
+
 def as_jit_arg(logits_fn):
   """Makes `logits_fn` a pytree that jit can take as an argument.
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import canonical_norm
 from trainer.attacks.common import run_steps
 from trainer.attacks.common import steps_per_call
 
@@ -194,6 +195,7 @@ def fab_runs(logits_fn, x, y, key, runs, *, norm, eps, n_iter=100, targeted=True
   clean logits. A point is broken by the first run whose closest adversarial lies inside ε.
   Returns x_adv (the clean point where no run broke it).
   """
+  norm = canonical_norm(norm)
   projections.check_norm(norm)
   if n_target_classes < 1 or n_restarts < 1 or n_iter < 1:
     raise ValueError(f'n_target_classes, n_restarts and n_iter must be positive; got '

@@ -31,6 +31,7 @@ import numpy as np
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import canonical_norm
 
 # The reference's schedule: p_init is halved after each of these (rescaled) query counts.
 _P_BREAKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -232,6 +233,7 @@ def square(logits_fn, x, y, *, norm, eps, n_queries=5000, p_init=0.8, seed=0,
     resc_schedule: stretch the 10,000-query p schedule to n_queries (AutoAttack 'standard'
       does not: False).
   """
+  norm = canonical_norm(norm)
   projections.check_norm(norm)
   if x.ndim != 4:
     raise ValueError(f'Square expects NHWC images; got x of shape {x.shape}.')

@@ -28,17 +28,19 @@ class Stage:
   name: str
   n_passes: int
   attack: Callable[..., Any]
+  options: dict = dataclasses.field(default_factory=dict)   # the attack's settings, for reports
 
 
 # Factories: factory(num_classes, **options) -> Stage.
 
 def _apgd_stage(name, loss):
-  def make(num_classes, *, n_restarts=1, n_iter=100):
+  def make(num_classes, *, n_restarts=1, n_iter=100, eot_iter=1):
     del num_classes
     def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
       return apgd_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm, eps=eps,
-                       n_iter=n_iter, loss=loss)
-    return Stage(name, n_restarts, attack)
+                       n_iter=n_iter, loss=loss, eot_iter=eot_iter)
+    return Stage(name, n_restarts, attack,
+                 dict(n_restarts=n_restarts, n_iter=n_iter, eot_iter=eot_iter))
   return make
 
 
@@ -48,7 +50,8 @@ def _apgd_targeted_stage(num_classes, *, n_target_classes=9, n_restarts=1, n_ite
     return apgd_runs(logits_fn, x, y, jax.random.key(seed), [pass_index], norm=norm, eps=eps,
                      n_iter=n_iter, loss='dlr-targeted', n_restarts=n_restarts,
                      n_target_classes=n_targets)
-  return Stage('apgd-t', n_targets * n_restarts, attack)
+  return Stage('apgd-t', n_targets * n_restarts, attack,
+               dict(n_target_classes=n_targets, n_restarts=n_restarts, n_iter=n_iter))
 
 
 def _multitargeted_stage(num_classes, *, n_restarts=10, n_steps=200, n_target_classes=9):
@@ -60,17 +63,19 @@ def _multitargeted_stage(num_classes, *, n_restarts=10, n_steps=200, n_target_cl
 
 
 def _fab_stage(name, targeted):
-  """FAB-T: one pass per target (restarts within it); FAB: one pass per restart."""
+  """FAB-T: one pass, all targets (each on the points still robust); FAB: a pass per restart."""
   def make(num_classes, *, n_target_classes=9, n_restarts=1, n_iter=100):
-    n_targets = min(n_target_classes, num_classes - 1) if targeted else 1
+    n_targets = min(n_target_classes, num_classes - 1)
     def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
       from trainer.attacks.fab import fab_runs  # pylint: disable=g-import-not-at-top
-      runs = range(pass_index * n_restarts, (pass_index + 1) * n_restarts) if targeted else [
-          pass_index]
+      runs = range(n_targets * n_restarts) if targeted else [pass_index]
       return fab_runs(logits_fn, x, y, jax.random.key(seed), list(runs), norm=norm, eps=eps,
                       n_iter=n_iter, targeted=targeted, n_target_classes=n_targets,
                       n_restarts=n_restarts)
-    return Stage(name, n_targets if targeted else n_restarts, attack)
+    options = dict(n_restarts=n_restarts, n_iter=n_iter)
+    if targeted:
+      options['n_target_classes'] = n_targets
+    return Stage(name, 1 if targeted else n_restarts, attack, options)
   return make
 
 
@@ -82,7 +87,8 @@ def _square_stage(num_classes, *, n_queries=5000, p_init=0.8, resc_schedule=Fals
     from trainer.attacks.square import square  # pylint: disable=g-import-not-at-top
     return square(logits_fn, x, y, norm=norm, eps=eps, n_queries=n_queries, p_init=p_init,
                   seed=seed, resc_schedule=resc_schedule)
-  return Stage('square', 1, attack)
+  return Stage('square', 1, attack, dict(n_queries=n_queries, p_init=p_init,
+                                         resc_schedule=resc_schedule))
 
 
 def _pgd_attack(logits_fn, x, y, key, *, norm, eps, steps, loss):
@@ -115,8 +121,15 @@ STAGES = {
 _PGD_NAME = re.compile(r'^pgd-(\d+)(?:-(ce|margin|dlr))?$')
 
 VERSIONS = {
-    # AutoAttack "standard" (Croce & Hein 2020) for L∞ and L2.
+    # AutoAttack's versions for L∞ and L2, as fra31/auto-attack's autoattack.py builds them
+    # (AutoAttack.__init__ and set_version): APGD 100 iterations, ρ = 0.75; APGD-T and FAB-T 9
+    # targets, 1 restart each; FAB 100 iterations; Square 5,000 queries, p_init 0.8, 1 restart,
+    # p schedule not rescaled.
     'standard': (('apgd-ce', {}), ('apgd-t', {}), ('fab-t', {}), ('square', {})),
+    'plus': (('apgd-ce', {'n_restarts': 5}), ('apgd-dlr', {'n_restarts': 5}),
+             ('fab', {'n_restarts': 5}), ('square', {}), ('apgd-t', {}), ('fab-t', {})),
+    # For randomised defences: 20 EOT gradient samples per APGD step.
+    'rand': (('apgd-ce', {'eot_iter': 20}), ('apgd-dlr', {'eot_iter': 20})),
     # The paper's AA+MT: APGD-CE 5×100, APGD-DLR 5×100, MultiTargeted 10×200.
     'aa+mt': (('apgd-ce', {'n_restarts': 5}), ('apgd-dlr', {'n_restarts': 5}), ('mt', {})),
 }
