@@ -1,10 +1,11 @@
-"""Sampling at scale: device-count invariance, two hosts, kill-and-resume exactly once, top-K memory.
+"""Sampling at scale: device-count invariance, two hosts, exactly once after a kill, top-K memory.
 
 A toy generator (eps = 0.3 x, DDIM with 4 steps, 4x4x1 images) and a toy labeller (class = pixel
 sum mod 3, score = mean / 255) keep every test short; the machinery under test (noise per sample
 id, sharding over the mesh, host plans, shard commits, resume, top-K state) is the real one.
 The subprocess runs are this file run as a script (`python tests/test_sampling.py SPEC`).
 """
+import functools
 import json
 import os
 import signal
@@ -25,7 +26,6 @@ CLASSES = 3
 
 def toy_functions(devices, batch_size, sleep=0.0):
   """(sample_batch, label_batch) of the toy generator on a mesh of `devices`."""
-  from models.diffusion import samplers  # pylint: disable=g-import-not-at-top
   from trainer import sample as sample_cli  # pylint: disable=g-import-not-at-top
   from trainer import sharding  # pylint: disable=g-import-not-at-top
   mesh = jax.make_mesh((len(devices), 1), sharding.BATCH_AXES,
@@ -43,7 +43,6 @@ def toy_functions(devices, batch_size, sleep=0.0):
   def slow_sample(key, b):
     time.sleep(sleep)
     return sample(key, b)
-  del samplers
   return (slow_sample if sleep else sample), label
 
 
@@ -116,6 +115,38 @@ def finish(proc, timeout=300):
 # ------------------------------------------------------------------------------------------------
 
 
+def tiny_unet_config(num_classes=None):
+  """A one-level UNet on 4x4x1 images (convs, GroupNorm, the middle block's attention): the
+  smallest program with every kind of layer, so the tests compile fast."""
+  from models.diffusion import unet  # pylint: disable=g-import-not-at-top
+  return unet.UNetConfig(sample_size=4, in_channels=1, out_channels=1, block_out_channels=(8,),
+                         down_block_types=('DownBlock2D',), up_block_types=('UpBlock2D',),
+                         layers_per_block=1, norm_num_groups=4, num_class_embeds=num_classes)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_unet(num_classes=None):
+  """(config, model, random parameters) of the tiny UNet, built once per test process."""
+  from models.diffusion import unet  # pylint: disable=g-import-not-at-top
+  cfg = tiny_unet_config(num_classes)
+  model = unet.UNet(cfg)
+  return cfg, model, unet.init_params(model, jax.random.key(0))
+
+
+def unet_sample_batch(devices, batch_size):
+  """The tiny UNet (random weights), DDIM with 2 steps, on a mesh of `devices`."""
+  from models.diffusion import unet  # pylint: disable=g-import-not-at-top
+  from trainer import sample as sample_cli  # pylint: disable=g-import-not-at-top
+  from trainer import sharding  # pylint: disable=g-import-not-at-top
+  mesh = jax.make_mesh((len(devices), 1), sharding.BATCH_AXES,
+                       axis_types=(AxisType.Auto,) * 2, devices=devices)
+  _, model, params = tiny_unet()
+  return sample_cli.make_sample_batch(
+      unet.make_eps_fn(model), params,
+      np.cumprod(1 - np.linspace(1e-4, 0.02, 1000)), mesh, batch_size=batch_size,
+      image_shape=SHAPE, sampler='ddim', steps=2)
+
+
 def test_eight_devices_give_the_same_images_as_one():
   eight, _ = toy_functions(jax.devices()[:8], 16)
   one, _ = toy_functions(jax.devices()[:1], 16)
@@ -124,6 +155,11 @@ def test_eight_devices_give_the_same_images_as_one():
     got = eight(key, b)
     assert len(got.sharding.device_set) == 8
     np.testing.assert_array_equal(np.asarray(got), np.asarray(one(key, b)))
+  # The UNet too: convolutions and GroupNorm of each sample see only that sample.
+  got = np.asarray(unet_sample_batch(jax.devices()[:8], 16)(key, 2))
+  want = np.asarray(unet_sample_batch(jax.devices()[:1], 16)(key, 2))
+  assert got.std() > 0
+  np.testing.assert_array_equal(got, want)
   # Sample ids, not batch positions, fix the noise: batch 1 of size 8 is rows 8..15 of batch 0.
   half, _ = toy_functions(jax.devices()[:8], 8)
   np.testing.assert_array_equal(np.asarray(half(key, 1)), np.asarray(one(key, 0))[8:])
@@ -220,6 +256,29 @@ def test_top_k_memory_is_bounded_by_k_times_classes(tmp_path):
     peaks.append(result.peak_selector_bytes)
   print(f'top-{k} selector peak bytes for 80 and 640 samples: {peaks}')
   assert 0 < peaks[0] == peaks[1] <= k * CLASSES * per_sample
+
+
+def test_the_command_samples_a_conditional_unet_checkpoint(tmp_path):
+  """trainer.sample end to end on a tiny class-conditional UNet: labels are the classes it was
+  conditioned on, the set reads back, and the manifest names generator, sampler, steps, seed."""
+  from models.diffusion import checkpoint, schedule  # pylint: disable=g-import-not-at-top
+  cfg, _, params = tiny_unet(10)
+  checkpoint.save(str(tmp_path / 'ckpt'), cfg, schedule.ho_linear(), params, name='tiny-ddpm')
+  args = [sys.executable, '-m', 'trainer.sample', f'--generator={tmp_path / "ckpt"}',
+          '--num=20', f'--out={tmp_path / "gen" / "tiny"}', '--shards=2', '--sampler=ddim',
+          '--steps=2', '--seed=3', '--batch_size=8', '--noprogress']
+  done = subprocess.run(args, cwd=ROOT, env=_env(2), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  manifest_path = done.stdout.strip().splitlines()[-1]
+  assert manifest_path == str(tmp_path / 'gen' / 'tiny.json')
+  data, ids = read_set(manifest_path)
+  assert sorted(ids.tolist()) == list(range(20))
+  np.testing.assert_array_equal(data['label'], np.arange(20) % 10)
+  assert data['image'].shape == (20,) + SHAPE and np.isnan(data['score']).all()
+  manifest = json.load(open(manifest_path))
+  assert (manifest['generator'], manifest['seed']) == ('tiny-ddpm', 3)
+  assert (manifest['metadata']['sampler'], manifest['metadata']['steps']) == ('ddim', 2)
 
 
 if __name__ == '__main__':

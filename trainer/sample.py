@@ -87,17 +87,17 @@ def make_sample_batch(eps_fn: Callable, params: Any, alphas_cumprod, mesh, *, ba
   shape = (batch_size,) + tuple(image_shape)
 
   def fn(params, key, b):
-    ids = jax.lax.with_sharding_constraint(
-        b.astype(jnp.int32) * batch_size + jnp.arange(batch_size, dtype=jnp.int32), batch)
+    ids = jax.lax.with_sharding_constraint(   # uint32: ids up to 2^32 - 1
+        b.astype(jnp.uint32) * batch_size + jnp.arange(batch_size, dtype=jnp.uint32), batch)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
-    y = None if not num_classes else ids % num_classes
+    y = None if not num_classes else (ids % num_classes).astype(jnp.int32)
     x = samplers.sample(eps_fn, params, alphas_cumprod, keys, shape, sampler=sampler,
                         steps=steps, y=y, **options)
     images = samplers.to_uint8(x)
     return images if y is None else (images, y)
 
   jitted = jax.jit(fn, out_shardings=batch if not num_classes else (batch, batch))
-  return lambda key, b: jitted(params, key, jnp.int32(b))
+  return lambda key, b: jitted(params, key, jnp.uint32(b))
 
 
 def make_label_batch(model, variables, mesh) -> Callable:
@@ -129,6 +129,8 @@ def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int
                      dtype: str = 'float32', progress: bool = True) -> sampling.SamplingResult:
   """Loads the generator (and classifier), builds the jitted functions, writes the set."""
   from models.diffusion import checkpoint as generator_checkpoint  # pylint: disable=g-import-not-at-top
+  if not 1 <= num < 2 ** 32:
+    raise ValueError(f'--num={num}: sample ids are 32-bit, so 1 <= num < 2^32')
   generator = generator_checkpoint.load(generator_path, dtype=dtype)
   mesh = local_mesh()
   num_classes, label_batch = generator.num_classes, None
