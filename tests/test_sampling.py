@@ -165,6 +165,19 @@ def test_eight_devices_give_the_same_images_as_one():
   np.testing.assert_array_equal(np.asarray(half(key, 1)), np.asarray(one(key, 0))[8:])
 
 
+def test_the_labeller_labels_images_on_the_mesh_with_the_classifiers_arg_max():
+  from models import registry  # pylint: disable=g-import-not-at-top
+  from trainer import sample as sample_cli  # pylint: disable=g-import-not-at-top
+  model = registry.get_model('wrn-10-1', num_classes=CLASSES, mean=[0.5], std=[0.25])
+  variables = model.init(jax.random.key(0), jnp.zeros((1,) + SHAPE), train=False)
+  images, _ = toy_functions(jax.devices()[:8], 16)
+  x = images(jax.random.key(7), 0)                 # uint8, sharded over 8 devices
+  labels, scores = sample_cli.make_label_batch(model, variables, sample_cli.local_mesh())(x)
+  probs = jax.nn.softmax(model.apply(variables, np.asarray(x) / 255.0, train=False))
+  np.testing.assert_array_equal(labels, np.argmax(probs, -1))
+  np.testing.assert_allclose(scores, np.max(probs, -1), rtol=1e-5)
+
+
 def test_writes_every_sample_once_with_its_label(tmp_path):
   result = write(str(tmp_path / 'gen' / 'toy'), num=100, shards=3)
   data, ids = read_set(result.manifest)

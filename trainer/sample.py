@@ -38,8 +38,8 @@ _NUM = flags.DEFINE_integer('num', None, 'Samples to draw (with --top_k: candida
 _OUT = flags.DEFINE_string('out', None, 'Output prefix DIR/NAME (local or gs://).')
 _SHARDS = flags.DEFINE_integer('shards', None, 'Shard files of the whole set.')
 _SAMPLER = flags.DEFINE_enum('sampler', 'dpm++2m', list(samplers.SAMPLERS), 'Sampler.')
-_STEPS = flags.DEFINE_integer('steps', None, 'Network evaluations per sample (ddpm: 1000 as '
-                              'Ho et al.; ddim: e.g. 100; dpm++2m: e.g. 20).')
+_STEPS = flags.DEFINE_integer('steps', None, 'Network evaluations per sample (default: ddpm '
+                              "the generator's T, 1000 as Ho et al.; ddim 100; dpm++2m 20).")
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the noise (and of the top-K shuffle).')
 _CLASSIFIER = flags.DEFINE_string('classifier', None, 'Training workdir of the pseudo-labeller.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "Classifier: 'best', 'latest' or a step.")
@@ -124,7 +124,7 @@ def sampler_options(generator, sampler: str) -> dict[str, Any]:
 
 
 def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int, sampler: str,
-                     steps: int, seed: int = 0, classifier: str | None = None,
+                     steps: int | None = None, seed: int = 0, classifier: str | None = None,
                      checkpoint: str = 'best', top_k: int = 0, batch_size: int = 256,
                      dtype: str = 'float32', progress: bool = True) -> sampling.SamplingResult:
   """Loads the generator (and classifier), builds the jitted functions, writes the set."""
@@ -132,6 +132,7 @@ def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int
   if not 1 <= num < 2 ** 32:
     raise ValueError(f'--num={num}: sample ids are 32-bit, so 1 <= num < 2^32')
   generator = generator_checkpoint.load(generator_path, dtype=dtype)
+  steps = steps or {'ddpm': generator.schedule.num_timesteps, 'ddim': 100, 'dpm++2m': 20}[sampler]
   mesh = local_mesh()
   num_classes, label_batch = generator.num_classes, None
   if classifier:
@@ -169,14 +170,13 @@ def main(argv):
     jax.distributed.initialize(*cluster)
   elif any(v is not None for v in cluster):
     raise app.UsageError('--coordinator_address/--num_processes/--process_id need --distributed.')
-  steps = _STEPS.value or {'ddpm': 1000, 'ddim': 100, 'dpm++2m': 20}[_SAMPLER.value]
   out = cli.absolute(_OUT.value)
   cli.start(out.rsplit('/', 1)[0] if '/' in out else '.')
   logging.info('Process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   result = sample_to_shards(
       cli.absolute(_GENERATOR.value), out, num=_NUM.value,
-      num_shards=_SHARDS.value, sampler=_SAMPLER.value, steps=steps, seed=_SEED.value,
+      num_shards=_SHARDS.value, sampler=_SAMPLER.value, steps=_STEPS.value, seed=_SEED.value,
       classifier=cli.absolute(_CLASSIFIER.value), checkpoint=_CHECKPOINT.value, top_k=_TOP_K.value,
       batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value, progress=_PROGRESS.value)
   if jax.process_index() == 0:
