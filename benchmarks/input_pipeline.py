@@ -112,25 +112,19 @@ def grain_batches(manifest: str, workers: int):
 
 
 def grain_device_batches(manifest: str):
-  """The pipeline with uint8 batches, moved to the device and converted there."""
-  import grain  # pylint: disable=g-import-not-at-top
+  """The pipeline's uint8 batches, moved to the device and converted there."""
   import jax  # pylint: disable=g-import-not-at-top
-  from data import images as images_lib  # pylint: disable=g-import-not-at-top
-  from data.input import batch_mix  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from data.input import pipeline  # pylint: disable=g-import-not-at-top
   images, labels, ids = real_set()
-  config = _config(manifest)
-  config.loader.prefetch = 0   # the prefetch thread is added below
-  ds = pipeline.make_train_dataset(config, images, labels, ids,
-                                   process_index=0, process_count=1)
-  if not isinstance(ds, batch_mix.MixedBatchIterDataset):
-    raise TypeError(f'expected the in-process batch dataset, got {ds}')
-  it = iter(grain.experimental.ThreadPrefetchIterDataset(
-      ds, prefetch_buffer_size=2))
+  it = pipeline.make_train_iterator(_config(manifest), images, labels, ids,
+                                    process_index=0, process_count=1)
   device = jax.devices()[0]
-  to_float = jax.jit(images_lib.to_float)
+  to_float = jax.jit(lambda x: x.astype(jnp.float32) / 255.0)
   while True:
     batch = next(it)
+    if batch['image'].dtype != np.uint8:
+      raise TypeError(f'expected uint8 batches, got {batch["image"].dtype}')
     to_float(jax.device_put(batch['image'], device)).block_until_ready()
     yield batch, int(batch['is_generated'].sum())
 
@@ -405,7 +399,7 @@ def print_tables(rows, rss_rows, elapsed) -> None:
   print(f'\nThroughput: global batch {BATCH}, alpha {ALPHA}, 32x32x3, '
         f'{os.cpu_count()} CPU cores (shared), measured over '
         f'{rows[0][1]["images"]} images\n')
-  print(f'| loader | img/s (wall) | img per CPU-second | vs tf.data (CPU) |')
+  print('| loader | img/s (wall) | img per CPU-second | vs tf.data (CPU) |')
   print('|---|---:|---:|---:|')
   for name, r in rows:
     rate, per_cpu = r['images'] / r['wall'], r['images'] / r['cpu']

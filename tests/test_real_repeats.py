@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from configs import base
-from data.input import augment
 from data.input import batch_mix
 from data.input import pipeline
 from data.records import shard_writer
