@@ -227,6 +227,8 @@ def test_killed_and_rerun_ends_with_exactly_the_uninterrupted_set(tmp_path, top_
   _kill_when(proc, (lambda: os.path.exists(state)) if top_k else
              (lambda: _committed(state) >= 2))
   assert not os.path.exists(out + '.json')
+  neighbour = tmp_path / 'killed' / 'toy2-00000-of-00002.tfrecord.tmp-0'   # another set's
+  neighbour.write_bytes(b'')
   again = finish(launch({'out': out, 'kwargs': {'num': num, **kwargs}},
                         str(tmp_path / 'second.log'), devices=2))
   assert 0 < again['sampled'] < num          # it resumed rather than starting over
@@ -236,6 +238,7 @@ def test_killed_and_rerun_ends_with_exactly_the_uninterrupted_set(tmp_path, top_
   assert len(ids) == len(set(ids.tolist())) == (top_k * CLASSES if top_k else num)
   for key in ('id', 'image', 'label', 'score'):
     np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+  neighbour.unlink()                        # still there: only this set's leftovers go
   assert sorted(os.listdir(tmp_path / 'killed')) == sorted(os.listdir(tmp_path / 'whole'))
 
 

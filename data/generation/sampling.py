@@ -127,12 +127,16 @@ def _read(path: str) -> bytes | None:
 
 
 def _remove_leftovers(prefix: str) -> None:
-  """Temporary files of a killed run: partial shards, half-written state."""
+  """Temporary files of a killed run of this set (partial shards, half-written state), and
+  nothing of another set in the same folder."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   directory, name = posixpath.split(prefix)
-  for path in epath.Path(directory or '.').glob(f'{name}*.tmp-*'):
-    logging.info('Removing leftover %s', path)
-    tfrecord.remove(str(path))
+  patterns = [f'{name}-[0-9]*-of-[0-9]*.tfrecord.tmp-*'] + [
+      f'{name}{suffix}.tmp-*' for suffix in ('.json', '.progress.json', '.topk.npz')]
+  for pattern in patterns:
+    for path in epath.Path(directory or '.').glob(pattern):
+      logging.info('Removing leftover %s', path)
+      tfrecord.remove(str(path))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,10 +199,6 @@ def _batches(sample_batch, label_batch, key, plan: HostPlan, start: int):
 def _progress(plan, done, enabled, desc):
   return tqdm.tqdm(total=plan.total, initial=done, unit='img', desc=desc, smoothing=0.1,
                    disable=not enabled, dynamic_ncols=True)
-
-
-def _fingerprint(**settings) -> dict[str, Any]:
-  return {k: v for k, v in settings.items()}
 
 
 def _check_state(path: str, saved: dict, want: dict) -> None:
@@ -320,15 +320,16 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
     raise ValueError('write_samples: a barrier is needed with process_count > 1')
   plan = host_plan(num, batch_size, num_shards, process_index, process_count)
   prefix = host_prefix(out, process_index, process_count)
-  settings = _fingerprint(num=num, batch_size=batch_size, num_shards=num_shards,
-                          generator=generator, sampler=sampler, steps=steps, seed=seed,
-                          top_k=top_k, process_index=process_index,
-                          process_count=process_count, image_shape=list(image_shape),
-                          num_classes=num_classes)
+  settings = dict(num=num, batch_size=batch_size, num_shards=num_shards, generator=generator,
+                  sampler=sampler, steps=steps, seed=seed, top_k=top_k,
+                  process_index=process_index, process_count=process_count,
+                  image_shape=list(image_shape), num_classes=num_classes)
   host_manifest = shards.manifest_path(prefix)
   tfrecord.makedirs(posixpath.dirname(prefix))
   if _finished(host_manifest, settings):
     written, sampled, peak = shards.load_manifest(host_manifest)['count'], 0, 0
+    for state in ('.progress.json', '.topk.npz'):   # left when killed just after the manifest
+      tfrecord.remove(prefix + state)
   else:
     _remove_leftovers(prefix)
     writer_args = dict(num_shards=plan.num_shards, image_shape=image_shape,
