@@ -93,6 +93,11 @@ def get_config():
   c.pipeline = ml_collections.ConfigDict()
   c.pipeline.classifier_model = 'wrn-28-10'  # the non-robust pseudo-labeller (paper: 95.68%)
   c.pipeline.classifier_epochs = 200
+  c.pipeline.generator = 'gaussian'        # gaussian (App. D's fit) | ddpm (a diffusion model)
+  c.pipeline.generator_checkpoint = ''     # ddpm: models/diffusion/checkpoint.py directory
+  c.pipeline.sampler = 'dpm++2m'           # ddpm: ddpm (Ho et al., 1,000 steps) | ddim | dpm++2m
+  c.pipeline.sampler_steps = 20            # ddpm: network evaluations per sample
+  c.pipeline.sample_batch_size = 256       # ddpm: images per sampling batch on each host
   c.pipeline.gaussian_components = 200     # PCA components per class (App. D)
   c.pipeline.num_generated = 1_000_000     # samples drawn from the generator
   c.pipeline.top_k = 0                     # keep the K best-scoring per class (0: keep all)

@@ -3,7 +3,8 @@
   python -m trainer.method --config=configs/demo.py [--config.key=value …] --workdir=DIR
 
   1. classifier/      non-robust classifier (train.loss='standard') on the real training set
-  2. generator/       class-conditional Gaussian fit of the real training set (App. D)
+  2. generator/       class-conditional Gaussian fit of the real training set (App. D), or
+                      (pipeline.generator='ddpm') a diffusion model's checkpoint
   3. generated/       N samples → pseudo-labelled by the classifier (optionally top-K per class)
                       → shards
   4. generated/       Algorithm 1's complementarity and coverage (data_metrics.json), samples.png
@@ -24,6 +25,7 @@ import time
 from absl import flags
 from absl import logging
 from etils import epath
+import jax
 from ml_collections import config_flags
 import numpy as np
 import tqdm
@@ -121,6 +123,9 @@ def stage_classifier(config, workdir, console):
 
 
 def stage_generator(config, workdir, console):
+  """The Gaussian fit (made here), or the diffusion model's checkpoint (given by the config)."""
+  if config.pipeline.generator == 'ddpm':
+    return _ddpm_generator(config, console)
   path = os.path.join(workdir, 'generator', 'gaussian_fit.npz')
   k = config.pipeline.gaussian_components
   with console.stage('generator', f'class-conditional Gaussian fit ({k} components per class)',
@@ -132,6 +137,26 @@ def stage_generator(config, workdir, console):
       epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
       gaussian_fit.save(fit, path)
     stage['headline'] = f'{k} PCA components per class'
+  return path
+
+
+def _ddpm_generator(config, console):
+  path = cli.absolute(config.pipeline.generator_checkpoint)
+  if not path:
+    raise cli.UserError("pipeline.generator='ddpm' needs --config.pipeline.generator_checkpoint="
+                        'DIR: a generator checkpoint (python -m models.diffusion.diffusers_import '
+                        'makes one from a diffusers model)')
+  from models.diffusion import checkpoint  # pylint: disable=g-import-not-at-top
+  with console.stage('generator', 'diffusion model', path, done=True) as stage:
+    generator = checkpoint.load(path)
+    params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(generator.params))
+    shape = real.info(config.dataset.name).shape
+    if tuple(generator.image_shape) != tuple(shape):
+      raise ValueError(f'{path} generates images of shape {tuple(generator.image_shape)}, but '
+                       f'{config.dataset.name} images have shape {tuple(shape)}')
+    kind = (f'class-conditional ({generator.num_classes} classes)' if generator.num_classes
+            else 'unconditional')
+    stage['headline'] = f'{generator.name}: {kind} DDPM, {params / 1e6:.2f}M parameters'
   return path
 
 
@@ -148,18 +173,27 @@ def _sample_gaussian(config, fit_path, raw):
     progress.close()
 
 
-def stage_samples(config, workdir, fit_path, classifier, console):
-  """Samples the fit straight into shards, then pseudo-labels them with the classifier."""
-  prefix = os.path.join(workdir, 'generated', 'gaussian')
+def stage_samples(config, workdir, generator, classifier, console):
+  """Samples the generator straight into shards pseudo-labelled by the classifier."""
+  kind = config.pipeline.generator
+  prefix = os.path.join(workdir, 'generated', kind)
   raw = prefix + '-raw'
   manifest = shards.manifest_path(prefix)
-  top_k = config.pipeline.top_k
-  with console.stage('samples', f'{config.pipeline.num_generated:,} samples, pseudo-labelled'
+  top_k, n = config.pipeline.top_k, config.pipeline.num_generated
+  how = f'{config.pipeline.sampler}-{config.pipeline.sampler_steps}, ' if kind == 'ddpm' else ''
+  with console.stage('samples', f'{n:,} samples, {how}pseudo-labelled'
                      + (f', top-{top_k} per class' if top_k else ''), manifest,
                      _done(manifest)) as stage:
-    if not _done(shards.manifest_path(raw)):
-      _sample_gaussian(config, fit_path, raw)
-    if not _done(manifest):
+    if kind == 'ddpm' and not _done(manifest):
+      from trainer import sample  # pylint: disable=g-import-not-at-top
+      sample.sample_to_shards(generator, prefix, num=n, num_shards=config.pipeline.num_shards,
+                              sampler=config.pipeline.sampler,
+                              steps=config.pipeline.sampler_steps, seed=config.seed,
+                              classifier=classifier, top_k=top_k,
+                              batch_size=config.pipeline.sample_batch_size)
+    elif not _done(manifest):
+      if not _done(shards.manifest_path(raw)):
+        _sample_gaussian(config, generator, raw)
       pseudolabel.label_with(classifier, shards.manifest_path(raw), prefix,
                              num_shards=config.pipeline.num_shards, top_k=top_k,
                              seed=config.seed, source_name='gaussian_fit')
@@ -172,23 +206,6 @@ def _feature_fn(classifier, batch_size):
   _, model, variables = checkpointing.restore_for_eval(classifier)
   return sharding.batched_apply(features.make_feature_fn(model, variables), sharding.make_mesh(),
                                 batch_size)
-
-
-def _balanced_size(labels, num_classes, n):
-  """(N, classes): N per set as large as asked but no larger than every set can give class-
-  balanced; without every class in every set, a uniform sample (App. D's balance is then lost,
-  which a warning says — e.g. a poor pseudo-labeller that never predicts some class)."""
-  counts = np.stack([np.bincount(v, minlength=num_classes) for v in labels.values()])
-  if counts.min() > 0:
-    return min(n, num_classes * int(counts.min())), num_classes
-  logging.warning('Data metrics: some class is missing from a set (%s); using uniform, not '
-                  'class-balanced, samples.', {k: np.flatnonzero(c == 0).tolist()
-                                               for k, c in zip(labels, counts) if (c == 0).any()})
-  return min(n, *(len(v) for v in labels.values())), 1
-
-
-def _one_class(labels):
-  return {k: np.zeros_like(v) for k, v in labels.items()}
 
 
 def stage_data_metrics(config, workdir, manifest, classifier, console):
@@ -208,10 +225,9 @@ def stage_data_metrics(config, workdir, manifest, classifier, console):
                 'generated': generated['image']}
       labels = {'train': train_data['label'], 'test': test['label'],
                 'generated': generated['label']}
-      n, classes = _balanced_size(labels, num_classes, n)
-      result = metrics.data_metrics(images, labels if classes > 1 else _one_class(labels),
-                                    _feature_fn(classifier, config.eval.batch_size), classes, n,
-                                    seed=config.seed)
+      n = min(n, *(len(v) for v in labels.values()))  # a small top-K set bounds N
+      result = metrics.data_metrics(images, labels, _feature_fn(classifier, config.eval.batch_size),
+                                    num_classes, n, seed=config.seed)
       width = generated['image'].shape[2] * 10
       metrics.sample_grid(generated['image'], generated['label'], num_classes, path=grid,
                           scale=max(1, GRID_WIDTH // width))

@@ -8,6 +8,8 @@ DM-Improves-AT's sets). Each sample gets the classifier's arg-max class as its l
 softmax probability of that class as its score; with --top_k only the K best-scoring samples of
 each class are kept (data/generation/pseudolabel.py). Batches are split across all devices.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 from absl import flags
@@ -17,15 +19,6 @@ from data.generation import pseudolabel as pseudolabel_lib
 from trainer import checkpointing
 from trainer import cli
 from trainer import sharding
-
-_CLASSIFIER = flags.DEFINE_string('classifier', None, 'Workdir of the trained classifier.')
-_SOURCE = flags.DEFINE_string('source', None, 'Shard manifest (.json) or .npz of images.')
-_OUT = flags.DEFINE_string('out', None, 'Output prefix DIR/NAME.')
-_SHARDS = flags.DEFINE_integer('shards', None, 'Number of output shards.')
-_TOP_K = flags.DEFINE_integer('top_k', 0, 'Keep the K best-scoring per class (0: all).')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 1024, 'Images per device batch.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the top-K shuffle.')
 
 
 def make_label_fn(model, variables, batch_size, mesh=None):
@@ -52,16 +45,30 @@ def label_with(classifier, source, out, *, num_shards, top_k=0, which='best', ba
       seed=seed, source_name=source_name, metadata={'classifier': str(classifier)})
 
 
+def _define_flags():
+  """Command-line flags, defined only when run as a program (trainer.method imports this)."""
+  flags.DEFINE_string('classifier', None, 'Workdir of the trained classifier.')
+  flags.DEFINE_string('source', None, 'Shard manifest (.json) or .npz of images.')
+  flags.DEFINE_string('out', None, 'Output prefix DIR/NAME.')
+  flags.DEFINE_integer('shards', None, 'Number of output shards.')
+  flags.DEFINE_integer('top_k', 0, 'Keep the K best-scoring per class (0: all).')
+  flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
+  flags.DEFINE_integer('batch_size', 1024, 'Images per device batch.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the top-K shuffle.')
+  flags.mark_flags_as_required(['classifier', 'source', 'out', 'shards'])
+
+
 def main(argv):
   del argv
-  out = cli.absolute(_OUT.value)
-  cli.start(out.rsplit('/', 1)[0] if '/' in out else '.')
-  path = label_with(cli.absolute(_CLASSIFIER.value), cli.absolute(_SOURCE.value), out,
-                    num_shards=_SHARDS.value, top_k=_TOP_K.value, which=_CHECKPOINT.value,
-                    batch_size=_BATCH_SIZE.value, seed=_SEED.value)
+  f = flags.FLAGS
+  out = cli.absolute(f.out)
+  cli.start(os.path.dirname(out) or '.')
+  path = label_with(cli.absolute(f.classifier), cli.absolute(f.source), out,
+                    num_shards=f.shards, top_k=f.top_k, which=f.checkpoint,
+                    batch_size=f.batch_size, seed=f.seed)
   print(path, flush=True)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['classifier', 'source', 'out', 'shards'])
+  _define_flags()
   cli.run(main)

@@ -135,7 +135,7 @@ def write(out, config):
 def closing(out):
   """The console's closing report: where each stage's output lies and the headline numbers."""
   rows = [('non-robust classifier', shown(out['classifier'])),
-          ('Gaussian fit', shown(out['generator'])),
+          ('generator', shown(out['generator'])),
           ('pseudo-labelled shards', shown(out['samples'])),
           ('data metrics', data_metrics_line(out['data_metrics'])),
           ('robust (TRADES) run', shown(out['robust'])),
