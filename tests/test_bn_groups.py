@@ -160,3 +160,40 @@ def test_moments_without_groups_match_numpy():
   mean, var = batch_norm.moments(jnp.asarray(x))
   np.testing.assert_allclose(mean, x.astype(np.float64).mean((0, 1, 2)), atol=1e-5)
   np.testing.assert_allclose(var, x.astype(np.float64).var((0, 1, 2)), rtol=1e-4)
+
+
+def _step_metrics(config, devices):
+  from trainer import optimizer  # pylint: disable=g-import-not-at-top
+  from trainer import sharding  # pylint: disable=g-import-not-at-top
+  from trainer import step as step_lib  # pylint: disable=g-import-not-at-top
+  from trainer import train_state  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(config, devices)
+  model = registry.from_config(config)
+  tx = optimizer.make_optimizer(config)
+  create = functools.partial(train_state.create, model, tx, (8, 8, 1), 0)
+  state_sh = sharding.state_shardings(mesh, jax.eval_shape(create))
+  state = jax.jit(create, out_shardings=state_sh)()
+  step = jax.jit(step_lib.make_train_step(config, model, tx, 10),
+                 in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sh, sharding.replicated(mesh)))
+  rng = np.random.default_rng(0)
+  batch = sharding.global_batch(mesh, {
+      'image': rng.random((16, 8, 8, 1), dtype=np.float32),
+      'label': rng.integers(0, 10, 16).astype(np.int32),
+      'is_generated': rng.random(16) < 0.5})
+  state, metrics = step(state, batch)
+  return float(metrics['loss']), jax.device_get(state.batch_stats)
+
+
+def test_train_step_with_groups_equals_single_device_on_a_data_fsdp_mesh():
+  """The real TRADES step with groups of 2 on a 4 × 2 (data × fsdp) mesh and on one device."""
+  config = _digits_config(2)
+  config.train.batch_size, config.train.attack_steps = 16, 1
+  config.train.num_epochs, config.train.epoch_size, config.optim.warmup_epochs = 1, 160, 0.2
+  config.mesh.data, config.mesh.fsdp = 1, 1
+  ref_loss, ref_stats = _step_metrics(config, jax.devices()[:1])
+  config.mesh.data, config.mesh.fsdp = 4, 2
+  loss, stats = _step_metrics(config, jax.devices())
+  np.testing.assert_allclose(loss, ref_loss, rtol=2e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6, rtol=1e-5),
+               stats, ref_stats)
