@@ -113,6 +113,9 @@ def test_bad_input_is_named():
                     sampler='euler', steps=10)
   with pytest.raises(ValueError, match='steps must be in'):
     samplers.timesteps(T, 0)
+  with pytest.raises(ValueError, match="variance must be one of.*'fixed_large_log'"):
+    samplers.ddpm(lambda p, x, t: x, None, ac, jax.random.key(0), (1,) + SHAPE, steps=5,
+                  variance='fixed_large_log')
   with pytest.raises(ValueError, match='alphas_cumprod'):
     samplers.ddim(lambda p, x, t: x, None, ac[::-1], jax.random.key(0), (1,) + SHAPE, steps=5)
 
@@ -156,7 +159,7 @@ def _run_diffusers(scheduler, steps, noise, step_kwargs):
 
 
 @pytest.mark.parametrize('steps,variance', [(1000, 'fixed_small'), (50, 'fixed_small'),
-                                            (50, 'fixed_large')])
+                                            (50, 'fixed_large'), (50, 'fixed_small_log')])
 def test_ddpm_matches_diffusers_ddpm_scheduler(monkeypatch, steps, variance):
   from diffusers import DDPMScheduler
   from diffusers.schedulers import scheduling_ddpm

@@ -6,10 +6,10 @@ alphas_cumprod[t], t = 0 … T-1 (diffusers' indexing: a_0 = 1 - beta_0). Three 
   ddpm     ancestral sampling (Ho et al. 2020, Alg. 2), one network evaluation per step; with
            steps < T the timesteps are strided and beta_t is replaced by 1 - a_t / a_prev, as in
            diffusers' DDPMScheduler. The posterior variance defaults to beta-tilde
-           ('fixed_small' = (1 - a_prev) / (1 - a_t) beta_t, the variance of q(x_{t-1} | x_t, x_0)):
-           diffusers' DDPMScheduler default and the choice of Ho et al.'s CIFAR-10 checkpoint
-           (its scheduler config says 'fixed_small'); Ho et al. report both give similar samples.
-           'fixed_large' (beta_t) is reachable with `variance=`.
+           ('fixed_small' = (1 - a_prev) / (1 - a_t) beta_t, the variance of q(x_{t-1} | x_t, x_0)),
+           diffusers' DDPMScheduler default; Ho et al. (Sec. 3.2) found it and beta_t
+           ('fixed_large', reachable with `variance=`) to give similar samples. A generator's
+           schedule records the variance it was released with, and trainer/sample.py passes it.
   ddim     deterministic DDIM (Song et al. 2021, eta = 0), S evaluations.
   dpm++2m  DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): second-order multistep in the data
            prediction x_0 on the half-log-SNR lambda = log(alpha / sigma); first order on the
@@ -46,6 +46,9 @@ EpsFn = Callable[..., jax.Array]
 SAMPLERS = ('ddpm', 'ddim', 'dpm++2m')
 SPACINGS = ('leading', 'trailing')
 VARIANCES = ('fixed_small', 'fixed_large')
+# diffusers' 'fixed_small_log' gives the same standard deviation, exp(log(var) / 2). Its
+# 'fixed_large_log' is not accepted: DDPMScheduler.step takes sqrt(log(beta_t)) there (NaN).
+_VARIANCE_ALIASES = {'fixed_small_log': 'fixed_small'}
 DPM_SPACINGS = ('logsnr', 'uniform', 'linspace')
 
 
@@ -154,6 +157,7 @@ def ddpm(eps_fn: EpsFn, params: Any, alphas_cumprod, key, shape: Sequence[int], 
          spacing: str = 'leading', clip_denoised: bool = True) -> jax.Array:
   """Ancestral sampling (Ho et al. Alg. 2; diffusers' DDPMScheduler.step), `steps` evaluations."""
   a = _check_schedule(alphas_cumprod)
+  variance = _VARIANCE_ALIASES.get(variance, variance)
   if variance not in VARIANCES:
     raise ValueError(f'variance must be one of {VARIANCES}, got {variance!r}')
   ts = timesteps(a.size, steps or a.size, spacing)
