@@ -318,6 +318,9 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
   import jax  # pylint: disable=g-import-not-at-top
   if process_count > 1 and barrier is None:
     raise ValueError('write_samples: a barrier is needed with process_count > 1')
+  if top_k and top_k < process_count:
+    raise ValueError(f'top_k={top_k} is split over {process_count} hosts: it must be at least '
+                     f'the number of hosts')
   plan = host_plan(num, batch_size, num_shards, process_index, process_count)
   prefix = host_prefix(out, process_index, process_count)
   settings = dict(num=num, batch_size=batch_size, num_shards=num_shards, generator=generator,
