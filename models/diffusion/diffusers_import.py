@@ -11,6 +11,10 @@ layouts' files). The weights are renamed (`down_blocks.0.resnets.1.conv1.weight`
 as diffusers itself converts them) and transposed (conv OIHW -> HWIO, linear (out, in) -> (in,
 out)). Every weight must be used and every parameter found, with its shape; otherwise the error
 names the key.
+
+A key missing from config.json means what it means to diffusers (`DIFFUSERS_DEFAULTS`). Note
+attention_head_dim: absent, diffusers (and we) split attention into 8-channel heads; the
+published google/ddpm-cifar10-32 config says null, one head over all channels, as Ho et al.
 """
 
 import argparse

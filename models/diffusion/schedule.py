@@ -17,8 +17,8 @@ import numpy as np
 
 BETA_SCHEDULES = ('linear', 'scaled_linear', 'squaredcos_cap_v2', 'sigmoid', 'laplace')
 VARIANCE_TYPES = ('fixed_small', 'fixed_small_log', 'fixed_large', 'fixed_large_log')
-# DDPMScheduler keys that do not change the forward process or what the network predicts: kept
-# for the samplers in `Schedule`, or only about how diffusers spaces inference steps.
+# DDPMScheduler keys about sampling-time details (thresholding, spacing of inference steps) that
+# do not change the schedule; they are not carried over.
 _IGNORED_KEYS = ('_class_name', '_diffusers_version', 'thresholding', 'dynamic_thresholding_ratio',
                  'sample_max_value', 'timestep_spacing', 'steps_offset')
 
