@@ -7,6 +7,8 @@ import pytest
 from configs import base
 from trainer import objectives
 from trainer import trades
+from trainer.attacks import compositions
+from trainer.attacks import inits
 from trainer.attacks import losses
 
 
@@ -31,7 +33,7 @@ def _config(norm='linf', eps=8 / 255):
   return c
 
 
-def test_trades_loss_matches_reference_formula(monkeypatch):
+def test_trades_loss_matches_reference_formula():
   rng = np.random.default_rng(0)
   b, k = 16, 10
   logits_clean = rng.normal(size=(b, k)).astype(np.float32) * 3
@@ -42,10 +44,9 @@ def test_trades_loss_matches_reference_formula(monkeypatch):
   def forward(params, x):
     del params
     return jnp.where(x.reshape(b, -1)[:, :1] > 0.5, logits_adv, logits_clean), {}
-  monkeypatch.setattr(trades, 'adversarial_examples', lambda fn, x, p, **kw: x + 1.0)
+  loss = trades.make_loss(lambda fn, x, p, key: x + 1.0, beta=_config().train.beta)
   batch = {'image': jnp.zeros((b, 2, 2, 1)), 'label': labels}
-  total, (_, aux) = trades.loss(forward, None, batch, targets, config=_config(),
-                                key=jax.random.PRNGKey(0))
+  total, (_, aux) = loss(forward, None, batch, targets, jax.random.PRNGKey(0))
   np.testing.assert_allclose(total, reference_trades(logits_clean, logits_adv, targets, 6.0),
                              rtol=1e-5)
   np.testing.assert_allclose(aux['loss_natural'],
@@ -70,16 +71,14 @@ def test_inner_maximisation_stays_feasible_and_raises_kl(norm, eps):
   x = x.at[:4].set(0.0).at[4:8].set(1.0)  # images on the box boundary exercise the [0,1] clip
   p_clean = jax.nn.softmax(logits_fn(x))
   config = _config(norm, eps)
-  x_adv = trades.adversarial_examples(logits_fn, x, p_clean, config=config,
-                                      key=jax.random.PRNGKey(2))
+  x_adv = compositions.trades_attack(config)(logits_fn, x, p_clean, jax.random.PRNGKey(2))
   delta = np.asarray(x_adv - x).reshape(32, -1)
   dist = np.abs(delta).max(1) if norm == 'linf' else np.linalg.norm(delta, axis=1)
   assert dist.max() <= eps * (1 + 1e-5) + 1e-7
   assert np.asarray(x_adv).min() >= 0.0 and np.asarray(x_adv).max() <= 1.0
   kl_adv = losses.kl_divergence(logits_fn(x_adv), p_clean)
   # The uniform start alone, for comparison: 10 Adam steps must do much better than the start.
-  from trainer.attacks import projections
-  x0 = projections.random_init(jax.random.PRNGKey(2), x, norm=norm, eps=eps)
+  x0 = inits.uniform(norm, eps)(jax.random.PRNGKey(2), x)
   kl_start = losses.kl_divergence(logits_fn(x0), p_clean)
   assert float(jnp.mean(kl_adv)) > 2 * float(jnp.mean(kl_start))
   assert float(jnp.mean(kl_adv > kl_start)) > 0.9

@@ -1,32 +1,57 @@
-"""The training objectives by name, and the targets they share.
+"""The training objectives by name, built once from the config, and the targets they share.
 
-Every objective has the signature `loss(forward, params, batch, targets, *, config, key)` and
-returns `(loss, (new_batch_stats, aux))`; aux may carry 'logits_clean' / 'logits_adv' for the
-accuracy metrics and any scalar loss terms.
+    objective = objectives.build(config, num_classes)
+    (loss, (new_batch_stats, aux)) = objective(forward, params, batch, key)
+
+`forward(params, x) -> (logits, batch_stats)`; the attack and every constant are closed over, so
+no config is traced. aux may carry 'logits_clean' / 'logits_adv' for the accuracy metrics and any
+scalar loss terms.
 """
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from trainer import madry
 from trainer import trades
+from trainer.attacks import compositions
+
+Objective = Callable[..., Any]
 
 
-def standard_loss(forward, params, batch, targets, *, config, key):
+def standard_loss(forward, params, batch, targets, key):
   """No attack: the non-robust classifier that pseudo-labels generated data."""
-  del config, key
+  del key
   logits, batch_stats = forward(params, batch['image'])
   total = jnp.mean(optax.softmax_cross_entropy(logits, targets))
   return total, (batch_stats, {'logits_clean': logits})
 
 
-OBJECTIVES = {'trades': trades.loss, 'madry': madry.loss, 'standard': standard_loss}
+# name -> config -> loss(forward, params, batch, targets, key)
+OBJECTIVES = {
+    'trades': lambda c: trades.make_loss(compositions.trades_attack(c), beta=c.train.beta),
+    'madry': lambda c: madry.make_loss(compositions.madry_attack(c)),
+    'standard': lambda c: standard_loss,
+}
 
 
-def get(name):
+def get(name: str):
+  """The builder of objective `name` (config -> loss with targets)."""
   if name not in OBJECTIVES:
     raise ValueError(f'Unknown train.loss {name!r}; expected one of {sorted(OBJECTIVES)}.')
   return OBJECTIVES[name]
+
+
+def build(config, num_classes: int) -> Objective:
+  """`objective(forward, params, batch, key)` for `train.loss`, targets from the batch's labels."""
+  loss = get(config.train.loss)(config)
+  smoothing = config.generated.label_smoothing
+
+  def objective(forward, params, batch, key):
+    one_hot = targets(batch['label'], batch['is_generated'], num_classes, smoothing)
+    return loss(forward, params, batch, one_hot, key)
+  return objective
 
 
 def targets(labels, is_generated, num_classes, smoothing):

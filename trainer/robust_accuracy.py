@@ -1,8 +1,9 @@
 """Clean and PGD robust accuracy of the EMA weights: the test-set curve and checkpoint selection.
 
 Selection follows the paper: PGD-40 on the margin loss against the first `holdout` training
-images, which are never trained on. The attack is `trainer.attacks.pgd`, so the number tracked
-during training is the same attack the evaluation command runs.
+images, which are never trained on. The attack is built once from the config
+(`trainer.attacks.compositions.selection_attack`: `eval.selection_attack` 'pgd' is the same
+`pgd-40` stage the evaluation command runs; 'reference' is DeepMind's Adam PGD-40).
 """
 import functools
 
@@ -11,15 +12,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer import sharding
-from trainer.attacks.pgd import pgd
+from trainer.attacks.pgd import pgd_attack
 
 
-def make_eval_batch(model, *, norm, eps, steps):
-  """Returns jit-able `(variables, x, y, mask, key) -> (#clean correct, #robust)` for one batch."""
+def make_eval_batch(model, attack=None, *, norm=None, eps=None, steps=None):
+  """Returns jit-able `(variables, x, y, mask, key) -> (#clean correct, #robust)` for one batch.
+
+  `attack(logits_fn, x, y, key) -> x_adv`, built once; without one, PGD-`steps` on the margin
+  for `norm`, `eps`.
+  """
+  if attack is None:
+    attack = pgd_attack(norm=norm, eps=eps, steps=steps, loss='margin')
+
   def eval_batch(variables, x, y, mask, key):
     logits_fn = functools.partial(model.apply, variables, train=False)
     clean = jnp.argmax(logits_fn(x), -1) == y
-    x_adv = pgd(logits_fn, x, y, norm=norm, eps=eps, steps=steps, key=key, loss='margin')
+    x_adv = attack(logits_fn, x, y, key)
     robust = clean & (jnp.argmax(logits_fn(x_adv), -1) == y)
     return jnp.sum(clean & mask), jnp.sum(robust & mask)
   return eval_batch

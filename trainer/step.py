@@ -11,7 +11,7 @@ from trainer import objectives
 
 def make_train_step(config, model, tx, num_classes):
   """Returns `train_step(state, batch) -> (state, metrics)`, pure and ready for jax.jit."""
-  objective = objectives.get(config.train.loss)
+  objective = objectives.build(config, num_classes)
 
   def train_step(state, batch):
     key = jax.random.fold_in(state.rng, state.step)
@@ -21,10 +21,7 @@ def make_train_step(config, model, tx, num_classes):
                                     train=True, mutable=['batch_stats'])
       return logits, mutated['batch_stats']
 
-    targets = objectives.targets(batch['label'], batch['is_generated'], num_classes,
-                                 config.generated.label_smoothing)
-    loss_fn = functools.partial(objective, forward, batch=batch, targets=targets, config=config,
-                                key=key)
+    loss_fn = functools.partial(objective, forward, batch=batch, key=key)
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

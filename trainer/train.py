@@ -28,6 +28,7 @@ from trainer import robust_accuracy
 from trainer import sharding
 from trainer import step as step_lib
 from trainer import train_state
+from trainer.attacks import compositions
 
 
 def selection_key(config):
@@ -147,7 +148,7 @@ def train_and_evaluate(config, workdir, *, record_batch_ids=False):
                        in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                        out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
   eval_batch = jax.jit(robust_accuracy.make_eval_batch(
-      model, norm=config.threat.norm, eps=config.threat.eps, steps=config.eval.pgd_steps))
+      model, compositions.selection_attack(config)))
 
   def evaluate(step):
     measure = functools.partial(robust_accuracy.measure, eval_batch, state.ema_variables(),

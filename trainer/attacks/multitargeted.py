@@ -32,11 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trainer.attacks import inits
+from trainer.attacks import iterative
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
+from trainer.attacks import steps
 from trainer.attacks.apgd import as_jit_arg
 from trainer.attacks.apgd import rival_class
-from trainer.attacks.pgd import pgd
 
 
 def learning_rate(eps, n_steps):
@@ -48,12 +50,12 @@ def learning_rate(eps, n_steps):
 
 
 def step_rule(norm, eps, n_steps):
-  """(optax transformation, whether it takes the raw gradient) for the given norm."""
+  """The optax step rule for the given norm: Adam on the raw gradient (L∞), unit-L2 steps (L2)."""
   projections.check_norm(norm)
   schedule = learning_rate(eps, n_steps)
   if norm == 'linf':
-    return optax.adam(schedule, eps=1e-12), True
-  return optax.sgd(schedule), False
+    return steps.adam(schedule, eps=1e-12)
+  return steps.normalized_l2(schedule)
 
 
 def targeted_margin_loss(y, target):
@@ -72,10 +74,11 @@ def targeted_margin_loss(y, target):
 
 def mt_run(logits_fn, x, y, key, target, *, norm, eps, n_steps=200):
   """One restart: PGD on the margin towards `target` (per example) from a uniform start."""
-  optimizer, raw_gradient = step_rule(norm, eps, n_steps)
-  return pgd(logits_fn, x, y, norm=norm, eps=eps, steps=n_steps, key=key,
-             loss=targeted_margin_loss(y, target), optimizer=optimizer,
-             raw_gradient=raw_gradient, init='uniform', keep_best=True)
+  attack = iterative.iterative_attack(
+      targeted_margin_loss(y, target), init=inits.uniform(norm, eps),
+      step_rule=step_rule(norm, eps, n_steps), project=projections.threat_model(norm, eps),
+      num_steps=n_steps, keep='best')
+  return attack(logits_fn, x, y, key)
 
 
 def multitargeted_runs(logits_fn, x, y, key, restarts, *, norm, eps, n_steps=200,

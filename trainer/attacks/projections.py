@@ -1,16 +1,21 @@
 """The threat model: the ε-ball around the clean image intersected with the [0, 1] pixel box.
 
-An attack works on the perturbation δ = x_adv − x; these helpers keep it feasible. For L2 the
-ball projection is followed by a clip to [0, 1]; clipping moves every coordinate towards the clean
-image (which lies in the box), so the result stays inside the ball.
+A projection is `project(x_adv, x) -> x_adv`, with x the clean image; `threat_model(norm, eps)`
+composes the ball and the box. For L2 the ball projection is followed by the clip to [0, 1];
+clipping moves every coordinate towards the clean image (which lies in the box), so the result
+stays inside the ball.
 """
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
 NORMS = ('linf', 'l2')
 
+ProjectFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-def check_norm(norm):
+
+def check_norm(norm: str) -> None:
   if norm not in NORMS:
     raise ValueError(f'Unknown norm {norm!r}; expected one of {NORMS}.')
 
@@ -27,16 +32,52 @@ def _bcast(v, like):
   return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
+def linf_ball(eps: float) -> ProjectFn:
+  """Clips each coordinate of the perturbation to [−eps, eps]."""
+  def project_fn(x_adv, x):
+    return x + jnp.clip(x_adv - x, -eps, eps)
+  return project_fn
+
+
+def l2_ball(eps: float) -> ProjectFn:
+  """Rescales each example's perturbation to L2 norm at most eps."""
+  def project_fn(x_adv, x):
+    delta = x_adv - x
+    n = per_example_norm(delta, 'l2')
+    return x + delta * _bcast(jnp.minimum(1.0, eps / jnp.maximum(n, 1e-12)), delta)
+  return project_fn
+
+
+def box(low: float = 0.0, high: float = 1.0) -> ProjectFn:
+  """Clips to the pixel range."""
+  def project_fn(x_adv, x):
+    del x
+    return jnp.clip(x_adv, low, high)
+  return project_fn
+
+
+def compose(*fns: ProjectFn) -> ProjectFn:
+  """Applies the projections in order."""
+  def project_fn(x_adv, x):
+    for fn in fns:
+      x_adv = fn(x_adv, x)
+    return x_adv
+  return project_fn
+
+
+def ball(norm: str, eps: float) -> ProjectFn:
+  check_norm(norm)
+  return linf_ball(eps) if norm == 'linf' else l2_ball(eps)
+
+
+def threat_model(norm: str, eps: float) -> ProjectFn:
+  """Onto {z : ‖z − x‖ ≤ eps} ∩ [0, 1]^d, per example: the ball, then the box."""
+  return compose(ball(norm, eps), box(0.0, 1.0))
+
+
 def project(x_adv, x, *, norm, eps):
   """Projects x_adv onto {z : ‖z − x‖ ≤ eps} ∩ [0, 1]^d, per example."""
-  check_norm(norm)
-  delta = x_adv - x
-  if norm == 'linf':
-    delta = jnp.clip(delta, -eps, eps)
-  else:
-    n = per_example_norm(delta, 'l2')
-    delta = delta * _bcast(jnp.minimum(1.0, eps / jnp.maximum(n, 1e-12)), delta)
-  return jnp.clip(x + delta, 0.0, 1.0)
+  return threat_model(norm, eps)(x_adv, x)
 
 
 def normalize(g, norm):
@@ -44,17 +85,3 @@ def normalize(g, norm):
   if norm == 'linf':
     return jnp.sign(g)
   return g / _bcast(jnp.maximum(per_example_norm(g, 'l2'), 1e-12), g)
-
-
-def random_init(key, x, *, norm, eps):
-  """A point drawn uniformly from the ε-ball around x (then clipped to [0, 1])."""
-  check_norm(norm)
-  if norm == 'linf':
-    delta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
-  else:
-    k1, k2 = jax.random.split(key)
-    direction = normalize(jax.random.normal(k1, x.shape, x.dtype), 'l2')
-    d = x[0].size
-    radius = eps * jax.random.uniform(k2, (x.shape[0],), x.dtype) ** (1.0 / d)
-    delta = direction * _bcast(radius, x)
-  return jnp.clip(x + delta, 0.0, 1.0)

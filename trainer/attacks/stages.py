@@ -15,7 +15,7 @@ import jax
 from trainer.attacks.apgd import apgd_runs
 from trainer.attacks.common import as_jit_arg
 from trainer.attacks.multitargeted import multitargeted_runs
-from trainer.attacks.pgd import pgd
+from trainer.attacks.pgd import pgd_attack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +92,7 @@ def _square_stage(num_classes, *, n_queries=5000, p_init=0.8, resc_schedule=Fals
 
 
 def _pgd_attack(logits_fn, x, y, key, *, norm, eps, steps, loss):
-  return pgd(logits_fn, x, y, norm=norm, eps=eps, steps=steps, key=key, loss=loss)
+  return pgd_attack(norm=norm, eps=eps, steps=steps, loss=loss)(logits_fn, x, y, key)
 
 _pgd_attack = jax.jit(_pgd_attack, static_argnames=('norm', 'eps', 'steps', 'loss'))
 
