@@ -11,8 +11,12 @@ from configs import base
 from trainer import config_validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
-                 if not p.endswith(('__init__.py', 'base.py')))
+ALL_PRESETS = sorted(os.path.basename(p)[:-3]
+                     for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+                     if not p.endswith(('__init__.py', 'base.py')))
+# Generator training (trainer.ddpm_train) has a config of its own; the rest extend base.py.
+DDPM_PRESETS = [p for p in ALL_PRESETS if p.startswith('ddpm_')]
+PRESETS = [p for p in ALL_PRESETS if p not in DDPM_PRESETS]
 
 
 @pytest.mark.parametrize('name', PRESETS)
@@ -23,6 +27,16 @@ def test_presets_differ_from_base_only_in_known_keys(name):
   if preset.generated.alpha < 1.0 and not preset.generated.path:
     preset.generated.path = 'gs://bucket/set/manifest.json'  # the user passes this
   config_validation.validate(preset, device_count=1, process_count=1)
+
+
+@pytest.mark.parametrize('name', DDPM_PRESETS)
+def test_ddpm_presets_build_their_unet_and_schedule(name):
+  from trainer import ddpm_train  # pylint: disable=g-import-not-at-top
+  preset = importlib.import_module(f'configs.{name}').get_config()
+  assert set(_flat(preset)) == set(_flat(importlib.import_module(
+      f'configs.{DDPM_PRESETS[0]}').get_config()))  # the DDPM presets share one set of keys
+  assert ddpm_train.unet_config(preset).image_shape[-1] in (1, 3)
+  assert ddpm_train.noise_schedule(preset).num_timesteps == 1000
 
 
 def _flat(d, prefix=''):

@@ -36,8 +36,15 @@ def validate(config, device_count=None, process_count=None):
   _require(config.train.num_epochs > 0, 'train.num_epochs', config.train.num_epochs, 'must be > 0.')
   _require(config.train.attack_steps >= 1 or config.train.loss == 'standard',
            'train.attack_steps', config.train.attack_steps, 'must be ≥ 1.')
-  _require(config.model.dtype in ('float32', 'bfloat16'), 'model.dtype', config.model.dtype,
-           "must be 'float32' or 'bfloat16'.")
+  for key in ('model.dtype', 'eval.dtype'):
+    section, leaf = key.split('.')
+    _require(config[section][leaf] in ('float32', 'bfloat16'), key, config[section][leaf],
+             "must be 'float32' or 'bfloat16'.")
+  _require(config.model.remat in ('none', 'block'), 'model.remat', config.model.remat,
+           "must be 'none' or 'block'.")
+  group = config.model.bn_group_size
+  _require(group == 0 or (group > 0 and batch % group == 0), 'model.bn_group_size', group,
+           f'must be 0 (statistics over the batch) or divide train.batch_size={batch}.')
   _require(0.0 <= config.optim.ema_decay < 1.0, 'optim.ema_decay', config.optim.ema_decay,
            'must lie in [0, 1).')
   _require(config.dataset.holdout >= 0, 'dataset.holdout', config.dataset.holdout, 'must be ≥ 0.')

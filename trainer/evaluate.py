@@ -16,7 +16,6 @@ model is always rebuilt as it was trained.
 import functools
 import json
 import os
-import sys
 import time
 
 import jax
@@ -28,9 +27,12 @@ from clu import metric_writers
 from etils import epath
 from ml_collections import config_flags
 
+from data import images
 from data import real
+from models import registry
 from trainer import checkpointing
 from trainer import interop_layout
+from trainer import cli
 from trainer.attacks.autoattack import autoattack
 from trainer.attacks.autoattack import zero_gradient_share
 from trainer.attacks.stages import VERSIONS
@@ -47,6 +49,15 @@ def checkpoint_step(workdir, which):
     steps = [int(p.name) for p in epath.Path(workdir, 'checkpoints').glob('*') if p.name.isdigit()]
     return max(steps, default=None)
   return int(which)
+
+
+def _architecture(config):
+  """config.model without what may differ from training: the compute dtype and remat."""
+  model = dict(config.model.to_dict())
+  for key in ('dtype', 'remat'):
+    model.pop(key, None)
+  model.setdefault('bn_group_size', 0)
+  return model
 
 
 def _cascades(spec):
@@ -156,10 +167,12 @@ def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None
   attacks = attacks or config.eval.attacks
   cascades = _cascades(attacks)
   batch_size = batch_size or config.eval.batch_size
-  stored, model, variables = checkpointing.restore_for_eval(workdir, checkpoint)
-  if stored.model.to_dict() != config.model.to_dict():
+  stored, _, variables = checkpointing.restore_for_eval(workdir, checkpoint)
+  if _architecture(stored) != _architecture(config):
     raise ValueError('The model settings (config.model) cannot be overridden: the checkpoint '
                      f'holds a {stored.model.name} as trained.')
+  # The attacks run in eval.dtype (float32 unless asked), whatever the training compute dtype.
+  model = registry.from_config(stored, dtype=config.eval.dtype)
   step = checkpoint_step(workdir, checkpoint)
 
   test = real.load(config.dataset.name, 'test', config.dataset.data_dir)
@@ -167,7 +180,7 @@ def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None
   if n > len(test['label']):
     raise ValueError(f'num_examples={n} but the {config.dataset.name} test split has '
                      f'{len(test["label"])} images.')
-  x = test['image'][:n].astype(np.float32) / 255.0
+  x = np.asarray(images.to_float(test['image'][:n]))
   y = test['label'][:n].astype(np.int32)
   logits_fn = jax.tree_util.Partial(functools.partial(model.apply, train=False), variables)
   norm, eps = config.threat.norm, float(config.threat.eps)
@@ -222,8 +235,8 @@ def _parse_flags(argv):
   """Defines --config from the workdir's stored config, so --config.key=value overrides it."""
   workdir = _peek_workdir(argv)
   if workdir is None:
-    sys.exit('--workdir=DIR is required.')
-  config_flags.DEFINE_config_dict('config', checkpointing.load_config(workdir),
+    raise cli.UserError('--workdir=DIR is required: the training workdir to evaluate.')
+  config_flags.DEFINE_config_dict('config', checkpointing.load_config(cli.absolute(workdir)),
                                   "The run's config (DIR/config.json), with overrides.",
                                   sys_argv=argv)
   return flags.FLAGS(argv)
@@ -242,10 +255,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  evaluate(f.config, f.workdir, checkpoint=f.checkpoint, num_examples=f.num_examples,
+  workdir = cli.absolute(f.workdir)
+  cli.start(workdir)
+  evaluate(f.config, workdir, checkpoint=f.checkpoint, num_examples=f.num_examples,
            attacks=f.attacks, batch_size=f.batch_size)
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, parser=_parse_flags)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from data import images
 from trainer import ema
 from trainer import objectives
 
@@ -14,6 +15,7 @@ def make_train_step(config, model, tx, num_classes):
   objective = objectives.build(config, num_classes)
 
   def train_step(state, batch):
+    batch = dict(batch, image=images.to_float(batch['image']))  # uint8 up to here
     key = jax.random.fold_in(state.rng, state.step)
 
     def forward(params, x):  # training-mode BatchNorm: batch statistics, updated copy returned

@@ -17,6 +17,7 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 from etils import epath
+import tqdm
 
 from data.input import pipeline
 from data import real
@@ -79,14 +80,6 @@ class BatchIdLog:
     self._file.flush()
 
 
-def build_model(config):
-  info = real.info(config.dataset.name)
-  return registry.get_model(config.model.name, num_classes=info.num_classes, mean=info.mean,
-                            std=info.std, dtype=config.model.dtype,
-                            bn_momentum=config.model.bn_momentum,
-                            bn_epsilon=config.model.bn_epsilon)
-
-
 def _check_finite(step, metrics):
   bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
   if bad:
@@ -106,11 +99,41 @@ def _previous_final_results(workdir):
   return json.loads(path.read_text()).get('final') if path.exists() else None
 
 
-def train_and_evaluate(config, workdir, *, record_batch_ids=False):
+def itstime(step, every, total_steps):
+  """The one predicate for periodic work (logging, evaluation): every `every` steps, and at the
+  last step so a run always ends measured."""
+  return step == total_steps or (every > 0 and step % every == 0)
+
+
+def progress_bar(name, first_step, total_steps):
+  """A progress bar over the train steps (process 0 only), with images/s and an ETA."""
+  if not name or jax.process_index() > 0:
+    return None
+  return tqdm.tqdm(total=total_steps, initial=first_step, desc=name, unit='step',
+                   dynamic_ncols=True, mininterval=1.0,
+                   bar_format='{desc}: {percentage:3.0f}%|{bar:20}| {n}/{total} steps '
+                              '[{elapsed}<{remaining}, {rate_fmt}]{postfix}')
+
+
+def _percent(value):
+  return '' if value is None else f'{100 * value:.1f}%'
+
+
+def summary_line(result, workdir):
+  """One line for the console: where the run is and how it ended."""
+  if not result['finished']:
+    return f'stopped at step {result["step"]} (checkpoint saved): run the same command to resume'
+  measured = ', '.join(f'{k} {_percent(v)}' for k, v in sorted(result.items())
+                       if k.endswith('_accuracy'))
+  return f'finished at step {result["step"]}: {measured}  ({workdir})'
+
+
+def train_and_evaluate(config, workdir, *, record_batch_ids=False, progress_name=None):
   """Trains, evaluates periodically, keeps the best EMA checkpoint; returns the final metrics.
 
   The workdir's done.json is written last, by process 0, only when the last step is done; a run
   stopped by SIGTERM saves and returns without it (see launch/tpu_vm.sh for the contract).
+  `progress_name` names the console progress bar (None: no bar).
   """
   # --- Set-up -------------------------------------------------------------------------------------
   preemption = _preemption_notice()  # first, so a notice during set-up is honoured too
@@ -119,10 +142,11 @@ def train_and_evaluate(config, workdir, *, record_batch_ids=False):
   mesh = sharding.make_mesh(config)
   info = real.info(config.dataset.name)
   train_data, holdout, test = real.training_splits(config)
-  model = build_model(config)
+  model = registry.from_config(config)
   tx = optimizer.make_optimizer(config)
   total_steps = optimizer.total_steps(config)
   lr_schedule = optimizer.learning_rate_schedule(config)
+  checkpointing.check_same_run(workdir, config)  # before anything is written
   checkpointing.save_config(workdir, config)
   ckpt = checkpointing.Checkpoints(workdir, config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -147,8 +171,8 @@ def train_and_evaluate(config, workdir, *, record_batch_ids=False):
   train_step = jax.jit(step_lib.make_train_step(config, model, tx, info.num_classes),
                        in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                        out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-  eval_batch = jax.jit(robust_accuracy.make_eval_batch(
-      model, compositions.selection_attack(config)))
+  eval_batch = jax.jit(robust_accuracy.make_eval_batch(  # attacks in eval.dtype (float32)
+      registry.from_config(config, dtype=config.eval.dtype), compositions.selection_attack(config)))
 
   def evaluate(step):
     measure = functools.partial(robust_accuracy.measure, eval_batch, state.ema_variables(),
@@ -167,34 +191,43 @@ def train_and_evaluate(config, workdir, *, record_batch_ids=False):
   # --- Loop ---------------------------------------------------------------------------------------
   first_step = int(state.step)
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-  log_every = config.train.log_every_steps
-  last_log, last_log_step, results = time.time(), first_step, {}
+  bar = progress_bar(progress_name, first_step, total_steps)
+  last_log, last_log_step, results, shown = time.time(), first_step, {}, {}
   for s in range(first_step + 1, total_steps + 1):
     batch = next(data_iter)
+    ids = batch.pop('id')  # host-only: which samples this step used
     if batch_ids:
-      batch_ids.write(s, batch['id'])
+      batch_ids.write(s, ids)
     with jax.profiler.StepTraceAnnotation('train', step_num=s):
       state, metrics = train_step(state, sharding.global_batch(mesh, batch))
     progress(s)
-    if s % log_every == 0 or s == total_steps:
+    if itstime(s, config.train.log_every_steps, total_steps):
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       _check_finite(s, metrics)
       now = time.time()
       metrics['learning_rate'] = float(lr_schedule(s - 1))
-      metrics['images_per_second'] = (s - last_log_step) * config.train.batch_size / (now - last_log)
+      seconds = now - last_log
+      metrics['images_per_second'] = (s - last_log_step) * config.train.batch_size / seconds
       metrics['skipped_records'] = pipeline.skipped_records(data_iter)
       writer.write_scalars(s, {f'train/{k}': v for k, v in metrics.items()})
       last_log, last_log_step = now, s
-    if s % config.eval.every_steps == 0 or s == total_steps:
+      shown['loss'] = f"{metrics['loss']:.3f}"
+    if itstime(s, config.eval.every_steps, total_steps):
       results = evaluate(s)
       logging.info('Step %d: %s', s, results)
+      shown['held-out'] = _percent(results.get(selection_key(config)))
     preempted = preemption['set'] or ckpt.reached_preemption(s)
     if ckpt.should_save(s) or preempted or s == total_steps:
       _check_finite(s, {k: float(v) for k, v in jax.device_get(metrics).items()})
       ckpt.save(s, state, data_iter, force=True)
+    if bar:
+      bar.set_postfix(shown, refresh=False)
+      bar.update(1)
     if preempted and s < total_steps:
       logging.warning('Preemption notice at step %d: checkpoint saved, exiting.', s)
       break
+  if bar:
+    bar.close()
 
   # --- Wrap-up: done.json last, and only for a finished run -------------------------------------
   finished = int(state.step) >= total_steps
