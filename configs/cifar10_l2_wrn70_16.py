@@ -6,7 +6,7 @@ from configs import base
 
 
 def get_config():
-  c = base.get_config()
+  c = base.reference_training(base.get_config())
   c.model.name = 'wrn-70-16'
   c.model.dtype = 'bfloat16'
   c.threat.norm = 'l2'

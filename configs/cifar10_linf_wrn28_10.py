@@ -6,7 +6,7 @@ from configs import base
 
 
 def get_config():
-  c = base.get_config()
+  c = base.reference_training(base.get_config())
   c.model.name = 'wrn-28-10'
   c.train.num_epochs = 400
   return c

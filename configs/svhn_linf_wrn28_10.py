@@ -8,7 +8,7 @@ from configs import base
 
 
 def get_config():
-  c = base.get_config()
+  c = base.reference_training(base.get_config())
   c.dataset.name = 'svhn'
   c.dataset.flip = False
   c.model.name = 'wrn-28-10'
