@@ -3,6 +3,7 @@ import jax
 
 from data import real
 from trainer import objectives
+from trainer.attacks import compositions
 from trainer.attacks import projections
 
 
@@ -40,6 +41,8 @@ def validate(config, device_count=None, process_count=None):
     section, leaf = key.split('.')
     _require(config[section][leaf] in ('float32', 'bfloat16'), key, config[section][leaf],
              "must be 'float32' or 'bfloat16'.")
+  _require(config.eval.selection_attack in compositions.SELECTION_ATTACKS, 'eval.selection_attack',
+           config.eval.selection_attack, f'must be one of {compositions.SELECTION_ATTACKS}.')
   _require(config.model.remat in ('none', 'block'), 'model.remat', config.model.remat,
            "must be 'none' or 'block'.")
   group = config.model.bn_group_size
