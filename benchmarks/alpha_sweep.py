@@ -20,7 +20,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
 
 from configs import demo  # noqa: E402
 from data import real  # noqa: E402
@@ -30,16 +29,17 @@ from trainer import method  # noqa: E402
 from trainer import robust_accuracy  # noqa: E402
 from trainer import sharding  # noqa: E402
 from trainer import train  # noqa: E402
+from trainer.attacks import pgd  # noqa: E402
 
 
 def evaluate(workdir, config):
   _, model, variables = checkpointing.restore_for_eval(workdir, 'best')
   test = real.load(config.dataset.name, 'test')
-  eval_batch = jax.jit(robust_accuracy.make_eval_batch(
-      model, norm=config.threat.norm, eps=config.threat.eps, steps=40))
-  return robust_accuracy.measure(eval_batch, variables, test['image'], test['label'],
-                                 batch_size=config.eval.batch_size,
-                                 mesh=sharding.make_mesh(config), seed=0)
+  attack = pgd.pgd_attack(norm=config.threat.norm, eps=config.threat.eps, steps=40,
+                          loss='margin')
+  measure = robust_accuracy.make_measure(model, attack, sharding.make_mesh(config),
+                                         config.eval.batch_size)
+  return measure(variables, test['image'], test['label'])
 
 
 def run_one(base, workdir, manifest, alpha, seed):

@@ -12,41 +12,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer import sharding
-from trainer.attacks.pgd import pgd_attack
 
 
-def make_eval_batch(model, attack=None, *, norm=None, eps=None, steps=None):
-  """Returns jit-able `(variables, x, y, mask, key) -> (#clean correct, #robust)` for one batch.
+def make_measure(model, attack, mesh, batch_size: int, seed: int = 0):
+  """Returns `measure(variables, uint8 images, labels) -> {'clean', 'robust'}` accuracies.
 
-  `attack(logits_fn, x, y, key) -> x_adv`, built once; without one, PGD-`steps` on the margin
-  for `norm`, `eps`.
+  `attack(logits_fn, x, y, key) -> x_adv`, built once (compositions.selection_attack). Batches go
+  through the device layer (`sharding.batched_apply`); batch b's attack key is
+  fold_in(PRNGKey(seed), its first row's index), so results do not depend on the device count.
   """
-  if attack is None:
-    attack = pgd_attack(norm=norm, eps=eps, steps=steps, loss='margin')
-
-  def eval_batch(variables, x, y, mask, key):
+  def per_example(variables, x, y, index):
     logits_fn = functools.partial(model.apply, variables, train=False)
     clean = jnp.argmax(logits_fn(x), -1) == y
-    x_adv = attack(logits_fn, x, y, key)
-    robust = clean & (jnp.argmax(logits_fn(x_adv), -1) == y)
-    return jnp.sum(clean & mask), jnp.sum(robust & mask)
-  return eval_batch
+    x_adv = attack(logits_fn, x, y, jax.random.fold_in(jax.random.PRNGKey(seed), index[0]))
+    return clean, clean & (jnp.argmax(logits_fn(x_adv), -1) == y)
+  apply = sharding.batched_apply(per_example, mesh, batch_size, with_params=True)
 
-
-def measure(eval_batch, variables, images, labels, *, batch_size, mesh, seed=0):
-  """Accuracy over uint8 `images`; the last batch is padded (and masked) to keep one shape."""
-  total_clean = total_robust = 0
-  for start in range(0, len(images), batch_size):
-    x = images[start:start + batch_size].astype(np.float32) / 255.0
-    y = labels[start:start + batch_size].astype(np.int32)
-    n = len(y)
-    pad = batch_size - n
-    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-    y = np.concatenate([y, np.zeros((pad,), y.dtype)])
-    mask = np.arange(batch_size) < n
-    x, y, mask = sharding.replicated_batch(mesh, [x, y, mask])
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), start)
-    clean, robust = eval_batch(variables, x, y, mask, key)
-    total_clean += int(clean)
-    total_robust += int(robust)
-  return {'clean': total_clean / len(images), 'robust': total_robust / len(images)}
+  def measure(variables, images, labels):
+    clean, robust = apply(variables, images, np.asarray(labels, np.int32),
+                          np.arange(len(labels), dtype=np.int32))
+    return {'clean': float(np.mean(clean)), 'robust': float(np.mean(robust))}
+  return measure

@@ -25,7 +25,6 @@ from absl import app
 from absl import flags
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import AxisType
 
 from data import images as images_lib
 from data.generation import sampling
@@ -59,9 +58,7 @@ _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar (images/s, 
 
 def local_mesh():
   """A ('data', 'fsdp') mesh of this host's devices, the batch over all of them."""
-  devices = jax.local_devices()
-  return jax.make_mesh((len(devices), 1), sharding.BATCH_AXES, axis_types=(AxisType.Auto,) * 2,
-                       devices=devices)
+  return sharding.make_mesh(devices=jax.local_devices())
 
 
 def _to_host_numpy(tree):

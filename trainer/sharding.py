@@ -5,6 +5,7 @@ examples). Parameters, optimiser state and EMA are replicated when fsdp = 1; wit
 large leaf is split along its largest dimension divisible by the fsdp size (ZeRO-3 style) and
 XLA's GSPMD inserts the all-gathers and reduce-scatters. Classic GSPMD: AxisType.Auto.
 """
+import functools
 import math
 from typing import Callable
 
@@ -69,20 +70,24 @@ def replicated_batch(mesh, arrays):
   return [jax.make_array_from_callback(a.shape, sharding, lambda idx, a=a: a[idx]) for a in arrays]
 
 
-def batched_apply(fn: Callable, mesh, batch_size: int) -> Callable:
+def batched_apply(fn: Callable, mesh, batch_size: int, with_params: bool = False) -> Callable:
   """`fn(x, *rest)` over batches sharded across the mesh, for data every host holds whole.
 
-  Returns apply(x, *rest) -> numpy outputs of fn for all N rows. Each batch is padded (by
+  Returns apply(x, *rest) -> numpy outputs of fn for all N rows; with `with_params`,
+  apply(params, x, *rest) calls fn(params, x, *rest) with the same params (e.g. weights that
+  change between calls) for every batch. Each batch is padded (by
   repeating its last row) to one fixed size, a multiple of the device count, so a single program
   is compiled whatever N; uint8 images cross to the devices as uint8 and become float in [0, 1]
   there. Outputs are replicated, so every host gets all of them. Serves evaluation, attacks,
   pseudo-labelling, data-metric features and sampling.
   """
   size = math.ceil(batch_size / mesh.size) * mesh.size
-  jitted = jax.jit(lambda x, *rest: fn(images_lib.to_float(x), *rest),
+  if not with_params:
+    return functools.partial(batched_apply(lambda _, *a: fn(*a), mesh, batch_size, True), None)
+  jitted = jax.jit(lambda params, x, *rest: fn(params, images_lib.to_float(x), *rest),
                    out_shardings=replicated(mesh))
 
-  def apply(x, *rest):
+  def apply(params, x, *rest):
     n = len(x)
     if n == 0:
       raise ValueError('batched_apply: no rows to process.')
@@ -90,7 +95,7 @@ def batched_apply(fn: Callable, mesh, batch_size: int) -> Callable:
     for start in range(0, n, size):
       stop = min(start + size, n)
       batch = [_pad_rows(np.asarray(a[start:stop]), size) for a in (x, *rest)]
-      out = jitted(*replicated_batch(mesh, batch))
+      out = jitted(params, *replicated_batch(mesh, batch))
       outputs.append(jax.tree_util.tree_map(lambda o, k=stop - start: np.asarray(o)[:k], out))
     return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outputs)
   return apply

@@ -171,16 +171,15 @@ def train_and_evaluate(config, workdir, *, record_batch_ids=False, progress_name
   train_step = jax.jit(step_lib.make_train_step(config, model, tx, info.num_classes),
                        in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                        out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-  eval_batch = jax.jit(robust_accuracy.make_eval_batch(  # attacks in eval.dtype (float32)
-      registry.from_config(config, dtype=config.eval.dtype), compositions.selection_attack(config)))
+  measure = robust_accuracy.make_measure(  # attacks in eval.dtype (float32 by default)
+      registry.from_config(config, dtype=config.eval.dtype), compositions.selection_attack(config),
+      mesh, config.eval.batch_size, seed=config.seed)
 
   def evaluate(step):
-    measure = functools.partial(robust_accuracy.measure, eval_batch, state.ema_variables(),
-                                batch_size=config.eval.batch_size, mesh=mesh, seed=config.seed)
     results = {}
     for name, split in (('holdout', holdout), ('test', test)):
       if len(split['label']):
-        acc = measure(split['image'], split['label'])
+        acc = measure(state.ema_variables(), split['image'], split['label'])
         results[f'{name}/clean_accuracy'] = acc['clean']
         results[f'{name}/robust_accuracy'] = acc['robust']
     writer.write_scalars(step, results)
