@@ -196,7 +196,7 @@ def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None
     start = time.time()
     results[cascade] = autoattack(
         logits_fn, x, y, norm=norm, eps=eps, version=_version(cascade), seed=config.seed,
-        batch_size=batch_size)
+        batch_size=batch_size, progress=True)
     clean_accuracy = results[cascade].clean_accuracy
     logging.info('%s done in %.1f s: robust accuracy %.2f%%', cascade, time.time() - start,
                  100 * results[cascade].robust_accuracy)

@@ -21,6 +21,7 @@ import time
 from typing import NamedTuple
 
 from absl import logging
+import tqdm
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,7 +230,7 @@ def _final_check(x_adv, x, robust, broken_by, *, norm, eps):
 
 
 def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_size=500,
-               mesh=None):
+               mesh=None, progress=False):
   """Runs a cascade of attacks and returns an AutoAttackResult.
 
   Args:
@@ -243,6 +244,7 @@ def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_
     seed: each stage gets its own seed derived from this one.
     batch_size: points per attack call, split over the devices.
     mesh: defaults to a 1-D mesh over all devices.
+    progress: a console progress bar per stage (over its passes), as trainer.evaluate shows.
   """
   x = np.asarray(x, np.float32)
   y = np.asarray(y).astype(np.int32)
@@ -268,6 +270,8 @@ def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_
   for index, stage in enumerate(stages):
     name = stage.name if stage.name not in stage_accuracy else f'{stage.name}#{index}'
     stage_start = time.time()
+    bar = tqdm.tqdm(total=stage.n_passes, desc=name, unit='pass', dynamic_ncols=True,
+                    mininterval=1.0, disable=not progress or jax.process_index() > 0)
     for p in range(stage.n_passes):
       if not robust.any():
         break
@@ -276,6 +280,9 @@ def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_
       logging.info('%s pass %d/%d: attacked %d, %d robust left (%.2f%%), %.1f s', name, p + 1,
                    stage.n_passes, attacked, robust.sum(), 100 * np.mean(robust),
                    time.time() - start)
+      bar.set_postfix(robust=f'{100 * np.mean(robust):.1f}%', refresh=False)
+      bar.update(1)
+    bar.close()
     stage_accuracy[name] = float(np.mean(robust))
     stage_seconds[name] = time.time() - stage_start
     logging.info('robust accuracy after %s: %.2f%% (%.1f s)', name, 100 * stage_accuracy[name],
