@@ -32,6 +32,25 @@ _VERBOSE = flags.DEFINE_bool('verbose', False, 'Also print the log records (absl
 ONE_LINE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
                    FloatingPointError)
 _state = {'log_dir': None}
+# Multi-host commands (trainer.main, trainer.sample) share these; JAX detects them on Cloud TPU,
+# SLURM, Open MPI and Kubernetes.
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'jax.distributed: HOST:PORT of process 0 (default: detected).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'jax.distributed: number of processes (default: detected).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'jax.distributed: index of this process (default: detected).')
+
+
+def initialize_distributed(enabled: bool, switch: str) -> None:
+  """jax.distributed.initialize() when `enabled`; cluster flags without it are a usage error
+  (each process would otherwise run alone, all of them in the same workdir)."""
+  cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if enabled:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize(*cluster)
+  elif any(v is not None for v in cluster):
+    raise app.UsageError(f'--coordinator_address/--num_processes/--process_id need {switch}.')
 
 
 class UserError(Exception):

@@ -21,12 +21,6 @@ from trainer import train
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, events and results.')
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'jax.distributed: HOST:PORT of process 0 (default: detected).')
-_NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'jax.distributed: number of processes (default: detected).')
-_PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'jax.distributed: index of this process (default: detected).')
 _DEBUG_BATCH_IDS = flags.DEFINE_bool(
     'debug_batch_ids', False, 'Append the sample ids of every train step to '
     'WORKDIR/batch_ids/process_<i>.txt (checks of exact resume).')
@@ -37,13 +31,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if config.distributed:
-    jax.distributed.initialize(*cluster)
-  elif any(v is not None for v in cluster):
-    # Otherwise each process would train alone, all of them in the same workdir.
-    raise app.UsageError('--coordinator_address/--num_processes/--process_id need '
-                         '--config.distributed=True.')
+  cli.initialize_distributed(config.distributed, '--config.distributed=True')
   workdir = cli.absolute(_WORKDIR.value)
   cli.start(workdir)
   logging.info('Process %d/%d, devices: %s', jax.process_index(), jax.process_count(),

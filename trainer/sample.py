@@ -47,12 +47,6 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Images per batch on each 
                                    'multiple of its device count; same on every host).')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'UNet compute dtype.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize().')
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'jax.distributed: HOST:PORT of process 0 (default: detected).')
-_NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'jax.distributed: number of processes (default: detected).')
-_PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'jax.distributed: index of this process (default: detected).')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar (images/s, ETA).')
 
 
@@ -162,11 +156,7 @@ def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize(*cluster)
-  elif any(v is not None for v in cluster):
-    raise app.UsageError('--coordinator_address/--num_processes/--process_id need --distributed.')
+  cli.initialize_distributed(_DISTRIBUTED.value, '--distributed')
   out = cli.absolute(_OUT.value)
   cli.start(out.rsplit('/', 1)[0] if '/' in out else '.')
   logging.info('Process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
