@@ -61,6 +61,7 @@ def _config(model, per_device_batch, dtype, remat, fsdp, attack_steps, dataset):
   c.dataset.name = dataset
   c.model.name, c.model.dtype, c.model.remat = model, dtype, remat
   c.train.attack_steps = attack_steps
+  c.train.attack_unroll = 'loop'  # the accelerators' program, not CPU's unrolled one
   c.train.batch_size = per_device_batch * jax.device_count()
   c.mesh.fsdp = fsdp
   return c

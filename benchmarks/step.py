@@ -10,8 +10,9 @@ state, exactly as trainer/train.py runs it. Defaults are the paper's: TRADES, 10
 How FLOPs are counted. XLA's cost analysis of the compiled step,
 `jax.jit(step).lower(state, batch).compile().cost_analysis()['flops']`, counts every convolution
 and matmul multiply-add as 2 FLOPs plus the element-wise ops, per device (the partitioned
-program). It counts the body of a while loop once, whatever its trip count, and the TRADES inner
-maximisation is a `fori_loop` of `attack_steps` iterations, so the attack's remaining
+program). It counts the body of a while loop once, whatever its trip count, and on accelerators
+the TRADES inner maximisation is a `fori_loop` of `attack_steps` iterations (on CPU it is
+unrolled, see trainer/attacks/iterative.py, and counted whole), so the attack's remaining
 `attack_steps - 1` iterations are added: each is counted as one gradient of the attack loss with
 respect to the input (a forward and a backward pass of the model in training mode), compiled and
 cost-analysed the same way on the same per-device batch; the optimiser and projection arithmetic
@@ -39,6 +40,8 @@ from trainer import optimizer
 from trainer import sharding
 from trainer import step as step_lib
 from trainer import train_state
+from trainer.attacks import compositions
+from trainer.attacks import iterative
 
 
 def _config(args, model_name):
@@ -104,7 +107,9 @@ def benchmark(args, model_name):
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   flops = _flops(compiled)
-  extra_iterations = config.train.attack_steps - 1 if config.train.loss != 'standard' else 0
+  looped = config.train.loss != 'standard' and not iterative.unrolls(
+      compositions.UNROLL[config.train.attack_unroll])
+  extra_iterations = config.train.attack_steps - 1 if looped else 0
   if extra_iterations > 0:
     flops += extra_iterations * _attack_iteration_flops(config, model, state, batch, mesh,
                                                         state_sh)

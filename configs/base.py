@@ -59,6 +59,8 @@ def get_config():
   c.train.attack_lr = 0.1            # Adam learning rate, x0.1 after half the steps
   c.train.attack_adam_eps = 1e-8     # Adam's eps in the inner maximisation (optax default; the
                                      # paper does not say; DeepMind's reference code uses 1e-9)
+  c.train.attack_unroll = 'auto'     # auto: steps written out on CPU (XLA:CPU's loop-body
+                                     # convolutions are slow), a loop elsewhere | loop | unroll
   c.train.batch_size = 1024          # global batch
   c.train.num_epochs = 400           # CIFAR-10-equivalent epochs: steps = epochs*epoch_size/batch
   c.train.epoch_size = 50_000

@@ -10,6 +10,7 @@ from trainer import trades
 from trainer.attacks import compositions
 from trainer.attacks import inits
 from trainer.attacks import losses
+from trainer.attacks.pgd import pgd_attack
 
 
 def _np_log_softmax(z):
@@ -82,3 +83,39 @@ def test_inner_maximisation_stays_feasible_and_raises_kl(norm, eps):
   kl_start = losses.kl_divergence(logits_fn(x0), p_clean)
   assert float(jnp.mean(kl_adv)) > 2 * float(jnp.mean(kl_start))
   assert float(jnp.mean(kl_adv > kl_start)) > 0.9
+
+
+@pytest.mark.parametrize('keep', ['last', 'best'])
+def test_unrolled_attack_is_the_loop_written_out(keep):
+  """unroll: the program loses the attack's loop and computes what the loop does (to float
+  rounding: XLA may fuse the written-out steps differently). The random start keeps a loop of its
+  own (the PRNG's), so loops are counted."""
+  logits_fn = _linear_model()
+  x = jax.random.uniform(jax.random.PRNGKey(1), (16, 4, 4, 3))
+  y = jax.random.randint(jax.random.PRNGKey(3), (16,), 0, 5)
+  key = jax.random.PRNGKey(2)
+  results, loops = {}, {}
+  for unroll in (False, True):
+    attack = pgd_attack(norm='linf', eps=8 / 255, steps=7, loss='margin', keep=keep,
+                            unroll=unroll)
+    fn = jax.jit(lambda x, y, k, attack=attack: attack(logits_fn, x, y, k))
+    loops[unroll] = fn.lower(x, y, key).as_text().count('stablehlo.while')
+    results[unroll] = np.asarray(fn(x, y, key))
+  assert loops[True] == loops[False] - 1, loops
+  np.testing.assert_allclose(results[True], results[False], atol=1e-6)
+  assert np.abs(results[True] - np.asarray(x)).max() > 1e-3  # the attack moved the points
+
+
+def test_attack_unroll_key_reaches_the_training_attack():
+  config = _config('linf', 8 / 255)
+  x = jnp.zeros((2, 4, 4, 3))
+  p = jax.nn.softmax(jnp.zeros((2, 5)))
+  loops = {}
+  for value in ('loop', 'unroll', 'auto'):
+    config.train.attack_unroll = value
+    attack = compositions.trades_attack(config)
+    loops[value] = jax.jit(lambda x, p, attack=attack: attack(
+        _linear_model(), x, p, jax.random.PRNGKey(0))).lower(x, p).as_text().count(
+            'stablehlo.while')
+  assert loops['unroll'] == loops['loop'] - 1, loops
+  assert loops['auto'] == loops['unroll' if jax.default_backend() == 'cpu' else 'loop'], loops

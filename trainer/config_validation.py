@@ -43,6 +43,8 @@ def validate(config, device_count=None, process_count=None):
              "must be 'float32' or 'bfloat16'.")
   _require(config.eval.selection_attack in compositions.SELECTION_ATTACKS, 'eval.selection_attack',
            config.eval.selection_attack, f'must be one of {compositions.SELECTION_ATTACKS}.')
+  _require(config.train.attack_unroll in compositions.UNROLL, 'train.attack_unroll',
+           config.train.attack_unroll, f'must be one of {tuple(compositions.UNROLL)}.')
   _require(config.model.remat in ('none', 'block'), 'model.remat', config.model.remat,
            "must be 'none' or 'block'.")
   group = config.model.bn_group_size

@@ -16,6 +16,7 @@ from trainer.attacks import steps
 from trainer.attacks.pgd import pgd_attack
 
 SELECTION_ATTACKS = ('pgd', 'reference')
+UNROLL = {'auto': None, 'loop': False, 'unroll': True}  # train.attack_unroll → iterative_attack
 
 
 def trades_schedule(lr: float, num_steps: int) -> optax.Schedule:
@@ -34,13 +35,15 @@ def trades_attack(config) -> iterative.Attack:
       losses.kl_divergence, init=inits.uniform(norm, eps),
       step_rule=steps.adam(trades_schedule(config.train.attack_lr, num_steps),
                            eps=config.train.attack_adam_eps),
-      project=projections.threat_model(norm, eps), num_steps=num_steps, keep='last')
+      project=projections.threat_model(norm, eps), num_steps=num_steps, keep='last',
+      unroll=UNROLL[config.train.attack_unroll])
 
 
 def madry_attack(config) -> iterative.Attack:
   """PGD on the cross-entropy, steps of 2.5·ε/steps, the last iterate."""
   return pgd_attack(norm=config.threat.norm, eps=config.threat.eps,
-                    steps=config.train.attack_steps, loss='ce', keep='last')
+                    steps=config.train.attack_steps, loss='ce', keep='last',
+                    unroll=UNROLL[config.train.attack_unroll])
 
 
 def reference_schedule(num_steps: int, lr: float = 0.1) -> optax.Schedule:

@@ -9,7 +9,8 @@ Built once from its pieces (a per-example loss to maximise, an init, an optax st
 projection), the attack can then be called inside traced code any number of times. Each step:
 g = ∇ Σ loss(logits_fn(z), y); z ← project(z + step_rule(−g), x). The result carries no gradient.
 """
-from typing import Callable
+import functools
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +27,16 @@ KEEP = ('last', 'best')
 
 def iterative_attack(loss: LossFn, *, init: inits_lib.InitFn,
                      step_rule: optax.GradientTransformation, project: projections.ProjectFn,
-                     num_steps: int, keep: str = 'last') -> Attack:
+                     num_steps: int, keep: str = 'last', unroll: Optional[bool] = None) -> Attack:
   """Returns `attack(logits_fn, x, y, key) -> x_adv`, maximising `loss(logits, y)` (batch,).
 
   keep: 'last' returns the final iterate (as DeepMind's PGD does); 'best' each example's
   highest-loss iterate, the final one included.
+  unroll: write the steps out one after the other instead of a loop; None (default) unrolls on
+  CPU only. XLA:CPU runs a convolution's input gradient on a naive kernel inside a loop body
+  (trainer/attacks/common.py), and these attacks run inside traced code (the train step, the
+  held-out evaluation), where the loop cannot be driven from the host; unrolled, every step gets
+  the fast kernels, at the price of a longer compile. Either way the same arithmetic.
   """
   if keep not in KEEP:
     raise ValueError(f'Unknown keep={keep!r}; expected one of {KEEP}.')
@@ -42,10 +48,12 @@ def iterative_attack(loss: LossFn, *, init: inits_lib.InitFn,
 
     grad_fn = jax.grad(objective, has_aux=True)
     x0 = init(key, x)
+    loop = functools.partial(jax.lax.fori_loop, 0, num_steps,
+                             unroll=unrolls(unroll) and num_steps > 0)
     if keep == 'last':
-      z = _last(grad_fn, step_rule, project, x, x0, num_steps)
+      z = _last(loop, grad_fn, step_rule, project, x, x0)
     else:
-      z = _best(grad_fn, objective, step_rule, project, x, x0, num_steps)
+      z = _best(loop, grad_fn, objective, step_rule, project, x, x0)
     return jax.lax.stop_gradient(z)
 
   return attack
@@ -57,15 +65,20 @@ def _step(grad_fn, step_rule, project, x, z, opt_state):
   return project(z + updates, x), opt_state, current
 
 
-def _last(grad_fn, step_rule, project, x, x0, num_steps):
+def unrolls(unroll: Optional[bool] = None) -> bool:
+  """Whether `iterative_attack(..., unroll=unroll)` writes its steps out (None: on CPU)."""
+  return jax.default_backend() == 'cpu' if unroll is None else unroll
+
+
+def _last(loop, grad_fn, step_rule, project, x, x0):
   def body(_, carry):
     z, opt_state = carry
     z, opt_state, _ = _step(grad_fn, step_rule, project, x, z, opt_state)
     return z, opt_state
-  return jax.lax.fori_loop(0, num_steps, body, (x0, step_rule.init(x0)))[0]
+  return loop(body, (x0, step_rule.init(x0)))[0]
 
 
-def _best(grad_fn, objective, step_rule, project, x, x0, num_steps):
+def _best(loop, grad_fn, objective, step_rule, project, x, x0):
   bcast = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
   def body(_, carry):
@@ -75,6 +88,6 @@ def _best(grad_fn, objective, step_rule, project, x, x0, num_steps):
     return new_z, opt_state, best, jnp.maximum(current, best_loss)
 
   carry = (x0, step_rule.init(x0), x0, jnp.full((x.shape[0],), -jnp.inf))
-  z, _, best, best_loss = jax.lax.fori_loop(0, num_steps, body, carry)
+  z, _, best, best_loss = loop(body, carry)
   _, final = objective(z)
   return jnp.where(bcast(final > best_loss), z, best)

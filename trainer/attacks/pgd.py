@@ -19,14 +19,15 @@ from trainer.attacks import steps as steps_lib
 
 
 def pgd_attack(*, norm: str, eps: float, steps: int, loss: Union[str, Callable] = 'ce',
-               step_size: Optional[float] = None, keep: str = 'best') -> iterative.Attack:
+               step_size: Optional[float] = None, keep: str = 'best',
+               unroll: Optional[bool] = None) -> iterative.Attack:
   """PGD as an `attack(logits_fn, x, y, key) -> x_adv`; `loss` a name in losses.LOSSES or a fn."""
   projections.check_norm(norm)
   step_size = 2.5 * eps / steps if step_size is None else step_size
   return iterative.iterative_attack(
       losses_lib.get_loss(loss), init=inits.uniform(norm, eps),
       step_rule=steps_lib.steepest(norm, step_size),
-      project=projections.threat_model(norm, eps), num_steps=steps, keep=keep)
+      project=projections.threat_model(norm, eps), num_steps=steps, keep=keep, unroll=unroll)
 
 
 def pgd(logits_fn, x, y, *, norm: str, eps: float, steps: int, key: jax.Array,
