@@ -1,24 +1,19 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU VM slice: create the TPU (on-demand, spot or through a queued resource),
-# set up every worker, run the trainer on all workers, follow its logs, start TensorBoard,
-# stop/delete, and a supervisor that relaunches after preemptions until the run has finished.
-# `bash launch/tpu_vm.sh help` prints the usage. What runs on the workers is launch/worker.sh,
-# which this script copies to each worker's home and runs there.
+# set up every worker, run the trainer on all workers and follow its log, TensorBoard, stop and
+# delete, and a supervisor that relaunches after preemptions until the run has finished. What
+# runs on the workers is launch/worker.sh, copied to each worker's home. Usage: `... help`.
 #
-# Contract with the trainer (how `supervise` knows that the run has finished):
-#   * When the trainer has completed its last step -- final checkpoint saved and committed,
-#     final evaluation written -- process 0 writes WORKDIR/done.json, as the very last thing,
-#     in one write (a GCS object appears whole; on a local disk write a temporary file and
-#     rename it). Content: JSON such as
-#       {"step": 97656, "total_steps": 97656, "finished_at": "2021-10-27T12:00:00Z"}
-#   * A trainer started on a workdir whose checkpoint is already at the last step (re)writes
-#     done.json and exits 0 without training.
-#   * done.json is never written for an unfinished run: on SIGTERM (what `stop` sends and what
-#     a preemption notice brings) the trainer saves at the next step boundary and exits 0
-#     WITHOUT done.json.
-#   `supervise` stops as soon as `gcloud storage ls WORKDIR/done.json` lists it. Any other
-#   ending -- exit 0 after SIGTERM, a crash, a lost or preempted VM -- is followed by a relaunch
-#   that resumes from the latest checkpoint.
+# Contract with the trainer (how `supervise` knows that the run has finished): when the trainer
+# has completed its last step (final checkpoint committed, final evaluation written), process 0
+# writes WORKDIR/done.json as the very last thing, in one write (a GCS object appears whole; on a
+# local disk write a temporary file and rename it), e.g. {"step": 97656, "total_steps": 97656,
+# "finished_at": "2021-10-27T12:00:00Z"}. Started on a workdir whose checkpoint is at the last
+# step, it (re)writes done.json and exits 0 without training. done.json is never written for an
+# unfinished run: on SIGTERM (what `stop` sends and a preemption notice brings) the trainer saves
+# at the next step boundary and exits 0 WITHOUT it. `supervise` stops as soon as `gcloud storage
+# ls WORKDIR/done.json` lists it; any other ending (exit 0 after SIGTERM, a crash, a lost or
+# preempted VM) is followed by a relaunch that resumes from the latest checkpoint.
 set -euo pipefail
 
 if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
@@ -31,8 +26,10 @@ readonly ROOT
 # shellcheck source=launch/common.sh
 source "$ROOT/launch/common.sh"
 
+# The options are parsed from this text: a line '  --FLAG VALUE  help [TPU_VARIABLE; default]'
+# (no VALUE: a switch; VALUE...: a list) sets the variable FLAG in capitals (--git-url: GIT_URL).
 usage() {
-  cat <<'EOF2'
+  cat <<'EOF'
 Usage: bash launch/tpu_vm.sh COMMAND [options] [-- trainer args]
 
 Commands:
@@ -54,9 +51,35 @@ Commands:
   help        this text
 
 Options (environment variable and default in brackets; VALUE... is repeatable):
-EOF2
-  options_help
-  cat <<'EOF2'
+  --name NAME             TPU name (required) [TPU_NAME]
+  --zone ZONE             zone, e.g. us-central2-b (required) [TPU_ZONE]
+  --project PROJECT       project; unset: the project of gcloud config [TPU_PROJECT]
+  --accelerator-type T    accelerator type [TPU_ACCELERATOR_TYPE; v4-32]
+  --version V             TPU software version [TPU_VERSION]; unset: from the type (v2/v3/v4
+                          tpu-ubuntu2204-base, v5p v2-alpha-tpuv5, v5e
+                          (v5litepod) v2-alpha-tpuv5-lite, v6e v2-alpha-tpuv6e)
+  --spot                  spot capacity [TPU_SPOT=1]
+  --queued                create through a queued resource [TPU_QUEUED=1]
+  --create-arg ARG...     extra flag for the create command
+                          (e.g. --create-arg=--network=my-net)
+  --workdir gs://B/DIR    training workdir: checkpoints, TensorBoard, done.json [TPU_WORKDIR]
+  --config FILE           config file, e.g. configs/cifar10_linf_wrn70_16_100m.py [TPU_CONFIG]
+  --env KEY=VALUE...      environment variable for the trainer
+  --module MODULE         trainer module, run as python -m MODULE [TPU_MODULE; trainer.main]
+  --remote-dir DIR        code directory on the workers [TPU_REMOTE_DIR; robust], under $HOME
+                          unless absolute; the log is DIR/logs/trainer.log
+  --python VERSION        Python of the workers' venv [TPU_PYTHON; 3.11]
+  --git-url URL           setup clones this repository instead of copying the code [TPU_GIT_URL]
+  --git-ref REF           commit, tag or branch to check out; unset: local HEAD [TPU_GIT_REF]
+  --detach                run: start the trainer and return
+  --worker N|all          logs: which worker [0]
+  --remote                tensorboard: on worker 0, reached through an SSH tunnel
+  --port PORT             tensorboard port [6006]
+  --grace SECONDS         stop: wait this long after SIGTERM before SIGKILL [300]
+  --tpu                   stop: also stop the TPU VM
+  --poll SECONDS          supervise: interval between state checks, relaunches [TPU_POLL; 60]
+  --max-restarts N        supervise: give up after N relaunches [TPU_MAX_RESTARTS; 100]
+  --dry-run               print the commands ('+ ' prefix), run nothing
   --config.KEY=VALUE...   config override for the trainer
   -h, --help              this text
   -- ARGS                 everything after -- is passed to the trainer unchanged
@@ -67,121 +90,43 @@ The trainer runs as
 Example:
   export TPU_NAME=robust-v4 TPU_ZONE=us-central2-b TPU_SPOT=1
   bash launch/tpu_vm.sh supervise --workdir=gs://my-bucket/wrn70 \
-    --config=configs/cifar10_linf_wrn70_16_100m.py --config.generated.path=gs://my-bucket/gen/manifest.json
-EOF2
+    --config=configs/cifar10_linf_wrn70_16_100m.py \
+    --config.generated.path=gs://my-bucket/gen/manifest.json
+EOF
 }
 
-# ---- options: one table --------------------------------------------------------------------------
-# A row: the option, its value (- for a switch, which takes none and sets 1; VALUE... for a
-# repeatable one, which makes a list), 'env' where TPU_<VARIABLE> gives the default, the default
-# (- for none) and the help, continued on indented lines. The variable is the option in capitals
-# (--git-url sets GIT_URL).
-# shellcheck disable=SC2016  # $HOME in a help text
-readonly OPTIONS='
---name             NAME          env -       TPU name (required)
---zone             ZONE          env -       zone, e.g. us-central2-b (required)
---project          PROJECT       env -       project; unset: the project of gcloud config
---accelerator-type T             env v4-32   accelerator type
---version          V             env -       TPU software version; unset: from the type (v2/v3/v4
-                                             tpu-ubuntu2204-base, v5p v2-alpha-tpuv5, v5e
-                                             (v5litepod) v2-alpha-tpuv5-lite, v6e v2-alpha-tpuv6e)
---spot             -             env -       spot capacity
---queued           -             env -       create through a queued resource
---create-arg       ARG...        -   -       extra flag for the create command
-                                             (e.g. --create-arg=--network=my-net)
---workdir          gs://B/DIR    env -       training workdir: checkpoints, TensorBoard, done.json
---config           FILE          env -       config file, e.g. configs/cifar10_linf_wrn70_16_100m.py
---env              KEY=VALUE...  -   -       environment variable for the trainer
---module           MODULE        env trainer.main  trainer module, run as python -m MODULE
---remote-dir       DIR           env robust  code directory on the workers, under $HOME unless
-                                             absolute; the log is DIR/logs/trainer.log
---python           VERSION       env 3.11    Python of the workers'"'"' venv
---git-url          URL           env -       setup clones this repository instead of copying
-                                             the local files
---git-ref          REF           env -       commit, tag or branch to check out; unset: local HEAD
---detach           -             -   -       run: start the trainer and return
---worker           N|all         -   0       logs: which worker
---remote           -             -   -       tensorboard: on worker 0, reached through an SSH tunnel
---port             PORT          -   6006    tensorboard port
---grace            SECONDS       -   300     stop: wait this long after SIGTERM before SIGKILL
---tpu              -             -   -       stop: also stop the TPU VM
---poll             SECONDS       env 60      supervise: interval between state checks, relaunches
---max-restarts     N             env 100     supervise: give up after N relaunches
---dry-run          -             -   -       print the commands ('"'"'+ '"'"' prefix), run nothing
-'
-COMMAND=""
-CREATE_ARG=()
-ENV=()
-OVERRIDES=()    # --config.KEY=VALUE
-TRAINER_ARGS=() # after --
-RUNTIME=""      # TPU software version, resolved in main
-JAX_VERSION=""  # from requirements.txt, resolved in main
-TMP=""          # this run's temporary directory
-SHIPPED=0       # 1: the setup just before copied the worker script
-STATE=""        # the last state tpu_ready saw
+declare -A KIND=() # --FLAG: switch, value or list
+COMMAND="" CREATE_ARG=() ENV=() OVERRIDES=() TRAINER_ARGS=() SHIPPED=0 STATE=""
 
 log() { printf '[tpu_vm %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-truthy() { [[ ${1,,} =~ ^(1|true|yes|on)$ ]]; }
+set_option() { # set_option --FLAG VALUE
+  local var=${1#--} && var=${var^^} && var=${var//-/_}
+  case ${KIND[$1]}:${2,,} in
+    list:*) local -n list=$var && list+=("$2") ;;
+    switch:1 | switch:true | switch:yes | switch:on) printf -v "$var" 1 ;;
+    switch:*) printf -v "$var" 0 ;;
+    *) printf -v "$var" '%s' "$2" ;;
+  esac
+}
 
-variable() { local v=${1#--} && v=${v^^} && printf '%s' "${v//-/_}"; } # --git-url: GIT_URL
-
-# Usage lines from the table; each row ends with its environment variable and default.
-options_help() {
-  local line flag value env default help var text="" note=""
+# KIND of each option in the usage, and its default: from TPU_VARIABLE, else from the text.
+read_options() {
+  local line flag default
   while IFS= read -r line; do
-    if [[ -z $line || $line == ' '* ]]; then
-      read -r help <<<"$line"
-      [[ -z $help ]] || text+=$'\n'"$(printf '%26s' '')$help"
-      continue
+    [[ $line =~ ^\ \ (--[a-z-]+)(\ [^ ]+)?\ \ + ]] || continue
+    flag=${BASH_REMATCH[1]} && KIND[$flag]=value default=""
+    case ${BASH_REMATCH[2]} in '') KIND[$flag]=switch ;; *...) KIND[$flag]=list && continue ;; esac
+    if [[ $line =~ \[(TPU_[A-Z_]+)?(=1)?(; )?([^]]*)\] ]]; then
+      default=${BASH_REMATCH[4]}
+      [[ -z ${BASH_REMATCH[1]} ]] || default=${!BASH_REMATCH[1]:-$default}
     fi
-    [[ -z $text ]] || printf '%s%s\n' "$text" "$note"
-    read -r flag value env default help <<<"$line"
-    var=TPU_$(variable "$flag")
-    [[ $value != - ]] || value="" var+="=1"
-    [[ $env == env ]] || var=""
-    [[ $default == - ]] || var="${var:+$var; }$default"
-    note=${var:+ [$var]}
-    text=$(printf '  %-22s  %s' "$flag${value:+ $value}" "$help")
-  done <<<"$OPTIONS"
-  printf '%s%s\n' "$text" "$note"
-}
-
-# The row of an option: "VARIABLE KIND" (KIND: value, switch or list), or fails.
-option_kind() {
-  local flag value rest
-  read -r flag value rest < <(grep -E -m1 -- "^$1 " <<<"$OPTIONS") || return 1
-  case $value in
-    -) printf '%s switch' "$(variable "$flag")" ;;
-    *...) printf '%s list' "$(variable "$flag")" ;;
-    *) printf '%s value' "$(variable "$flag")" ;;
-  esac
-}
-
-set_option() { # set_option VARIABLE KIND VALUE
-  case $2 in
-    list) local -n list=$1 && list+=("$3") ;;
-    switch) if truthy "$3"; then printf -v "$1" 1; else printf -v "$1" 0; fi ;;
-    *) printf -v "$1" '%s' "$3" ;;
-  esac
-}
-
-# Each option of the table from TPU_<VARIABLE> where the table says so, else its default.
-set_defaults() {
-  local flag value env default rest var kind from
-  while read -r flag value env default rest; do
-    [[ $flag == --* ]] || continue
-    read -r var kind <<<"$(option_kind "$flag")"
-    [[ $kind != list ]] || continue
-    [[ $default != - ]] || default=""
-    from=TPU_$var
-    [[ $env != env ]] || default=${!from:-$default}
-    set_option "$var" "$kind" "$default"
-  done <<<"$OPTIONS"
+    set_option "$flag" "$default"
+  done < <(usage)
 }
 
 parse_args() {
-  local flag var kind value
+  local flag
   while (($#)); do
     case $1 in
       -h | --help | help) usage && exit 0 ;;
@@ -189,20 +134,17 @@ parse_args() {
       --config.*) OVERRIDES+=("$1") ;;
       -*)
         flag=${1%%=*}
-        read -r var kind <<<"$(option_kind "$flag")"
-        [[ -n $var ]] || die "unknown option '$flag' (see: bash launch/tpu_vm.sh help)"
-        if [[ $kind == switch ]]; then
-          [[ $1 != *=* ]] || die "option $flag takes no value"
-          value=1
-        elif [[ $1 == *=* ]]; then
-          value=${1#*=}
-        else
-          (($# >= 2)) || die "option $flag needs a value"
-          [[ $2 != -* || $flag == --create-arg ]] || die "option $flag needs a value (got '$2')"
-          shift
-          value=$1
-        fi
-        set_option "$var" "$kind" "$value"
+        case ${KIND[$flag]:-}:$1 in
+          :*) die "unknown option '$flag' (see: bash launch/tpu_vm.sh help)" ;;
+          switch:*=*) die "option $flag takes no value" ;;
+          switch:*) set_option "$flag" 1 ;;
+          *=*) set_option "$flag" "${1#*=}" ;;
+          *)
+            (($# >= 2)) || die "option $flag needs a value"
+            [[ $2 != -* || $flag == --create-arg ]] || die "option $flag needs a value (got '$2')"
+            set_option "$flag" "$2" && shift
+            ;;
+        esac
         ;;
       *)
         [[ -z $COMMAND ]] || die "unexpected argument '$1' (trainer arguments go after --)"
@@ -213,12 +155,9 @@ parse_args() {
   done
 }
 
-# check VARIABLE PATTERN WHAT: each value of the option matches PATTERN.
-check() {
+check() { # check VARIABLE PATTERN WHAT: each value of the option matches PATTERN
   local values="${1}[@]" flag=${1,,} v
-  for v in "${!values}"; do
-    [[ $v =~ $2 ]] || die "--${flag//_/-} '$v' is not $3"
-  done
+  for v in "${!values}"; do [[ $v =~ $2 ]] || die "--${flag//_/-} '$v' is not $3"; done
 }
 
 validate() {
@@ -231,21 +170,13 @@ validate() {
   check ENV '^[A-Za-z_][A-Za-z0-9_]*=' 'KEY=VALUE'
 }
 
-require() {
-  local what no_workdir="no workdir: pass --workdir gs://BUCKET/DIR or set TPU_WORKDIR"
-  for what in "$@"; do
-    case $what in
-      name) [[ -n $NAME ]] || die "no TPU name: pass --name NAME or set TPU_NAME" ;;
-      zone) [[ -n $ZONE ]] || die "no zone: pass --zone ZONE (e.g. us-central2-b) or set TPU_ZONE" ;;
-      config) [[ -n $CONFIG ]] || die "no config: pass --config configs/NAME.py or set TPU_CONFIG" ;;
-      workdir) [[ -n $WORKDIR ]] || die "$no_workdir" ;;
-      gs_workdir)
-        [[ -n $WORKDIR ]] || die "$no_workdir"
-        [[ $WORKDIR == gs://?* ]] ||
-          die "workdir '$WORKDIR' is not a gs:// path: all workers write to it, so it must be a bucket"
-        ;;
-    esac
-  done
+need() { [[ -n ${!1} ]] || die "no ${1,,}: pass --${1,,} $2 or set TPU_$1"; } # need VARIABLE HINT
+need_tpu() { need NAME NAME && need ZONE 'ZONE (e.g. us-central2-b)'; }
+
+need_run() {
+  need_tpu && need CONFIG configs/NAME.py && need WORKDIR gs://BUCKET/DIR
+  [[ $WORKDIR == gs://?* ]] ||
+    die "workdir '$WORKDIR' is not a gs:// path: all workers write to it, so it must be a bucket"
 }
 
 # TPU software version: the flag, else the recommended one for the accelerator's generation.
@@ -270,61 +201,31 @@ jax_version() {
   printf '%s' "$v"
 }
 
-git_ref() {
-  if [[ -n $GIT_REF ]]; then
-    printf '%s' "$GIT_REF"
-  elif ! git -C "$ROOT" rev-parse -q --verify HEAD 2>/dev/null; then
-    printf 'main'
-  fi
+git_ref() { # --git-ref, else the local HEAD, else main
+  [[ -z $GIT_REF ]] || { printf '%s' "$GIT_REF" && return; }
+  git -C "$ROOT" rev-parse -q --verify HEAD 2>/dev/null || printf 'main'
 }
 
-# ---- gcloud pieces -------------------------------------------------------------------------------
-qr_id() { printf '%s-qr' "$NAME"; }
-
-tpu_ssh() { # tpu_ssh WORKER COMMAND [extra gcloud args...]
-  run_cmd gcloud compute tpus tpu-vm ssh "$NAME" "${LOC[@]}" --worker="$1" --command="$2" "${@:3}"
+# ---- gcloud --------------------------------------------------------------------------------------
+gc() { # gc tpu|qr VERB ARGS...: gcloud on the TPU VM or on its queued resource NAME-qr
+  local group=tpu-vm id=$NAME
+  [[ $1 == tpu ]] || group=queued-resources id=$NAME-qr
+  run_cmd gcloud compute tpus "$group" "$2" "$id" "${LOC[@]}" "${@:3}"
 }
+tpu_ssh() { gc tpu ssh --worker="$1" --command="$2" "${@:3}"; } # tpu_ssh WORKER COMMAND ARGS...
 
-create_tpu() {
-  local cmd=(gcloud compute tpus tpu-vm create "$NAME" "${LOC[@]}"
-    --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME")
-  if ((QUEUED)); then
-    cmd=(gcloud compute tpus queued-resources create "$(qr_id)" --node-id="$NAME" "${LOC[@]}"
-      --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$RUNTIME")
-  fi
-  ((!SPOT)) || cmd+=(--spot)
-  run_cmd "${cmd[@]}" "${CREATE_ARG[@]}"
-}
-
-delete_tpu() {
-  if ((QUEUED)); then
-    run_cmd gcloud compute tpus queued-resources delete "$(qr_id)" "${LOC[@]}" --force --quiet
-  else
-    run_cmd gcloud compute tpus tpu-vm delete "$NAME" "${LOC[@]}" --quiet
-  fi
-}
-
-# Prints the state from a describe command, MISSING when it does not exist, UNKNOWN on errors
-# (and under --dry-run, where nothing is asked).
-describe_state() {
-  local out rc=0
-  out=$(run_cmd "$@" 2>"$TMP/err") || rc=$?
-  if ((rc == 0)) && [[ -n $out ]]; then
-    printf '%s\n' "$out"
-  elif ((rc != 0)) && grep -qiE 'NOT_FOUND|not found' "$TMP/err"; then
+# The state of the TPU VM or queued resource (tpu|qr), MISSING when it does not exist, UNKNOWN on
+# other errors and under --dry-run (where nothing is asked).
+state() {
+  local out field=state
+  [[ $1 == tpu ]] || field=state.state
+  if out=$(gc "$1" describe --format="value($field)" 2>"$TMP/err"); then
+    printf '%s\n' "${out:-UNKNOWN}"
+  elif grep -qiE 'NOT_FOUND|not found' "$TMP/err"; then
     printf 'MISSING\n'
   else
     printf 'UNKNOWN\n'
   fi
-}
-
-node_state() {
-  describe_state gcloud compute tpus tpu-vm describe "$NAME" "${LOC[@]}" --format='value(state)'
-}
-
-qr_state() {
-  describe_state gcloud compute tpus queued-resources describe "$(qr_id)" "${LOC[@]}" \
-    --format='value(state.state)'
 }
 
 # True when done.json is listed (never under --dry-run, where nothing is listed).
@@ -346,11 +247,14 @@ ship() {
     "${LOC[@]}" --worker=all
 }
 
-# The command that runs `worker.sh SUBCOMMAND ARGS` on a worker.
-worker_cmd() {
+# Runs `worker.sh SUBCOMMAND ARGS` on every worker, copying it there first unless the setup just
+# before did. Keep-alives: a run follows its log for days, a setup installs for minutes.
+on_workers() {
+  ((SHIPPED)) || ship || return
   # shellcheck disable=SC2016  # $HOME is expanded on the worker
-  printf 'bash "$HOME"/%s %s' "$(q "$(remote_name worker.sh)")" \
-    "$(qjoin "$1" --dir "$REMOTE_DIR" --module "$MODULE" "${@:2}")"
+  tpu_ssh all "$(printf 'bash "$HOME"/%s %s' "$(q "$(remote_name worker.sh)")" \
+    "$(qjoin "$1" --dir "$REMOTE_DIR" --module "$MODULE" "${@:2}")")" \
+    --ssh-flag="-o ServerAliveInterval=60" --ssh-flag="-o ServerAliveCountMax=5"
 }
 
 # Packs the tracked and untracked-but-not-ignored files of the checkout into ARCHIVE.
@@ -366,50 +270,44 @@ pack_code() {
   fi
 }
 
-# ---- subcommands ---------------------------------------------------------------------------------
+# ---- commands (each returns its failure: supervise runs them where set -e does not act) ---------
 cmd_create() {
-  require name zone
-  create_tpu
-  ((!QUEUED)) || log "queued resource $(qr_id) requested; the TPU $NAME exists once it is ACTIVE"
+  local args=(--accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME") kind=tpu
+  ((!QUEUED)) || kind=qr args=(--node-id="$NAME" "${args[0]}" --runtime-version="$RUNTIME")
+  ((!SPOT)) || args+=(--spot)
+  gc "$kind" create "${args[@]}" "${CREATE_ARG[@]}" || return
+  ((!QUEUED)) || log "queued resource $NAME-qr requested; the TPU $NAME exists once it is ACTIVE"
 }
 
+cmd_delete() { if ((QUEUED)); then gc qr delete --force --quiet; else gc tpu delete --quiet; fi; }
+
 cmd_setup() {
-  require name zone
   local args=(--python "$PYTHON" --jax "$JAX_VERSION") files=()
   if [[ -n $GIT_URL ]]; then
     args+=(--git-url "$GIT_URL" --git-ref "$(git_ref)")
   else
     files=("$TMP/$(remote_name code.tar.gz)")
-    pack_code "${files[0]}" || return 1
+    pack_code "${files[0]}" || return
     args+=(--archive "$(remote_name code.tar.gz)")
   fi
-  ship "${files[@]}" || return 1
-  tpu_ssh all "$(worker_cmd setup "${args[@]}")"
+  ship "${files[@]}" && SHIPPED=1 on_workers setup "${args[@]}"
 }
 
 cmd_run() {
-  require name zone config gs_workdir
   local args=() kv
   ((!DETACH)) || args+=(--detach)
   for kv in "${ENV[@]}"; do args+=(--env "$kv"); done
-  ((SHIPPED)) || ship || return 1
-  tpu_ssh all "$(worker_cmd run "${args[@]}" -- --config="$CONFIG" --workdir="$WORKDIR" \
-    --config.distributed=True "${OVERRIDES[@]}" "${TRAINER_ARGS[@]}")" \
-    --ssh-flag="-o ServerAliveInterval=60" --ssh-flag="-o ServerAliveCountMax=5"
+  on_workers run "${args[@]}" -- --config="$CONFIG" --workdir="$WORKDIR" \
+    --config.distributed=True "${OVERRIDES[@]}" "${TRAINER_ARGS[@]}"
 }
 
-cmd_logs() {
-  require name zone
-  tpu_ssh "$WORKER" "tail -n 200 -F $(remote_dir)/logs/trainer.log"
-}
+cmd_logs() { tpu_ssh "$WORKER" "tail -n 200 -F $(remote_dir)/logs/trainer.log"; }
 
 cmd_tensorboard() {
-  require workdir
   if ((REMOTE)); then
-    require name zone
     log "TensorBoard on worker 0, tunnelled to http://localhost:$PORT"
-    tpu_ssh 0 "cd $(remote_dir) && .venv/bin/tensorboard --logdir=$(q "$WORKDIR") --host=localhost --port=$PORT" \
-      -- -L "$PORT:localhost:$PORT"
+    tpu_ssh 0 "cd $(remote_dir) && .venv/bin/tensorboard --logdir=$(q "$WORKDIR") \
+--host=localhost --port=$PORT" -- -L "$PORT:localhost:$PORT"
   else
     local tb=tensorboard
     [[ ! -x $ROOT/.venv/bin/tensorboard ]] || tb="$ROOT/.venv/bin/tensorboard"
@@ -418,122 +316,90 @@ cmd_tensorboard() {
 }
 
 cmd_status() {
-  require name zone
-  ((!QUEUED)) || printf 'queued resource %s: %s\n' "$(qr_id)" "$(qr_state)"
-  printf 'TPU %s: %s\n' "$NAME" "$(node_state)"
+  ((!QUEUED)) || printf 'queued resource %s: %s\n' "$NAME-qr" "$(state qr)"
+  printf 'TPU %s: %s\n' "$NAME" "$(state tpu)"
   if [[ -n $WORKDIR ]]; then
     if is_done; then printf 'done.json: present (finished)\n'; else printf 'done.json: absent\n'; fi
   fi
-  { ship && tpu_ssh all "$(worker_cmd status)"; } || true
+  on_workers status || true
 }
 
 cmd_stop() {
-  require name zone
-  ship
-  tpu_ssh all "$(worker_cmd stop --grace "$GRACE")"
-  ((!TPU)) || run_cmd gcloud compute tpus tpu-vm stop "$NAME" "${LOC[@]}"
-}
-
-cmd_delete() {
-  require name zone
-  delete_tpu
+  on_workers stop --grace "$GRACE"
+  ((!TPU)) || gc tpu stop
 }
 
 # One look at the TPU: true when it is READY; else creates, re-creates or starts it as its state
 # asks, and leaves the state in STATE.
 tpu_ready() {
   if ((QUEUED)); then
-    local qstate
-    qstate=$(qr_state)
-    STATE="queued resource $qstate"
-    case $qstate in
-      ACTIVE) ;;
-      MISSING) fix create "queued resource $(qr_id) does not exist: creating it" && return 1 ;;
-      SUSPENDED | FAILED)
-        fix recreate "queued resource $(qr_id) is $qstate: re-creating it" && return 1
-        ;;
-      *) return 1 ;;
+    local qr
+    qr=$(state qr) && STATE="queued resource $qr"
+    case $qr in
+      MISSING) fix create "queued resource $NAME-qr does not exist" ;;
+      SUSPENDED | FAILED) fix recreate "queued resource $NAME-qr is $qr" ;;
     esac
+    [[ $qr == ACTIVE ]] || return 1
   fi
-  STATE=$(node_state)
-  case $STATE in
-    READY) return 0 ;;
-    PREEMPTED | TERMINATED | MISSING)
-      if ((QUEUED)); then
-        fix recreate "TPU $NAME is $STATE: re-creating the queued resource $(qr_id)"
-      elif [[ $STATE == MISSING ]]; then
-        fix create "TPU $NAME does not exist: creating it"
-      else
-        fix recreate "TPU $NAME is $STATE: re-creating it"
-      fi
-      ;;
-    STOPPED) ((QUEUED)) || fix start "TPU $NAME is STOPPED: starting it" ;;
+  STATE=$(state tpu)
+  case $QUEUED:$STATE in
+    *:READY) return 0 ;;
+    0:MISSING) fix create "TPU $NAME does not exist" ;;
+    *:PREEMPTED | *:TERMINATED | 1:MISSING) fix recreate "TPU $NAME is $STATE" ;;
+    0:STOPPED) fix start "TPU $NAME is STOPPED" ;;
   esac
   return 1
 }
 
-# fix ACTION MESSAGE: logs MESSAGE, then creates, re-creates or starts the TPU; a failure is only
-# logged (the caller looks again after --poll seconds).
+# fix create|recreate|start WHY: logs, then acts on the TPU (with --queued: on its queued
+# resource); a failure is only logged, as the caller looks again after --poll seconds.
 fix() {
-  log "$2"
+  local what="TPU $NAME"
+  ((!QUEUED)) || what="queued resource $NAME-qr"
+  log "$2: ${1%e}ing $what"
   case $1 in
-    create) create_tpu ;;
-    recreate) delete_tpu || true && create_tpu ;;
-    start) run_cmd gcloud compute tpus tpu-vm start "$NAME" "${LOC[@]}" ;;
+    create) cmd_create ;;
+    recreate) cmd_delete || true && cmd_create ;;
+    start) gc tpu start ;;
   esac || log "$1 failed; retrying in ${POLL}s"
-}
-
-# Waits until the TPU is READY, creating it when missing and re-creating it when preempted.
-ensure_ready() {
-  local last=""
-  until tpu_ready; do
-    [[ $STATE == "$last" ]] || log "waiting for TPU $NAME to be READY (now: $STATE)"
-    last=$STATE
-    sleep "$POLL"
-  done
 }
 
 # A dry run cannot follow the TPU's state, so it lists what one pass of the loop runs.
 supervise_dry_run() {
-  echo "# supervise: repeat until $WORKDIR/done.json exists (checked before each launch and after each ending)"
+  echo "# supervise, until $WORKDIR/done.json exists: look for it; wait for the TPU to be READY"
+  echo "# (look every ${POLL}s; create it when missing, delete and re-create it when preempted or"
+  echo "# terminated); set up every worker; run the trainer"
   is_done || true
-  echo "# wait for the TPU to be READY: poll its state every ${POLL}s"
-  ((!QUEUED)) || qr_state >/dev/null
-  node_state >/dev/null
-  echo "# when it is missing: create it; when it is preempted or terminated: delete and re-create it"
-  delete_tpu
-  create_tpu
-  echo "# then set up every worker and run the trainer"
-  cmd_setup
-  SHIPPED=1 cmd_run
+  ((!QUEUED)) || state qr >/dev/null
+  state tpu >/dev/null
+  cmd_delete && cmd_create && cmd_setup && SHIPPED=1 cmd_run
 }
 
 cmd_supervise() {
-  require name zone config gs_workdir
-  ((!DETACH)) || die "supervise follows each run to its end: leave out --detach"
   if ((DRY_RUN)); then
     supervise_dry_run
-    return 0
+    return
   fi
-  local restarts=0 rc
+  local restarts=0 rc last=""
   until is_done; do
-    ensure_ready
+    until tpu_ready; do
+      [[ $STATE == "$last" ]] || log "waiting for TPU $NAME to be READY (now: $STATE)"
+      last=$STATE && sleep "$POLL"
+    done
     rc=0
     if (cmd_setup); then
-      log "launching the trainer (launch $((restarts + 1)); relaunches so far: $restarts of at most $MAX_RESTARTS)"
+      log "launch $((restarts + 1)) of the trainer (at most $MAX_RESTARTS relaunches)"
       (SHIPPED=1 cmd_run) || rc=$?
       is_done && break
       log "the trainer ended (status $rc) before its last step"
     else
       log "setup failed"
     fi
-    restarts=$((restarts + 1))
-    if ((restarts > MAX_RESTARTS)); then
+    if ((++restarts > MAX_RESTARTS)); then
       log "giving up after $MAX_RESTARTS relaunches (--max-restarts); the TPU is left as it is"
       return 1
     fi
-    log "relaunching in ${POLL}s"
-    sleep "$POLL"
+    log "relaunching in ${POLL}s" && sleep "$POLL"
   done
   log "found $WORKDIR/done.json: the run has finished"
 }
@@ -541,27 +407,34 @@ cmd_supervise() {
 main() {
   exec 3>&1 # run_cmd prints to it under --dry-run, also from inside $(...)
   DRY_RUN_FD=3
-  set_defaults
+  read_options
   parse_args "$@"
   validate
   [[ -n $COMMAND ]] || { usage >&2 && exit 2; }
+  # What each command needs, resolved here, where a failure ends the script (not a supervise retry).
+  case $COMMAND in
+    create) need_tpu && RUNTIME=$(runtime_version) ;;
+    setup) need_tpu && JAX_VERSION=$(jax_version) ;;
+    run) need_run ;;
+    supervise)
+      need_run
+      ((!DETACH)) || die "supervise follows each run to its end: leave out --detach"
+      RUNTIME=$(runtime_version)
+      JAX_VERSION=$(jax_version)
+      ;;
+    logs | status | stop | delete) need_tpu ;;
+    tensorboard)
+      need WORKDIR gs://BUCKET/DIR
+      ((!REMOTE)) || need_tpu
+      ;;
+    *) die "unknown command '$COMMAND' (one of: create setup run logs tensorboard status stop" \
+      "delete supervise help)" ;;
+  esac
   LOC=(--zone="$ZONE")
   [[ -z $PROJECT ]] || LOC+=(--project="$PROJECT")
-  # Resolved here, where a failure ends the script, not inside a supervise retry.
-  case $COMMAND in
-    create | supervise) RUNTIME=$(runtime_version) || exit 2 ;;
-  esac
-  case $COMMAND in
-    setup | supervise) JAX_VERSION=$(jax_version) || exit 2 ;;
-  esac
   TMP=$(mktemp -d)
   trap 'rm -rf "$TMP"' EXIT
-  case $COMMAND in
-    create | setup | run | logs | tensorboard | status | stop | delete | supervise)
-      "cmd_$COMMAND"
-      ;;
-    *) die "unknown command '$COMMAND' (one of: create setup run logs tensorboard status stop delete supervise help)" ;;
-  esac
+  "cmd_$COMMAND"
 }
 
 main "$@"

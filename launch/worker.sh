@@ -180,16 +180,8 @@ main() {
   (($#)) && shift
   while (($#)); do
     case $1 in
-      --)
-        shift
-        ARGS=("$@")
-        break
-        ;;
-      --detach)
-        DETACH=1
-        shift
-        continue
-        ;;
+      --) shift && ARGS=("$@") && break ;;
+      --detach) DETACH=1 && shift && continue ;;
     esac
     (($# >= 2)) || die "option $1 needs a value"
     case $1 in
