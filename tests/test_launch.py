@@ -18,8 +18,10 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'launch'
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
+HOST = socket.gethostname()
 COMMON = ['--name', 'tpu1', '--zone', 'us-central2-b', '--project', 'proj']
-LIBTPU = 'https://storage.googleapis.com/jax-releases/libtpu_releases.html'
+LOC = ['--zone=us-central2-b', '--project=proj']
+JAX = re.search(r'^jax==(\S+)', (REPO / 'requirements.txt').read_text(), re.M).group(1)
 
 
 def clean_env(**extra):
@@ -33,48 +35,34 @@ def clean_env(**extra):
 def sh(script, *args, env=None, check=True, timeout=60):
   proc = subprocess.run(['bash', str(LAUNCH / script), *args], capture_output=True, text=True,
                         env=env or clean_env(), timeout=timeout, cwd=REPO)
-  if check and proc.returncode != 0:
-    raise AssertionError(f'{script} {args} failed ({proc.returncode}):\n'
-                         f'{proc.stdout}\n{proc.stderr}')
+  assert proc.returncode == 0 or not check, f'{args}: {proc.stdout}\n{proc.stderr}'
   return proc
 
 
 def dry(*args, env=None):
-  """The argv of every command a --dry-run prints (lines starting with '+ ')."""
+  """The argv of each command a --dry-run prints ('+ ' lines), the program by its name and the
+  run's temporary directory as TMP; each --command (run on a worker) is one valid shell line."""
+  env = env or clean_env()
   out = sh('tpu_vm.sh', '--dry-run', *args, env=env).stdout
-  cmds = [shlex.split(line[2:]) for line in out.splitlines() if line.startswith('+ ')]
-  assert cmds, out
+  tmp = re.escape(env.get('TMPDIR', '/tmp').rstrip('/')) + r'/+tmp\.\w+/'  # from mktemp -d
+  assert len(set(re.findall(tmp, out))) <= 1, out  # one temporary directory per run
+  cmds = [[re.sub(tmp, 'TMP/', a) for a in shlex.split(line[2:])]
+          for line in out.splitlines() if line.startswith('+ ')]
+  for argv in cmds:
+    argv[0] = os.path.basename(argv[0])
+    for a in argv:
+      if a.startswith('--command='):
+        subprocess.run(['bash', '-n', '-c', a[len('--command='):]], check=True)
   return cmds
-
-
-def gcloud_cmds(cmds, *words):
-  return [c for c in cmds if c[:len(words) + 1] == ['gcloud', *words]]
-
-
-def option(argv, name):
-  values = [a.split('=', 1)[1] for a in argv if a.startswith(name + '=')]
-  assert len(values) == 1, (name, argv)
-  return values[0]
-
-
-def remote(ssh):
-  """The argv of the ssh command, after checking that it is one valid shell line."""
-  command = option(ssh, '--command')
-  subprocess.run(['bash', '-n', '-c', command], check=True)
-  return shlex.split(command)
-
-
-def worker_argv(sub, *args, remote_dir='robust'):
-  return ['bash', '$HOME/robust-worker.sh', sub, '--dir', remote_dir, '--module', 'trainer.main',
-          *args]
-
-
-def pinned_jax():
-  return re.search(r'^jax==(\S+)', (REPO / 'requirements.txt').read_text(), re.M).group(1)
 
 
 def lines(path):
   return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def fake_venv(code):
+  (code / '.venv' / 'bin').mkdir(parents=True)
+  shutil.copy(FIXTURES / 'python', code / '.venv' / 'bin' / 'python')
 
 
 # ---- shellcheck ----------------------------------------------------------------------------------
@@ -90,106 +78,89 @@ def test_shellcheck_clean():
 
 
 # ---- dry runs ------------------------------------------------------------------------------------
-def test_create_on_demand():
-  (cmd,) = dry('create', *COMMON)
-  assert cmd == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'tpu1', '--zone=us-central2-b',
-                 '--project=proj', '--accelerator-type=v4-32', '--version=tpu-ubuntu2204-base']
+def tpu(verb, *args, group='tpu-vm', name='tpu1'):
+  return ['gcloud', 'compute', 'tpus', group, verb, name, *LOC, *args]
 
 
-def test_create_spot_with_runtime_from_type_and_extra_flags():
-  (cmd,) = dry('create', *COMMON, '--spot', '--accelerator-type', 'v5p-64',
-               '--create-arg=--network=net1')
-  assert cmd[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'tpu1']
-  assert option(cmd, '--accelerator-type') == 'v5p-64'
-  assert option(cmd, '--version') == 'v2-alpha-tpuv5'
-  assert '--spot' in cmd and '--network=net1' in cmd
+def qr(verb, *args):
+  return tpu(verb, *args, group='queued-resources', name='tpu1-qr')
 
 
-def test_create_queued_from_env_defaults():
+def ship(*files, name='robust'):
+  """worker.sh, as NAME-worker.sh, and FILES copied to the home of every worker."""
+  worker = f'TMP/{name}-worker.sh'
+  return [['cp', str(LAUNCH / 'worker.sh'), worker],
+          ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', worker, *files, 'tpu1:', *LOC,
+           '--worker=all']]
+
+
+def on_workers(sub, args='', remote_dir='robust'):
+  command = (f'bash "$HOME"/{pathlib.Path(remote_dir).name}-worker.sh {sub} --dir {remote_dir} '
+             f'--module trainer.main{args}')
+  return tpu('ssh', '--worker=all', f'--command={command}',
+             '--ssh-flag=-o ServerAliveInterval=60', '--ssh-flag=-o ServerAliveCountMax=5')
+
+
+CREATE = ['--accelerator-type=v4-32', '--version=tpu-ubuntu2204-base']
+PACK = ['bash', '-c', 'cd "$1" && git ls-files -z -co --exclude-standard | tar --null -T - -czf '
+        '"$2"', 'pack_code', str(REPO), 'TMP/robust-code.tar.gz']  # the archive setup copies
+SETUP = [PACK, *ship('TMP/robust-code.tar.gz'),
+         on_workers('setup', f' --python 3.11 --jax {JAX} --archive robust-code.tar.gz')]
+RUN = ['--workdir', 'gs://bucket/wrn', '--config=configs/x.py']
+TRAINER = ' -- --config=configs/x.py --workdir=gs://bucket/wrn --config.distributed=True'
+DONE = ['gcloud', 'storage', 'ls', 'gs://bucket/wrn/done.json']
+DRY_RUNS = [
+    (['create', *COMMON], [tpu('create', *CREATE)]),
+    (['create', *COMMON, '--spot', '--accelerator-type', 'v5p-64', '--create-arg=--network=net1'],
+     [tpu('create', '--accelerator-type=v5p-64', '--version=v2-alpha-tpuv5', '--spot',
+          '--network=net1')]),
+    (['create', *COMMON, '--queued', '--spot'],
+     [qr('create', '--node-id=tpu1', CREATE[0], '--runtime-version=tpu-ubuntu2204-base',
+         '--spot')]),
+    (['setup', *COMMON], SETUP),
+    (['setup', *COMMON, '--git-url', 'https://example.com/me/repo.git', '--git-ref', 'v1',
+      '--python', '3.12', '--remote-dir', 'work/code'],
+     [*ship(name='code'),  # no code archive
+      on_workers('setup', f' --python 3.12 --jax {JAX} --git-url https://example.com/me/repo.git'
+                 ' --git-ref v1', remote_dir='work/code')]),
+    (['run', *COMMON, *RUN, '--config.train.lr=0.4', '--config.model.name=wrn-70-16', '--env',
+      'XLA_FLAGS=-x', '--', '--flagfile=f.txt'],
+     [*ship(), on_workers('run', ' --env XLA_FLAGS=-x' + TRAINER + ' --config.train.lr=0.4 '
+                          '--config.model.name=wrn-70-16 --flagfile=f.txt')]),
+    (['logs', *COMMON, '--worker', '2'],
+     [tpu('ssh', '--worker=2', '--command=tail -n 200 -F "$HOME"/robust/logs/trainer.log')]),
+    (['tensorboard', '--workdir', 'gs://bucket/wrn', '--port', '7007'],  # local: no TPU needed
+     [['tensorboard', '--logdir=gs://bucket/wrn', '--port=7007']]),
+    (['tensorboard', *COMMON, '--workdir', 'gs://bucket/wrn', '--remote'],
+     [tpu('ssh', '--worker=0', '--command=cd "$HOME"/robust && .venv/bin/tensorboard '
+          '--logdir=gs://bucket/wrn --host=localhost --port=6006', '--', '-L',
+          '6006:localhost:6006')]),
+    (['status', *COMMON, '--queued', *RUN],
+     [qr('describe', '--format=value(state.state)'), tpu('describe', '--format=value(state)'),
+      DONE, *ship(), on_workers('status')]),
+    (['stop', *COMMON, '--tpu', '--grace', '30'],
+     [*ship(), on_workers('stop', ' --grace 30'), tpu('stop')]),
+    (['delete', *COMMON], [tpu('delete', '--quiet')]),
+    (['delete', *COMMON, '--queued'], [qr('delete', '--force', '--quiet')]),
+    # One pass of the loop: is it done, the TPU's state, re-create it, setup, run.
+    (['supervise', *COMMON, '--spot', *RUN],
+     [DONE, tpu('describe', '--format=value(state)'), tpu('delete', '--quiet'),
+      tpu('create', *CREATE, '--spot'), *SETUP, on_workers('run', TRAINER)]),
+]
+
+
+@pytest.mark.parametrize('args, expected', DRY_RUNS,
+                         ids=[f'{i}-{args[0]}' for i, (args, _) in enumerate(DRY_RUNS)])
+def test_dry_run(args, expected):
+  assert dry(*args) == expected
+
+
+def test_options_from_the_environment():
   env = clean_env(TPU_NAME='tpu1', TPU_ZONE='europe-west4-a', TPU_QUEUED='1', TPU_SPOT='true',
                   TPU_ACCELERATOR_TYPE='v6e-16', TPU_VERSION='custom-runtime')
-  (cmd,) = dry('create', env=env)
-  assert cmd[:6] == ['gcloud', 'compute', 'tpus', 'queued-resources', 'create', 'tpu1-qr']
-  assert option(cmd, '--node-id') == 'tpu1'
-  assert option(cmd, '--zone') == 'europe-west4-a'
-  assert option(cmd, '--accelerator-type') == 'v6e-16'
-  assert option(cmd, '--runtime-version') == 'custom-runtime'
-  assert '--spot' in cmd
-  assert not any(a.startswith('--project') for a in cmd)
-
-
-def test_setup_copies_code_and_worker_then_runs_worker_setup():
-  cmds = dry('setup', *COMMON)
-  (scp,) = gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'scp')
-  assert [pathlib.Path(p).name for p in scp[5:7]] == ['robust-worker.sh', 'robust-code.tar.gz']
-  assert scp[7] == 'tpu1:' and '--worker=all' in scp and '--project=proj' in scp
-  (pack,) = [c for c in cmds if c[0] == 'bash']  # the archive scp sends
-  assert 'git ls-files -z -co --exclude-standard' in pack[2] and pack[-1] == scp[6]
-  (ssh,) = gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'ssh')
-  assert ssh[5] == 'tpu1' and '--worker=all' in ssh and '--zone=us-central2-b' in ssh
-  assert remote(ssh) == worker_argv('setup', '--python', '3.11', '--jax', pinned_jax(),
-                                    '--archive', 'robust-code.tar.gz')
-
-
-def test_setup_from_git():
-  cmds = dry('setup', *COMMON, '--git-url', 'https://example.com/me/repo.git', '--git-ref', 'v1',
-             '--python', '3.12', '--remote-dir', 'work/code')
-  (scp,) = gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'scp')
-  assert pathlib.Path(scp[5]).name == 'code-worker.sh' and scp[6] == 'tpu1:'  # no code archive
-  (ssh,) = gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'ssh')
-  assert remote(ssh) == ['bash', '$HOME/code-worker.sh', 'setup', '--dir', 'work/code',
-                         '--module', 'trainer.main', '--python', '3.12', '--jax', pinned_jax(),
-                         '--git-url', 'https://example.com/me/repo.git', '--git-ref', 'v1']
-
-
-def test_run_on_all_workers_with_overrides():
-  scp, ssh = gcloud_cmds(dry('run', *COMMON, '--workdir', 'gs://bucket/wrn',
-                             '--config=configs/x.py', '--config.train.lr=0.4',
-                             '--config.model.name=wrn-70-16', '--env', 'XLA_FLAGS=-x', '--',
-                             '--flagfile=f.txt'))
-  assert scp[4] == 'scp' and pathlib.Path(scp[5]).name == 'robust-worker.sh'
-  assert ssh[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'tpu1']
-  assert '--worker=all' in ssh and '--zone=us-central2-b' in ssh and '--project=proj' in ssh
-  assert remote(ssh) == worker_argv(
-      'run', '--env', 'XLA_FLAGS=-x', '--', '--config=configs/x.py', '--workdir=gs://bucket/wrn',
-      '--config.distributed=True', '--config.train.lr=0.4', '--config.model.name=wrn-70-16',
-      '--flagfile=f.txt')
-
-
-def test_logs_tensorboard_stop_delete():
-  (logs,) = dry('logs', *COMMON, '--worker', '2')
-  assert logs[4] == 'ssh' and '--worker=2' in logs
-  assert option(logs, '--command') == 'tail -n 200 -F "$HOME"/robust/logs/trainer.log'
-
-  (tb,) = dry('tensorboard', '--workdir', 'gs://bucket/wrn', '--port', '7007')
-  assert tb[0].endswith('tensorboard') and tb[1:] == ['--logdir=gs://bucket/wrn', '--port=7007']
-  (tb,) = dry('tensorboard', *COMMON, '--workdir', 'gs://bucket/wrn', '--remote')
-  assert tb[4] == 'ssh' and '--worker=0' in tb and tb[-3:] == ['--', '-L', '6006:localhost:6006']
-  assert '--logdir=gs://bucket/wrn' in option(tb, '--command')
-
-  scp, stop, stop_vm = gcloud_cmds(dry('stop', *COMMON, '--tpu', '--grace', '30'))
-  assert scp[4] == 'scp' and stop[4] == 'ssh' and '--worker=all' in stop
-  assert remote(stop) == worker_argv('stop', '--grace', '30')
-  assert stop_vm == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'stop', 'tpu1', '--zone=us-central2-b',
-                     '--project=proj']
-
-  assert dry('delete', *COMMON) == [['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', 'tpu1',
-                                     '--zone=us-central2-b', '--project=proj', '--quiet']]
-  assert dry('delete', *COMMON, '--queued') == [
-      ['gcloud', 'compute', 'tpus', 'queued-resources', 'delete', 'tpu1-qr',
-       '--zone=us-central2-b', '--project=proj', '--force', '--quiet']]
-
-
-def test_supervise_dry_run_lists_the_loop():
-  cmds = gcloud_cmds(dry('supervise', *COMMON, '--spot', '--workdir', 'gs://bucket/wrn',
-                         '--config', 'configs/x.py'))
-  words = [c[1:5] for c in cmds]
-  assert words[0][:2] == ['storage', 'ls'] and cmds[0][-1] == 'gs://bucket/wrn/done.json'
-  for verb in ('describe', 'create', 'scp'):
-    assert ['compute', 'tpus', 'tpu-vm', verb] in words
-  ssh = gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'ssh')
-  assert len(ssh) == 2 and remote(ssh[1])[2] == 'run' and 'trainer.main' in remote(ssh[1])
-  assert '--spot' in gcloud_cmds(cmds, 'compute', 'tpus', 'tpu-vm', 'create')[0]
+  assert dry('create', env=env) == [[
+      'gcloud', 'compute', 'tpus', 'queued-resources', 'create', 'tpu1-qr', '--zone=europe-west4-a',
+      '--node-id=tpu1', '--accelerator-type=v6e-16', '--runtime-version=custom-runtime', '--spot']]
 
 
 @pytest.mark.slow
@@ -198,15 +169,11 @@ def test_real_gcloud_parses_every_command(tmp_path):
   (a fresh config has no account, so each stops at 'no active account' and nothing is sent)."""
   if shutil.which('gcloud') is None:
     pytest.skip('the Cloud SDK (gcloud) is not installed')
-  workdir = ('--workdir', 'gs://bucket/wrn', '--config', 'configs/x.py')
   shapes = {}  # one command per subcommand and set of flags
-  for args in (['create', '--spot', '--create-arg=--network=net1'],
-               ['create', '--queued', '--spot'], ['setup'], ['run', *workdir, '--config.a=1'],
-               ['tensorboard', '--remote', *workdir], ['status', '--queued', *workdir],
-               ['stop', '--tpu'], ['delete'], ['delete', '--queued']):
-    for c in gcloud_cmds(dry(*args, *COMMON)):
-      shapes.setdefault((*c[:5], *sorted(a.split('=')[0] for a in c if a.startswith('-'))), c)
-  cmds = list(shapes.values())
+  for args, _ in DRY_RUNS:
+    for c in dry(*args):
+      if c[0] == 'gcloud':
+        shapes.setdefault((*c[:5], *sorted(a.split('=')[0] for a in c if a.startswith('-'))), c)
   env = clean_env(CLOUDSDK_CONFIG=str(tmp_path), CLOUDSDK_CORE_DISABLE_PROMPTS='1',
                   CLOUDSDK_CORE_CHECK_GCE_METADATA='false')
 
@@ -215,7 +182,7 @@ def test_real_gcloud_parses_every_command(tmp_path):
                           stdin=subprocess.DEVNULL).stderr
 
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    for cmd, err in zip(cmds, pool.map(parse, cmds)):
+    for cmd, err in zip(shapes.values(), pool.map(parse, shapes.values())):
       assert 'active account' in err, (cmd, err)
 
 
@@ -252,23 +219,23 @@ def test_help():
 class Worker:
   """A worker's home in tmp_path; `python3.X` and the trainer are tests/fixtures/python."""
 
-  def __init__(self, tmp_path, remote_dir='robust'):
-    self.root, self.home = tmp_path, tmp_path / 'home'
-    self.code = self.home / remote_dir
-    self.bin = tmp_path / 'bin'
-    self.bin.mkdir()
+  def __init__(self, tmp_path, remote_dir='robust', venv=False):
+    self.root, self.home, self.remote_dir = tmp_path, tmp_path / 'home', remote_dir
+    self.code, bin_dir = self.home / remote_dir, tmp_path / 'bin'
+    bin_dir.mkdir()
     self.home.mkdir()
     for name in ('python3.11', 'python3.12'):
-      (self.bin / name).symlink_to(FIXTURES / 'python')
+      (bin_dir / name).symlink_to(FIXTURES / 'python')
+    if venv:
+      fake_venv(self.code)
     self.env = clean_env(HOME=str(self.home), FAKE_ROOT=str(tmp_path), FAKE_HOME=str(self.home),
-                         TMPDIR=str(tmp_path), PATH=f'{self.bin}{os.pathsep}{clean_env()["PATH"]}')
-    self.remote_dir = remote_dir
+                         TMPDIR=str(tmp_path), PATH=f'{bin_dir}{os.pathsep}{clean_env()["PATH"]}')
 
-  def __call__(self, sub, *args, mode=None, check=True, timeout=60):
+  def __call__(self, sub, *args, mode=None, check=True):
     env = dict(self.env, **({'FAKE_TRAINER_MODE': mode} if mode else {}))
     proc = subprocess.run(['bash', str(LAUNCH / 'worker.sh'), sub, '--dir', self.remote_dir,
                            '--module', 'trainer.main', *args], env=env, cwd=self.home,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 or not check, proc.stdout + proc.stderr
     return proc
 
@@ -285,15 +252,16 @@ class Worker:
     return lines(self.root / 'python_calls.jsonl')
 
 
-def install_calls(jax):
-  return [['-m', 'pip', 'install', '--quiet', '--upgrade', 'pip'],
+def setup_calls(jax):
+  """The calls of python in a first setup: make the venv, install jax[tpu]==JAX, print it."""
+  return [['-m', 'venv', '.venv'], ['-m', 'pip', 'install', '--quiet', '--upgrade', 'pip'],
           ['-m', 'pip', 'install', '--quiet', '-r', 'requirements.txt', f'jax[tpu]=={jax}', '-f',
-           LIBTPU], ['-c', 'import jax; print(jax.__version__)']]
+           'https://storage.googleapis.com/jax-releases/libtpu_releases.html'],
+          ['-c', 'import jax; print(jax.__version__)']]
 
 
 def test_worker_setup_from_archive(tmp_path):
-  w = Worker(tmp_path)
-  src = tmp_path / 'src'
+  w, src = Worker(tmp_path), tmp_path / 'src'
   src.mkdir()
   (src / 'requirements.txt').write_text('jax==9.9\n')
   (w.code / 'logs').mkdir(parents=True)
@@ -301,18 +269,16 @@ def test_worker_setup_from_archive(tmp_path):
     (w.code / path).write_text('old')
   subprocess.run(['tar', '-czf', str(w.home / 'robust-code.tar.gz'), '-C', str(src), '.'],
                  check=True)
-  out = w('setup', '--python', '3.11', '--jax', '9.9', '--archive', 'robust-code.tar.gz').stdout
-  assert out.strip() == f'{socket.gethostname()}: jax fake'
+  setup = ('setup', '--python', '3.11', '--jax', '9.9', '--archive', 'robust-code.tar.gz')
+  assert w(*setup).stdout.strip() == f'{HOST}: jax fake'
   assert not (w.code / 'stale.txt').exists() and (w.code / 'logs' / 'trainer.log').exists()
   assert (w.code / 'requirements.txt').exists() and not (w.home / 'robust-code.tar.gz').exists()
-  assert w.python_calls() == [['-m', 'venv', '.venv'], *install_calls('9.9')]
-  assert 'no code archive' in w('setup', '--python', '3.11', '--jax', '9.9', '--archive',
-                                'robust-code.tar.gz', check=False).stderr
+  assert w.python_calls() == setup_calls('9.9')
+  assert 'no code archive' in w(*setup, check=False).stderr
 
 
 def test_worker_setup_from_git(tmp_path):
-  w = Worker(tmp_path, remote_dir='work/code')
-  src = tmp_path / 'src'
+  w, src = Worker(tmp_path, remote_dir='work/code'), tmp_path / 'src'
   git = ['git', '-c', 'user.name=t', '-c', 'user.email=t@t', '-C', str(src)]
   subprocess.run(['git', 'init', '-q', '-b', 'main', str(src)], check=True)
   for text, tag in (('v1\n', 'v1'), ('v2\n', None)):
@@ -324,7 +290,7 @@ def test_worker_setup_from_git(tmp_path):
   setup = ('setup', '--python', '3.12', '--jax', '1.0', '--git-url', f'file://{src}', '--git-ref')
   w(*setup, 'v1')
   assert (w.code / 'requirements.txt').read_text() == 'v1\n'
-  assert w.python_calls() == [['-m', 'venv', '.venv'], *install_calls('1.0')]
+  assert w.python_calls() == setup_calls('1.0')
   (w.code / 'logs').mkdir()
   (w.code / 'untracked.txt').write_text('x')
   w(*setup, 'main')  # a branch of the origin, over the previous checkout
@@ -334,13 +300,10 @@ def test_worker_setup_from_git(tmp_path):
 
 
 def test_worker_run_follows_the_trainer_to_its_exit_status(tmp_path):
-  w = Worker(tmp_path)
-  (w.code / '.venv' / 'bin').mkdir(parents=True)
-  shutil.copy(FIXTURES / 'python', w.code / '.venv' / 'bin' / 'python')
+  w = Worker(tmp_path, venv=True)
   argv = ['--config=c.py', '--workdir=gs://b/w', "--note=it's a b"]
   proc = w('run', '--env', 'XLA_FLAGS=-x', '--', *argv, mode='crash', check=False)
-  host = socket.gethostname()
-  assert proc.returncode == 1 and f'trainer on {host} exited with status 1' in proc.stdout
+  assert proc.returncode == 1 and f'trainer on {HOST} exited with status 1' in proc.stdout
   assert 'trainer crash PYTHONUNBUFFERED=1 XLA_FLAGS=-x' in proc.stdout  # the log, followed
   assert w.python_calls() == [['-m', 'trainer.main', *argv]]
   assert (w.code / 'logs' / 'trainer.log').read_text().startswith('=== launch ')
@@ -350,18 +313,15 @@ def test_worker_run_follows_the_trainer_to_its_exit_status(tmp_path):
 
 
 def test_worker_stop_and_status(tmp_path):
-  w = Worker(tmp_path)
-  (w.code / '.venv' / 'bin').mkdir(parents=True)
-  shutil.copy(FIXTURES / 'python', w.code / '.venv' / 'bin' / 'python')
-  host = socket.gethostname()
-  assert w('status').stdout == f'{host}: no trainer running (last exit status: none)\n'
+  w = Worker(tmp_path, venv=True)
+  assert w('status').stdout == f'{HOST}: no trainer running (last exit status: none)\n'
   (w.code / 'logs').mkdir()
   (w.code / 'logs' / 'trainer.pid').write_text(str(os.getpid()))  # alive, but not the trainer
   assert 'no trainer running' in w('status').stdout
   assert 'trainer started' in w('run', '--detach', '--', '--workdir=gs://b/w', mode='sleep').stdout
   w.wait_for_trainer('sleep')
   pid = (w.code / 'logs' / 'trainer.pid').read_text().strip()
-  assert w('status').stdout == f'{host}: trainer running (pid {pid})\n'
+  assert w('status').stdout == f'{HOST}: trainer running (pid {pid})\n'
   assert 'setup skipped' in w('setup', '--python', '3.11', '--jax', '1', '--archive', 'none').stdout
   stopped = w('stop', '--grace', '20').stdout
   assert 'SIGTERM sent to the trainer' in stopped and 'has exited' in stopped
@@ -372,108 +332,93 @@ def test_worker_stop_and_status(tmp_path):
   for _ in range(100):  # the wrapper writes the status of the killed trainer
     if 'status: 137' in w('status').stdout:
       break
-  assert w('status').stdout == f'{host}: no trainer running (last exit status: 137)\n'
-  assert f'no trainer running on {host}' in w('stop').stdout
+  assert w('status').stdout == f'{HOST}: no trainer running (last exit status: 137)\n'
+  assert f'no trainer running on {HOST}' in w('stop').stdout
 
 
 # ---- tpu_vm.sh against the fake gcloud: one TPU worker in a temporary HOME, a fake bucket --------
 class FakeCloud:
 
-  def __init__(self, tmp_path, node=None, qr=None, plan=()):
-    self.root, self.home = tmp_path, tmp_path / 'home'
-    venv_bin = self.home / 'robust' / '.venv' / 'bin'
-    venv_bin.mkdir(parents=True)
-    shutil.copy(FIXTURES / 'python', venv_bin / 'python')
-    (self.home / 'robust' / 'stale.txt').write_text('removed by setup')
-    (tmp_path / 'gcs').mkdir()
+  def __init__(self, tmp_path, node=None, qr=None, plan=(), done=False):
+    self.root, self.code = tmp_path, tmp_path / 'home' / 'robust'
+    fake_venv(self.code)
+    (self.code / 'stale.txt').write_text('removed by setup')
+    (tmp_path / 'gcs' / 'bucket' / 'run1').mkdir(parents=True)
+    if done:
+      (tmp_path / 'gcs' / 'bucket' / 'run1' / 'done.json').write_text('{}')
     (tmp_path / 'state.json').write_text(json.dumps({'node': node, 'qr': qr, 'plan': list(plan)}))
-    self.env = clean_env(FAKE_ROOT=str(tmp_path), FAKE_HOME=str(self.home), TMPDIR=str(tmp_path))
-    self.env['PATH'] = f'{FIXTURES}{os.pathsep}{self.env["PATH"]}'
+    self.env = clean_env(FAKE_ROOT=str(tmp_path), FAKE_HOME=str(tmp_path / 'home'),
+                         TMPDIR=str(tmp_path), PATH=f'{FIXTURES}{os.pathsep}{clean_env()["PATH"]}')
 
   def __call__(self, *args, check=True):
     return sh('tpu_vm.sh', *args, env=self.env, check=check, timeout=120)
 
+  def supervise(self, *args, check=True):
+    return self('supervise', *COMMON, '--workdir', 'gs://bucket/run1', '--config', 'configs/x.py',
+                '--poll', '0', *args, check=check)
+
   def calls(self):
     """Each gcloud call in short: 'storage ls', 'create', 'qr create', 'ssh run', ..."""
-    out = []
-    for argv in lines(self.root / 'calls.jsonl'):
+    def short(argv):
       if argv[0] == 'storage':
-        out.append('storage ls')
-      elif argv[2] == 'queued-resources':
-        out.append('qr ' + argv[3])
-      elif argv[3] == 'ssh':
-        out.append('ssh ' + shlex.split(option(argv, '--command'))[2])
-      else:
-        out.append(argv[3])
-    return out
+        return 'storage ls'
+      if argv[2] == 'queued-resources':
+        return 'qr ' + argv[3]
+      if argv[3] == 'ssh':  # the worker.sh subcommand
+        return 'ssh ' + shlex.split(next(a for a in argv if a.startswith('--command=')))[2]
+      return argv[3]
+    return [short(argv) for argv in lines(self.root / 'calls.jsonl')]
 
   def trainer_calls(self):
     return [a for a in lines(self.root / 'python_calls.jsonl') if a[:2] == ['-m', 'trainer.main']]
 
-  def state(self):
-    return json.loads((self.root / 'state.json').read_text())
+  def log(self):
+    return (self.code / 'logs' / 'trainer.log').read_text()
 
 
-SUPERVISE = ('supervise', *COMMON, '--workdir', 'gs://bucket/run1', '--config', 'configs/x.py',
-             '--poll', '0')
+LAUNCH_CALLS = ['describe', 'scp', 'ssh setup', 'ssh run', 'storage ls']  # READY: set up and run
 
 
-def test_supervise_relaunches_after_spot_preemption(tmp_path):
-  cloud = FakeCloud(tmp_path, node=None, plan=['preempt', 'finish'])
-  proc = cloud(*SUPERVISE, '--spot', "--config.note=it's a b")
-  assert 'the run has finished' in proc.stderr
-  assert cloud.calls() == [
-      'storage ls', 'describe', 'create', 'describe', 'scp', 'ssh setup', 'ssh run',  # preempted
-      'storage ls', 'storage ls', 'describe', 'delete', 'create', 'describe', 'scp', 'ssh setup',
-      'ssh run', 'storage ls']
-  creates = [c for c in lines(tmp_path / 'calls.jsonl') if c[:4] == ['compute', 'tpus', 'tpu-vm',
-                                                                      'create']]
-  assert all('--spot' in c for c in creates)
-  (trainer,) = cloud.trainer_calls()  # the preempted launch never reached the worker
-  assert trainer[2:] == ['--config=configs/x.py', '--workdir=gs://bucket/run1',
-                         '--config.distributed=True', "--config.note=it's a b"]
-  assert (tmp_path / 'gcs' / 'bucket' / 'run1' / 'done.json').exists()
-  code = cloud.home / 'robust'
-  assert (code / 'launch' / 'tpu_vm.sh').exists() and not (code / 'stale.txt').exists()
-  assert 'trainer finish' in (code / 'logs' / 'trainer.log').read_text()
-  assert (code / 'logs' / 'trainer.exit').read_text().strip() == '0'
-
-
-def test_supervise_recreates_suspended_queued_resource(tmp_path):
-  cloud = FakeCloud(tmp_path, plan=['preempt', 'finish'])
-  cloud(*SUPERVISE, '--queued', '--spot')
-  assert cloud.calls() == [
-      'storage ls', 'qr describe', 'qr create', 'qr describe', 'describe', 'scp', 'ssh setup',
-      'ssh run', 'storage ls', 'storage ls', 'qr describe', 'qr delete', 'qr create', 'qr describe',
-      'describe', 'scp', 'ssh setup', 'ssh run', 'storage ls']
-  assert cloud.state() == {'node': 'READY', 'qr': 'ACTIVE', 'plan': []}
-
-
-def test_supervise_relaunches_after_clean_exit_without_done(tmp_path):
-  # A trainer that saved and exited 0 on SIGTERM has not finished: it is relaunched.
-  cloud = FakeCloud(tmp_path, node='READY', plan=['exit0', 'finish'])
-  cloud(*SUPERVISE)
-  assert cloud.calls() == [
-      'storage ls', 'describe', 'scp', 'ssh setup', 'ssh run', 'storage ls', 'storage ls',
-      'describe', 'scp', 'ssh setup', 'ssh run', 'storage ls']
-  assert len(cloud.trainer_calls()) == 2
-  log = (cloud.home / 'robust' / 'logs' / 'trainer.log').read_text()
-  assert log.count('=== launch') == 2 and 'trainer exit0' in log
-
-
-def test_supervise_gives_up_after_max_restarts(tmp_path):
-  cloud = FakeCloud(tmp_path, node='READY', plan=['crash'] * 5)
-  proc = cloud(*SUPERVISE, '--max-restarts', '2', check=False)
-  assert proc.returncode == 1 and 'giving up after 2 relaunches' in proc.stderr
-  assert cloud.calls().count('ssh run') == 3
-
-
-def test_supervise_stops_at_once_when_done(tmp_path):
-  cloud = FakeCloud(tmp_path, node='READY')
-  (tmp_path / 'gcs' / 'bucket' / 'run1').mkdir(parents=True)
-  (tmp_path / 'gcs' / 'bucket' / 'run1' / 'done.json').write_text('{}')
-  cloud(*SUPERVISE)
-  assert cloud.calls() == ['storage ls']
+@pytest.mark.parametrize('start, args, calls', [
+    # A spot TPU lost as the trainer is sent (it never reaches the worker): re-created, relaunched.
+    ({'plan': ['preempt', 'finish']}, ['--spot', "--config.note=it's a b"],
+     ['storage ls', 'describe', 'create', *LAUNCH_CALLS,
+      'storage ls', 'describe', 'delete', 'create', *LAUNCH_CALLS]),
+    # The same through a queued resource, which the preemption suspends.
+    ({'plan': ['preempt', 'finish']}, ['--queued', '--spot'],
+     ['storage ls', 'qr describe', 'qr create', 'qr describe', *LAUNCH_CALLS,
+      'storage ls', 'qr describe', 'qr delete', 'qr create', 'qr describe', *LAUNCH_CALLS]),
+    # A trainer that saved and exited 0 on SIGTERM has not finished: it is relaunched.
+    ({'node': 'READY', 'plan': ['exit0', 'finish']}, [], ['storage ls', *LAUNCH_CALLS] * 2),
+    ({'node': 'READY', 'plan': ['crash'] * 3}, ['--max-restarts', '2'],
+     ['storage ls', *LAUNCH_CALLS] * 3),
+    ({'node': 'READY', 'done': True}, [], ['storage ls']),  # finished before: nothing to do
+], ids=['spot-preempted', 'queued-suspended', 'exit0-without-done', 'max-restarts', 'done'])
+def test_supervise(tmp_path, start, args, calls):
+  cloud = FakeCloud(tmp_path, **start)
+  proc = cloud.supervise(*args, check=False)
+  runs = [m for m in start.get('plan', ()) if m != 'preempt']  # the launches that reached it
+  finished = 'finish' in runs or start.get('done', False)
+  if finished:
+    assert proc.returncode == 0 and 'the run has finished' in proc.stderr, proc.stderr
+  else:
+    assert proc.returncode == 1 and 'giving up after 2 relaunches' in proc.stderr, proc.stderr
+  assert cloud.calls() == calls
+  assert json.loads((tmp_path / 'state.json').read_text()) == {
+      'node': 'READY', 'qr': 'ACTIVE' if '--queued' in args else None, 'plan': []}
+  creates = [c for c in lines(tmp_path / 'calls.jsonl') if c[3:4] == ['create']]
+  assert all(('--spot' in c) == ('--spot' in args) for c in creates)
+  overrides = [a for a in args if a.startswith('--config.')]
+  assert cloud.trainer_calls() == len(runs) * [[
+      '-m', 'trainer.main', '--config=configs/x.py', '--workdir=gs://bucket/run1',
+      '--config.distributed=True', *overrides]]
+  assert (tmp_path / 'gcs' / 'bucket' / 'run1' / 'done.json').exists() == finished
+  assert (cloud.code / 'stale.txt').exists() == ('ssh setup' not in calls)  # setup unpacks
+  assert (cloud.code / 'launch' / 'tpu_vm.sh').exists() == ('ssh setup' in calls)
+  if runs:
+    log = cloud.log()
+    assert log.count('=== launch') == len(runs) and all(f'trainer {m}' in log for m in runs)
+    assert (cloud.code / 'logs' / 'trainer.exit').read_text() == ('1\n', '0\n')[finished]
 
 
 def test_run_detached_then_status_and_stop(tmp_path):
