@@ -1,4 +1,5 @@
-"""One TRADES step on data × fsdp meshes of 8 virtual devices equals the step on one device."""
+"""One TRADES step on data × fsdp meshes of 8 virtual devices equals the step on one device; the
+batching helpers pad, shard and unpad as the attack cascades and batched inference need."""
 import functools
 
 import jax
@@ -75,3 +76,45 @@ def test_step_on_mesh_equals_single_device(single, data, fsdp):
   else:
     assert not sharded
     assert all(sp == P() for sp in specs)
+
+
+@pytest.mark.parametrize('devices', [1, 8])
+def test_padding_ladder_is_the_same_on_one_and_eight_devices(devices):
+  mesh = sharding.make_mesh(devices=jax.devices()[:devices])
+  sizes = {n: sharding.padded_size(n, 100, mesh, ladder=True) for n in (100, 81, 80, 39, 30, 1)}
+  # 104 · (3/4)^k rounded up to multiples of 8: 104, 80, 64, 48, 40, 32, 24.
+  assert sizes == {100: 104, 81: 104, 80: 80, 39: 40, 30: 32, 1: 24}
+  fixed = {sharding.padded_size(n, 100, mesh) for n in (100, 39, 1)}
+  assert fixed == {100 if devices == 1 else 104}
+  with pytest.raises(ValueError, match='batch_size must be positive'):
+    sharding.padded_size(1, 0, mesh)
+
+
+def test_map_batches_pads_with_the_last_row_shards_and_cuts_the_padding_off():
+  mesh = sharding.make_mesh()
+  rng = np.random.default_rng(0)
+  x = rng.random((100, 3), dtype=np.float32)
+  y = np.arange(100, dtype=np.int32)
+  seen = []
+
+  def fn(xb, yb):
+    seen.append((xb.shape[0], len(xb.sharding.device_set), np.asarray(xb), np.asarray(yb)))
+    return {'sum': xb.sum(1), 'label': yb}
+
+  out = sharding.map_batches(fn, mesh, 64, [x, y], ladder=True)
+  assert [(size, devices) for size, devices, _, _ in seen] == [(64, 8), (40, 8)]
+  _, _, last_x, last_y = seen[-1]
+  np.testing.assert_array_equal(last_x[36:], np.repeat(x[-1:], 4, axis=0))
+  np.testing.assert_array_equal(last_y[36:], [99] * 4)
+  np.testing.assert_allclose(out['sum'], x.sum(1), rtol=1e-6)
+  np.testing.assert_array_equal(out['label'], y)
+
+
+def test_batched_apply_scales_uint8_on_device_and_keeps_row_order():
+  mesh = sharding.make_mesh()
+  images = np.random.default_rng(1).integers(0, 256, (21, 2, 2, 1), dtype=np.uint8)
+  apply = sharding.batched_apply(lambda w, x, i: (w * x.reshape(len(x), -1).sum(1), i), mesh, 6,
+                                 with_params=True)
+  total, index = apply(3.0, images, np.arange(21))
+  np.testing.assert_allclose(total, 3.0 * images.reshape(21, -1).sum(1) / 255.0, rtol=1e-6)
+  np.testing.assert_array_equal(index, np.arange(21))

@@ -36,7 +36,8 @@ def replicated(mesh):
 
 
 def batch_sharding(mesh):
-  return NamedSharding(mesh, P(BATCH_AXES))
+  """Rows split over every axis of the mesh: ('data', 'fsdp') here, or a caller's own mesh."""
+  return NamedSharding(mesh, P(tuple(mesh.axis_names)))
 
 
 def leaf_spec(shape, fsdp_size):
@@ -70,6 +71,52 @@ def replicated_batch(mesh, arrays):
   return [jax.make_array_from_callback(a.shape, sharding, lambda idx, a=a: a[idx]) for a in arrays]
 
 
+def padded_size(n: int, batch_size: int, mesh, ladder: bool = False) -> int:
+  """The rows a batch of n ≤ batch_size rows is padded to.
+
+  Without `ladder`: batch_size rounded up to a multiple of the device count, whatever n, so one
+  program serves every batch. With `ladder`: the smallest of batch_size·(3/4)^k (k = 0, 1, …,
+  each rounded up to a multiple of lcm(devices, 8), so 1 and 8 devices see equal shapes) that
+  holds n. The attack cascades take the ladder: a stage that attacks 39 points of a batch of
+  100 computes on 40 rather than 100 (steps of 1/2 would give 56) for a few possible sizes, and
+  each stage usually sees one size, so it still compiles once.
+  """
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  if not ladder:
+    return math.ceil(batch_size / mesh.size) * mesh.size
+  granule = math.lcm(mesh.size, 8)
+  round_up = lambda m: -(-m // granule) * granule
+  size = round_up(batch_size)
+  while (smaller := round_up(size * 3 // 4)) < size and smaller >= n:
+    size = smaller
+  return size
+
+
+def shard_rows(mesh, arrays, size: int):
+  """Host arrays padded to `size` rows (repeating the last row) and split over the mesh."""
+  return replicated_batch(mesh, [_pad_rows(np.asarray(a), size) for a in arrays])
+
+
+def map_batches(fn: Callable, mesh, batch_size: int, arrays, ladder: bool = False):
+  """fn(*batch) for consecutive batches of ≤ batch_size rows of `arrays`, sharded over the mesh.
+
+  Each batch is padded to `padded_size` (see there for `ladder`); returns fn's outputs (a pytree
+  of arrays with one row per input row) as numpy, the padding cut off, batches concatenated.
+  fn runs on the host, so it may itself call jitted functions or loop.
+  """
+  n = len(arrays[0])
+  if n == 0:
+    raise ValueError('map_batches: no rows to process.')
+  outputs = []
+  for start in range(0, n, batch_size):
+    rows = [a[start:start + batch_size] for a in arrays]
+    size = padded_size(len(rows[0]), batch_size, mesh, ladder)
+    out = fn(*shard_rows(mesh, rows, size))
+    outputs.append(jax.tree_util.tree_map(lambda o, k=len(rows[0]): np.asarray(o)[:k], out))
+  return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outputs)
+
+
 def batched_apply(fn: Callable, mesh, batch_size: int, with_params: bool = False) -> Callable:
   """`fn(x, *rest)` over batches sharded across the mesh, for data every host holds whole.
 
@@ -78,26 +125,17 @@ def batched_apply(fn: Callable, mesh, batch_size: int, with_params: bool = False
   change between calls) for every batch. Each batch is padded (by
   repeating its last row) to one fixed size, a multiple of the device count, so a single program
   is compiled whatever N; uint8 images cross to the devices as uint8 and become float in [0, 1]
-  there. Outputs are replicated, so every host gets all of them. Serves evaluation, attacks,
-  pseudo-labelling, data-metric features and sampling.
+  there. Outputs are replicated, so every host gets all of them. Serves evaluation,
+  pseudo-labelling, data-metric features and sampling; the attack cascades take `map_batches`.
   """
-  size = math.ceil(batch_size / mesh.size) * mesh.size
+  size = padded_size(batch_size, batch_size, mesh)
   if not with_params:
     return functools.partial(batched_apply(lambda _, *a: fn(*a), mesh, batch_size, True), None)
   jitted = jax.jit(lambda params, x, *rest: fn(params, images_lib.to_float(x), *rest),
                    out_shardings=replicated(mesh))
 
   def apply(params, x, *rest):
-    n = len(x)
-    if n == 0:
-      raise ValueError('batched_apply: no rows to process.')
-    outputs = []
-    for start in range(0, n, size):
-      stop = min(start + size, n)
-      batch = [_pad_rows(np.asarray(a[start:stop]), size) for a in (x, *rest)]
-      out = jitted(params, *replicated_batch(mesh, batch))
-      outputs.append(jax.tree_util.tree_map(lambda o, k=stop - start: np.asarray(o)[:k], out))
-    return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outputs)
+    return map_batches(functools.partial(jitted, params), mesh, size, (x, *rest))
   return apply
 
 

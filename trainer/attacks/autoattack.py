@@ -11,9 +11,9 @@ still robust. A candidate counts as broken only if logits_fn, evaluated again on
 misclassifies it AND it lies in the ε-ball ∩ [0, 1] up to float32 rounding; an attack returning
 infeasible points is reported.
 
-Points go through in batches of at most batch_size, each padded (to a size from a short fixed
-ladder, to bound recompilation) and split over all devices of the mesh along the batch axis.
-Runs in a single process.
+Points go through in batches of at most batch_size, each padded to a size from a short fixed
+ladder (to bound recompilation) and split over all devices of the mesh along the batch axis, by
+the device layer (`trainer.sharding.map_batches` and `shard_rows`). Runs in a single process.
 """
 import collections
 import math
@@ -25,9 +25,8 @@ import tqdm
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from trainer import sharding
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
@@ -48,65 +47,14 @@ class AutoAttackResult(NamedTuple):
     return float(np.mean(self.robust))
 
 
-# ---------------------------------------------------------------------------------------------
-# Batching over the mesh.
-# ---------------------------------------------------------------------------------------------
-
-def default_mesh():
-  devices = jax.devices()
-  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
-
-
-class _Batcher:
-  """Pads batches to a few fixed sizes and splits them over the mesh along axis 0."""
-
-  def __init__(self, mesh, batch_size):
-    if batch_size < 1:
-      raise ValueError(f'batch_size must be positive, got {batch_size}.')
-    self.batch_size = batch_size
-    # Padded sizes are multiples of this; a multiple of 8 keeps 1 and 8 devices on equal shapes.
-    self.granule = math.lcm(mesh.devices.size, 8)
-    self.data = NamedSharding(mesh, P(tuple(mesh.axis_names)))
-    self.replicated = NamedSharding(mesh, P())
-
-  def _round(self, n):
-    return -(-n // self.granule) * self.granule
-
-  def padded_size(self, n):
-    """The smallest of batch_size·(3/4)^k (rounded up, k = 0, 1, …) that holds n.
-
-    Steps of 3/4 rather than 1/2 pad n points to at most about 4n/3 instead of 2n (a stage that
-    attacks 39 points of a batch of 100 computes on 40 rather than 56) for about twice as many
-    possible sizes; each stage usually sees one size, so it compiles once either way.
-    """
-    size = self._round(self.batch_size)
-    while True:
-      smaller = self._round(size * 3 // 4)
-      if smaller >= size or smaller < n:
-        return size
-      size = smaller
-
-  def chunks(self, indices):
-    for start in range(0, len(indices), self.batch_size):
-      yield indices[start:start + self.batch_size]
-
-  def put(self, array, size):
-    pad = [(0, size - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
-    return jax.device_put(np.pad(array, pad, mode='edge'), self.data)
-
-
 @jax.jit
 def _predict(logits_fn, x):
   return jnp.argmax(logits_fn(x), axis=1)
 
 
-def _predict_all(logits_fn, x, batcher):
-  out = []
-  for chunk in batcher.chunks(np.arange(x.shape[0])):
-    size = batcher.padded_size(len(chunk))
-    out.append(np.asarray(_predict(logits_fn, batcher.put(x[chunk], size)))[:len(chunk)])
-  return np.concatenate(out)
+def _predict_all(logits_fn, x, mesh, batch_size):
+  return sharding.map_batches(lambda xb: _predict(logits_fn, xb), mesh, batch_size, [x],
+                              ladder=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,16 +81,12 @@ def zero_gradient_share(logits_fn, x, y, *, loss='ce', batch_size=500, mesh=None
   out: they are never attacked, and DLR is constant (zero gradient) when y ranks third.
   """
   x, y = np.asarray(x, np.float32), np.asarray(y).astype(np.int32)
-  batcher = _Batcher(default_mesh() if mesh is None else mesh, batch_size)
-  logits_fn = jax.device_put(as_jit_arg(logits_fn), batcher.replicated)
-  correct, zero = [], []
-  for chunk in batcher.chunks(np.arange(len(y))):
-    size = batcher.padded_size(len(chunk))
-    ok, norms = _gradient_check(logits_fn, batcher.put(x[chunk], size),
-                                batcher.put(y[chunk], size), loss=loss)
-    correct.append(np.asarray(ok)[:len(chunk)])
-    zero.append(np.asarray(norms)[:len(chunk)] == 0)
-  correct, zero = np.concatenate(correct), np.concatenate(zero)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  logits_fn = jax.device_put(as_jit_arg(logits_fn), sharding.replicated(mesh))
+  correct, norms = sharding.map_batches(
+      lambda xb, yb: _gradient_check(logits_fn, xb, yb, loss=loss), mesh, batch_size, [x, y],
+      ladder=True)
+  zero = norms == 0
   return float(np.mean(zero[correct])) if correct.any() else 0.0
 
 
@@ -191,17 +135,18 @@ def _stage_seed(seed, index):
 # ---------------------------------------------------------------------------------------------
 
 def _run_pass(stage, name, p, logits_fn, x, y, robust, x_adv, broken_by, *, norm, eps, seed,
-              batcher):
+              mesh, batch_size):
   """Attacks the points still robust with pass p of `stage`; updates the outputs in place."""
   todo = np.flatnonzero(robust)
-  n_chunks = -(-len(todo) // batcher.batch_size)
-  for b, chunk in enumerate(batcher.chunks(todo)):
-    size = batcher.padded_size(len(chunk))
-    candidate = stage.attack(logits_fn, batcher.put(x[chunk], size),
-                             batcher.put(y[chunk], size), norm=norm, eps=eps, seed=seed,
-                             pass_index=p)
+  n_chunks = -(-len(todo) // batch_size)
+  for b, start in enumerate(range(0, len(todo), batch_size)):
+    chunk = todo[start:start + batch_size]
+    size = sharding.padded_size(len(chunk), batch_size, mesh, ladder=True)
+    candidate = stage.attack(logits_fn, *sharding.shard_rows(mesh, [x[chunk], y[chunk]], size),
+                             norm=norm, eps=eps, seed=seed, pass_index=p)
     candidate = np.asarray(candidate, np.float32)[:len(chunk)]
-    wrong = np.asarray(_predict(logits_fn, batcher.put(candidate, size)))[:len(chunk)] != y[chunk]
+    judged = sharding.shard_rows(mesh, [candidate], size)[0]  # the host copy, padded alike
+    wrong = np.asarray(_predict(logits_fn, judged))[:len(chunk)] != y[chunk]
     ok = feasible(candidate, x[chunk], norm=norm, eps=eps)
     if np.any(wrong & ~ok):
       logging.warning('%s returned %d misclassified points outside the threat model; they are '
@@ -243,7 +188,8 @@ def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_
       of stage names, (name, options) pairs or Stages.
     seed: each stage gets its own seed derived from this one.
     batch_size: points per attack call, split over the devices.
-    mesh: defaults to a 1-D mesh over all devices.
+    mesh: defaults to `trainer.sharding.make_mesh()` (all devices); any mesh works, the batch
+      is split over all of its axes.
     progress: a console progress bar per stage (over its passes), as trainer.evaluate shows.
   """
   x = np.asarray(x, np.float32)
@@ -251,14 +197,13 @@ def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_
   norm = canonical_norm(norm)
   _check_inputs(x, y, norm, eps)
   eps = float(eps)
-  mesh = default_mesh() if mesh is None else mesh
-  batcher = _Batcher(mesh, batch_size)
-  logits_fn = jax.device_put(as_jit_arg(logits_fn), batcher.replicated)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  logits_fn = jax.device_put(as_jit_arg(logits_fn), sharding.replicated(mesh))
   num_classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1,) + x.shape[1:],
                                                                jnp.float32)).shape[-1]
   stages = resolve_stages(version, num_classes)
 
-  robust = _predict_all(logits_fn, x, batcher) == y
+  robust = _predict_all(logits_fn, x, mesh, batch_size) == y
   clean_accuracy = float(np.mean(robust))
   broken_by = np.where(robust, '', 'clean').astype('<U32')
   x_adv = x.copy()
@@ -276,7 +221,8 @@ def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_
       if not robust.any():
         break
       attacked = _run_pass(stage, name, p, logits_fn, x, y, robust, x_adv, broken_by, norm=norm,
-                           eps=eps, seed=_stage_seed(seed, index), batcher=batcher)
+                           eps=eps, seed=_stage_seed(seed, index), mesh=mesh,
+                           batch_size=batch_size)
       logging.info('%s pass %d/%d: attacked %d, %d robust left (%.2f%%), %.1f s', name, p + 1,
                    stage.n_passes, attacked, robust.sum(), 100 * np.mean(robust),
                    time.time() - start)
