@@ -97,6 +97,10 @@ def get_config():
   c.pipeline.classifier_epochs = 200
   c.pipeline.generator = 'gaussian'        # gaussian (App. D's fit) | ddpm (a diffusion model)
   c.pipeline.generator_checkpoint = ''     # ddpm: models/diffusion/checkpoint.py directory
+                                           # ('' = train a DDPM here, in WORKDIR/generator)
+  c.pipeline.ddpm_preset = 'ddpm_digits'   # ddpm, trained here: configs/<name>.py, run on this
+                                           # config's dataset, held-out size and seed
+  c.pipeline.ddpm_steps = 0                # ddpm, trained here: train steps (0 = the preset's)
   c.pipeline.sampler = 'dpm++2m'           # ddpm: ddpm (Ho et al., 1,000 steps) | ddim | dpm++2m
   c.pipeline.sampler_steps = 20            # ddpm: network evaluations per sample
   c.pipeline.sample_batch_size = 256       # ddpm: images per sampling batch on each host

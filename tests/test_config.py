@@ -55,6 +55,11 @@ def _flat(d, prefix=''):
     ('train.loss', 'mart', "Unknown train.loss 'mart'"),
     ('dataset.name', 'imagenet', "Unknown dataset 'imagenet'"),
     ('model.dtype', 'float16', 'model.dtype'),
+    ('pipeline.generator', 'gan', "pipeline.generator='gan'"),
+    ('pipeline.ddpm_preset', 'ddpm_digitz', "ddpm_digitz': must name a DDPM preset in configs/"),
+    ('pipeline.ddpm_preset', 'demo', "pipeline.ddpm_preset='demo'"),  # a method preset
+    ('pipeline.ddpm_preset', 'configs/ddpm_digits.py', 'by its module name'),
+    ('pipeline.ddpm_steps', -1, 'pipeline.ddpm_steps=-1'),
 ])
 def test_bad_values_are_named(key, value, message):
   c = base.get_config()

@@ -1,6 +1,9 @@
 """Checks a resolved config before any work starts, with messages that name the key and value."""
+import pkgutil
+
 import jax
 
+import configs
 from data import real
 from trainer import objectives
 from trainer.attacks import compositions
@@ -53,3 +56,22 @@ def validate(config, device_count=None, process_count=None):
   _require(0.0 <= config.optim.ema_decay < 1.0, 'optim.ema_decay', config.optim.ema_decay,
            'must lie in [0, 1).')
   _require(config.dataset.holdout >= 0, 'dataset.holdout', config.dataset.holdout, 'must be ≥ 0.')
+  validate_pipeline(config)
+
+
+def ddpm_presets():
+  """The DDPM training presets in configs/ (trainer.ddpm_train configs: ddpm_*.py)."""
+  return sorted(m.name for m in pkgutil.iter_modules(configs.__path__)
+                if m.name.startswith('ddpm_'))
+
+
+def validate_pipeline(config):
+  """The keys of the whole method (trainer.method) that no training stage reads."""
+  p = config.pipeline
+  _require(p.generator in ('gaussian', 'ddpm'), 'pipeline.generator', p.generator,
+           "must be 'gaussian' or 'ddpm'.")
+  _require(isinstance(p.ddpm_steps, int) and p.ddpm_steps >= 0, 'pipeline.ddpm_steps',
+           p.ddpm_steps, "must be ≥ 0 (0: the preset's train.num_steps).")
+  presets = ddpm_presets()
+  _require(p.ddpm_preset in presets, 'pipeline.ddpm_preset', p.ddpm_preset,
+           f'must name a DDPM preset in configs/ by its module name: one of {", ".join(presets)}.')
