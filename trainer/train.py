@@ -207,7 +207,7 @@ def train_and_evaluate(config, workdir, *, record_batch_ids=False, progress_name
       metrics['learning_rate'] = float(lr_schedule(s - 1))
       seconds = now - last_log
       metrics['images_per_second'] = (s - last_log_step) * config.train.batch_size / seconds
-      metrics['skipped_records'] = pipeline.skipped_records(data_iter)
+      metrics['skipped_records'] = data_iter.skipped_records
       writer.write_scalars(s, {f'train/{k}': v for k, v in metrics.items()})
       last_log, last_log_step = now, s
       shown['loss'] = f"{metrics['loss']:.3f}"

@@ -36,8 +36,11 @@ Augmentation (pad + random crop + optional flip) is applied to the whole uint8
 batch, both parts, with an RNG seeded from (seed, host, step); real and
 generated rows are then shuffled together. `MixedBatchIterDataset` yields dicts
 of numpy arrays: `image` (b, H, W, C) uint8, `label` int32, `is_generated`
-bool (for label smoothing) and `id` int64 (the original training index for real
-images, the shard set's id for generated ones).
+bool (for label smoothing), `id` int64 (the original training index for real
+images, the shard set's id for generated ones) and `SKIPPED_RECORDS`: int64
+(stream, count), the corrupt generated records this stream (a loader worker, or
+0 without workers) has skipped so far; the pipeline takes it off the batch and
+sums it over the streams, since workers run in processes of their own.
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ import numpy as np
 
 from data.input import augment
 from data.records import record_dataset
+
+SKIPPED_RECORDS = 'skipped_records'   # the batch field of the skip count
 
 
 def real_count(batch_size: int, alpha: float, repeats: int = 1) -> int:
@@ -239,8 +244,8 @@ class MixedBatchIterDataset(grain.IterDataset):
 
 
 class _MixedBatchIterator(grain.DatasetIterator):
-  """State: {'step': batches produced, 'generated': generated-stream state,
-  'skipped_records': corrupt generated records skipped so far}."""
+  """State: {'step': batches produced, 'generated': generated-stream state}
+  (the skip count lives in the record reader's state)."""
 
   def __init__(self, ds: MixedBatchIterDataset):
     self._gen = iter(ds.generated) if ds.generated is not None else None
@@ -249,10 +254,8 @@ class _MixedBatchIterator(grain.DatasetIterator):
     self._count = 0
 
   def get_state(self) -> dict[str, Any]:
-    if self._gen is None:
-      return {'step': self._count, 'generated': None, 'skipped_records': 0}
-    return {'step': self._count, 'generated': self._gen.get_state(),
-            'skipped_records': record_dataset.skipped_in(self._gen)}
+    generated = self._gen.get_state() if self._gen is not None else None
+    return {'step': self._count, 'generated': generated}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._count = int(state['step'])
@@ -277,9 +280,10 @@ class _MixedBatchIterator(grain.DatasetIterator):
     images = augment.pad_crop_flip(images[order], rng, pad=ds.pad,
                                    flip=ds.flip)
     self._count += 1
-    batch = {'image': images, 'label': labels[order],
-             'is_generated': is_generated[order], 'id': ids[order]}
-    return batch
+    skipped = record_dataset.skipped_in(self._gen) if self._gen else 0
+    return {'image': images, 'label': labels[order],
+            'is_generated': is_generated[order], 'id': ids[order],
+            SKIPPED_RECORDS: np.array([ds.step_start, skipped], np.int64)}
 
   def _take_real(self, step, n, images, labels, ids) -> None:
     real, plan = self._ds.real, self._ds.plan

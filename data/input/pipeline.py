@@ -37,8 +37,9 @@ position, skip count) is JSON and goes through Grain's Orbax handler:
   mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), data=restore_args(it)))
 
-`skipped_records(it)` is the number of corrupt generated records skipped so far
-(with `config.generated.on_corrupt = 'skip'`), for logging to TensorBoard.
+`it.skipped_records` is the number of corrupt generated records skipped so far
+on this host (with `config.generated.on_corrupt = 'skip'`), for logging to
+TensorBoard; each batch brings its loader worker's count (`TrainIterator`).
 """
 from __future__ import annotations
 
@@ -149,19 +150,53 @@ def make_train_dataset(config, real_images, real_labels, real_ids, *,
         num_workers=workers,
         per_worker_buffer_size=max(1, config.loader.prefetch)))
   if config.loader.prefetch > 0:
-    return grain.experimental.ThreadPrefetchIterDataset(
+    ds = grain.experimental.ThreadPrefetchIterDataset(
         ds, prefetch_buffer_size=config.loader.prefetch)
-  return ds
+  return _SkipCounted(ds)
+
+
+class TrainIterator(grain.DatasetIterator):
+  """Per-host batches; `skipped_records` counts the corrupt generated records
+  skipped so far. Its state is the batch stream's, unchanged."""
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self._skipped: dict[int, int] = {}   # stream -> records it skipped so far
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._parent)
+    stream, count = batch.pop(batch_mix.SKIPPED_RECORDS)
+    self._skipped[int(stream)] = int(count)
+    return batch
+
+  @property
+  def skipped_records(self) -> int:
+    return sum(self._skipped.values())
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state) -> None:
+    self._parent.set_state(state)
+    # Counts from before the restore may be ahead of it; each stream's restored
+    # count comes with its next batch.
+    self._skipped.clear()
+
+
+class _SkipCounted(grain.IterDataset):
+  """The training batches without the per-stream skip counts (`TrainIterator`)."""
+
+  def __iter__(self) -> TrainIterator:
+    return TrainIterator(self._parent.__iter__())
 
 
 def make_train_iterator(config, real_images, real_labels, real_ids, *,
                         process_index: int | None = None,
                         process_count: int | None = None,
-                        num_classes: int | None = None
-                        ) -> grain.DatasetIterator:
-  """Returns a grain DatasetIterator (has get_state()/set_state()) of per-host
-  batches; see the module docstring. `num_classes` defaults to the largest real
-  label + 1 and must match the shard manifest."""
+                        num_classes: int | None = None) -> TrainIterator:
+  """Returns a `TrainIterator` (a grain DatasetIterator: get_state()/set_state())
+  of per-host batches; see the module docstring. `num_classes` defaults to the
+  largest real label + 1 and must match the shard manifest."""
   iterator = iter(make_train_dataset(
       config, real_images, real_labels, real_ids, process_index=process_index,
       process_count=process_count, num_classes=num_classes))
@@ -202,19 +237,3 @@ def save_args(iterator: grain.DatasetIterator):
 def restore_args(iterator: grain.DatasetIterator):
   """Orbax args that restore the saved state into `iterator` in place."""
   return grain.checkpoint.CheckpointRestore(iterator)
-
-
-def skipped_records(iterator: grain.DatasetIterator) -> int:
-  """Corrupt generated records skipped so far (all workers of this host)."""
-  total, stack = 0, [iterator.get_state()]
-  while stack:
-    node = stack.pop()
-    if isinstance(node, dict):
-      for key, value in node.items():
-        if key == 'skipped_records' and isinstance(value, int):
-          total += value
-        else:
-          stack.append(value)
-    elif isinstance(node, list):
-      stack.extend(node)
-  return total
