@@ -44,8 +44,9 @@ from trainer.attacks import compositions
 from trainer.attacks import iterative
 
 
-def _config(args, model_name):
+def _config(args, model_name, unroll):
   c = base.get_config()
+  c.train.attack_unroll = unroll
   c.dataset.name = args.dataset
   c.model.name = model_name
   c.model.dtype = args.dtype
@@ -89,8 +90,8 @@ def _attack_iteration_flops(config, model, state, batch, mesh, state_sh):
   return _flops(fn.lower(state, batch).compile())
 
 
-def benchmark(args, model_name):
-  config = _config(args, model_name)
+def benchmark(args, model_name, unroll):
+  config = _config(args, model_name, unroll)
   mesh = sharding.make_mesh(config)
   info = real.info(config.dataset.name)
   model = registry.from_config(config)
@@ -127,7 +128,7 @@ def benchmark(args, model_name):
   achieved = flops / step_s
   return {'model': model_name, 'params_m': n_params / 1e6, 'devices': jax.device_count(),
           'mesh': f"{mesh.shape['data']}x{mesh.shape['fsdp']}", 'batch': args.per_device_batch,
-          'dtype': args.dtype, 'compile_s': compile_s, 'step_ms': 1e3 * step_s,
+          'dtype': args.dtype, 'unroll': unroll, 'compile_s': compile_s, 'step_ms': 1e3 * step_s,
           'img_s': config.train.batch_size / step_s, 'gflop': flops / 1e9,
           'tflops': achieved / 1e12,
           'mfu': achieved / (args.peak_tflops * 1e12) if args.peak_tflops else None}
@@ -136,6 +137,7 @@ def benchmark(args, model_name):
 COLUMNS = (('model', 'model', '{}'), ('params (M)', 'params_m', '{:.2f}'),
            ('devices', 'devices', '{}'), ('mesh', 'mesh', '{}'),
            ('batch/device', 'batch', '{}'), ('dtype', 'dtype', '{}'),
+           ('attack_unroll', 'unroll', '{}'),
            ('compile (s)', 'compile_s', '{:.1f}'), ('step (ms)', 'step_ms', '{:.1f}'),
            ('images/s', 'img_s', '{:.1f}'), ('GFLOP/step/device', 'gflop', '{:.2f}'),
            ('TFLOP/s/device', 'tflops', '{:.4f}'), ('MFU', 'mfu', '{:.1%}'))
@@ -160,6 +162,9 @@ def main():
   parser.add_argument('--loss', default='trades', choices=sorted(objectives.OBJECTIVES))
   parser.add_argument('--dataset', default='cifar10', choices=sorted(real.DATASETS),
                       help='sets the image shape and class count (no data is read)')
+  parser.add_argument('--attack_unroll', default='auto',
+                      help='comma-separated train.attack_unroll values, timed side by side '
+                      '(auto | loop | unroll)')
   parser.add_argument('--fsdp', type=int, default=1, help='size of the fsdp mesh axis')
   parser.add_argument('--steps', type=int, default=10, help='timed steps')
   parser.add_argument('--warmup', type=int, default=2)
@@ -171,7 +176,8 @@ def main():
         f'peak {args.peak_tflops} TFLOP/s per device', flush=True)
   rows = []
   for name in args.models.split(','):
-    rows.append(benchmark(args, name))
+    for unroll in args.attack_unroll.split(','):
+      rows.append(benchmark(args, name, unroll))
     print(table(rows[-1:]).splitlines()[-1], flush=True)
   print()
   print(table(rows))
