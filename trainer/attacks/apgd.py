@@ -33,6 +33,7 @@ import numpy as np
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import bcast
 from trainer.attacks.common import canonical_norm
 from trainer.attacks.common import rival_class
 from trainer.attacks.common import run_steps
@@ -73,10 +74,6 @@ def _review_table(n_iter):
   return jnp.asarray(is_check), jnp.asarray(window)
 
 
-def _bcast(v, like):
-  return v.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
 def start_point(key, x, *, norm, eps):
   """The reference's random start: a point at distance ε from x, clipped to [0, 1]."""
   projections.check_norm(norm)
@@ -84,7 +81,7 @@ def start_point(key, x, *, norm, eps):
     t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
   else:
     t = jax.random.normal(key, x.shape, x.dtype)
-  t = t / _bcast(projections.per_example_norm(t, norm) + 1e-12, t)
+  t = t / bcast(projections.per_example_norm(t, norm) + 1e-12, t)
   return jnp.clip(x + eps * t, 0.0, 1.0)
 
 
@@ -132,7 +129,7 @@ def _step(s, i, x, *, norm, eps):
   """A steepest-ascent step, then a momentum step between it and the previous displacement."""
   project = functools.partial(projections.project, x=x, norm=norm, eps=eps)
   a = jnp.where(i > 0, MOMENTUM, 1.0)
-  z = project(s.x_adv + _bcast(s.step, x) * projections.normalize(s.grad, norm))
+  z = project(s.x_adv + bcast(s.step, x) * projections.normalize(s.grad, norm))
   return project(s.x_adv + (z - s.x_adv) * a + (s.x_adv - s.x_prev) * (1.0 - a))
 
 
@@ -152,7 +149,7 @@ def _halve(s, i, history, loss_best, is_check, window, rho):
 
 
 def _where(c, a, b):
-  return jnp.where(_bcast(c, a), a, b)
+  return jnp.where(bcast(c, a), a, b)
 
 
 def run_init(logits_fn, x, y, key, loss_fn, *, norm, eps, n_iter=100, eot_iter=1):
@@ -280,7 +277,7 @@ def _run_steps(logits_fn, x, y, clean_logits, r, s, start, *, n, norm, eps, loss
 @jax.jit
 def _keep_first(robust, x_adv, broken, x_found):
   newly = robust & broken
-  return robust & ~newly, jnp.where(_bcast(newly, x_adv), x_found, x_adv)
+  return robust & ~newly, jnp.where(bcast(newly, x_adv), x_found, x_adv)
 
 
 def apgd(logits_fn, x, y, *, norm, eps, n_iter=100, n_restarts=1, loss='ce', seed=0, rho=RHO,

@@ -1,4 +1,5 @@
-"""Helpers shared by the attacks: models as jit arguments, rival classes, and how loops run.
+"""Helpers shared by the attacks: models as jit arguments, per-example broadcasting, rival
+classes, and how loops run.
 
 Loops on the host on CPU. XLA:CPU canonicalises convolutions (puts their kernels in the layout
 its fast Eigen kernels take) only in the program's top-level computation, not inside loop
@@ -31,6 +32,11 @@ def as_jit_arg(logits_fn):
   if isinstance(logits_fn, jax.tree_util.Partial):
     return logits_fn
   return jax.tree_util.Partial(logits_fn)
+
+
+def bcast(v, like):
+  """Per-example values (n,) reshaped to (n, 1, …, 1) to broadcast against `like` (n, …)."""
+  return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 def rival_class(logits, y, rank):

@@ -39,13 +39,10 @@ import numpy as np
 
 from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import bcast
 from trainer.attacks.common import canonical_norm
 from trainer.attacks.common import run_steps
 from trainer.attacks.common import steps_per_call
-
-
-def _bcast(v, like):
-  return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 def _smallest_capped_level(weights, caps, c):
@@ -130,7 +127,7 @@ def _random_start(key, x0, *, norm, radius):
     t = jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0)
   else:
     t = jax.random.normal(key, x0.shape, x0.dtype)
-  t = t / _bcast(jnp.maximum(_flat_norm(t, norm), 1e-12), t)
+  t = t / bcast(jnp.maximum(_flat_norm(t, norm), 1e-12), t)
   return jnp.clip(x0 + radius * t, 0.0, 1.0)
 
 
@@ -173,16 +170,16 @@ def _fab_step(logits_fn, x0, y, target, carry, *, norm, targeted, alpha_max, eta
   d2 = project(flat(x0), w, df + jnp.sum(w * flat(x0 - x1), axis=1))
   a1 = jnp.maximum(_flat_norm(d1, norm), 1e-8)
   a2 = jnp.maximum(_flat_norm(d2, norm), 1e-8)
-  alpha = _bcast(jnp.clip(a1 / (a1 + a2), 0.0, alpha_max), x0)
+  alpha = bcast(jnp.clip(a1 / (a1 + a2), 0.0, alpha_max), x0)
   x1 = jnp.clip((x1 + eta * d1.reshape(x0.shape)) * (1.0 - alpha)
                 + (x0 + eta * d2.reshape(x0.shape)) * alpha, 0.0, 1.0)
 
   is_adv = jnp.argmax(logits_fn(x1), axis=1) != y
   dist = _flat_norm(x1 - x0, norm)
   closer = is_adv & (dist < best_norm)
-  best = jnp.where(_bcast(closer, x0), x1, best)
+  best = jnp.where(bcast(closer, x0), x1, best)
   best_norm = jnp.where(closer, dist, best_norm)
-  x1 = jnp.where(_bcast(is_adv, x0), x0 + beta * (x1 - x0), x1)
+  x1 = jnp.where(bcast(is_adv, x0), x0 + beta * (x1 - x0), x1)
   return x1, best, best_norm
 
 
@@ -251,7 +248,7 @@ def _keep_first(robust, x_adv, best, best_norm, eps, target, y, *, targeted):
   broken = robust & (best_norm <= eps)
   if targeted:
     broken &= target != y
-  return robust & ~broken, jnp.where(_bcast(broken, best), best, x_adv)
+  return robust & ~broken, jnp.where(bcast(broken, best), best, x_adv)
 
 
 def fab_targeted(logits_fn, x, y, *, norm, eps, n_iter=100, n_target_classes=9, n_restarts=1,

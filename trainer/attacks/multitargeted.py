@@ -37,8 +37,9 @@ from trainer.attacks import iterative
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
 from trainer.attacks import steps
-from trainer.attacks.apgd import as_jit_arg
-from trainer.attacks.apgd import rival_class
+from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import bcast
+from trainer.attacks.common import rival_class
 
 
 def learning_rate(eps, n_steps):
@@ -103,7 +104,6 @@ def _multitargeted_runs(logits_fn, x, y, key, restarts, *, norm, eps, n_steps, n
     raise ValueError(f'MultiTargeted needs ≥ 2 classes and ≥ 1 target (got {num_classes} classes,'
                      f' n_target_classes={n_target_classes}).')
   n_targets = min(n_target_classes, num_classes - 1)
-  bcast = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
   def cond(carry):
     k, robust, _, _ = carry
@@ -120,7 +120,7 @@ def _multitargeted_runs(logits_fn, x, y, key, restarts, *, norm, eps, n_steps, n
     margin = losses_lib.margin(logits, y)
     take = robust & (broken | (margin > best_margin))
     return (k + 1, robust & ~broken, jnp.where(take, margin, best_margin),
-            jnp.where(bcast(take), candidate, x_adv))
+            jnp.where(bcast(take, x), candidate, x_adv))
 
   robust = jnp.argmax(clean_logits, axis=1) == y
   carry = (0, robust, losses_lib.margin(clean_logits, y), x)

@@ -10,6 +10,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from trainer.attacks.common import bcast
+
 NORMS = ('linf', 'l2')
 
 ProjectFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -28,10 +30,6 @@ def per_example_norm(v, norm):
   return jnp.sqrt(jnp.sum(flat * flat, axis=1))
 
 
-def _bcast(v, like):
-  return v.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
 def linf_ball(eps: float) -> ProjectFn:
   """Clips each coordinate of the perturbation to [−eps, eps]."""
   def project_fn(x_adv, x):
@@ -44,7 +42,7 @@ def l2_ball(eps: float) -> ProjectFn:
   def project_fn(x_adv, x):
     delta = x_adv - x
     n = per_example_norm(delta, 'l2')
-    return x + delta * _bcast(jnp.minimum(1.0, eps / jnp.maximum(n, 1e-12)), delta)
+    return x + delta * bcast(jnp.minimum(1.0, eps / jnp.maximum(n, 1e-12)), delta)
   return project_fn
 
 
@@ -84,4 +82,4 @@ def normalize(g, norm):
   """Steepest-ascent direction for the norm: sign(g) for L∞, g/‖g‖₂ for L2."""
   if norm == 'linf':
     return jnp.sign(g)
-  return g / _bcast(jnp.maximum(per_example_norm(g, 'l2'), 1e-12), g)
+  return g / bcast(jnp.maximum(per_example_norm(g, 'l2'), 1e-12), g)

@@ -31,6 +31,7 @@ import numpy as np
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import bcast
 from trainer.attacks.common import canonical_norm
 
 # The reference's schedule: p_init is halved after each of these (rescaled) query counts.
@@ -65,10 +66,6 @@ def square_sizes(norm, n_queries, p_init, height, width, resc_schedule=True):
 def _margin(logits_fn, x, y):
   """z_y − max_{j≠y} z_j: the attack minimises it; ≤ 0 means fooled."""
   return -losses_lib.margin(logits_fn(x).astype(jnp.float32), y)
-
-
-def _bcast(v, like):
-  return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 def _window_offsets(key, batch, s, height, width):
@@ -145,7 +142,7 @@ def _place(tiles, vh, vw, height, width):
 
 def _l2_normalize(v, radius):
   n = projections.per_example_norm(v, 'l2')
-  return v * _bcast(radius / (n + 1e-12), v)
+  return v * bcast(radius / (n + 1e-12), v)
 
 
 def _channel_norm(v):
@@ -201,7 +198,7 @@ def _propose_l2(key, x, x_best, s, eps, tile_side):
   union = jnp.maximum(mask1, mask2)
 
   delta = x_best - x
-  image_norm = _bcast(projections.per_example_norm(delta, 'l2'), x)
+  image_norm = bcast(projections.per_example_norm(delta, 'l2'), x)
   old_in_1 = delta * mask1 / (1e-12 + _channel_norm(delta * mask1))
   tiles = _place(_random_tiles(k_flip, _eta(s, tile_side), b), vh, vw, h, w)
   signs = jax.random.rademacher(k_sign, (b, 1, 1, c), x.dtype)
@@ -271,9 +268,9 @@ def _square(logits_fn, x, y, key, eps, *, norm, n_queries, p_init, resc_schedule
     margin = _margin(logits_fn, x_new, y)
     # The loss is the margin itself, so "lower loss or misclassified" is one comparison.
     accept = (margin_best > 0) & ((margin < margin_best) | (margin <= 0))
-    x_best = jnp.where(_bcast(accept, x), x_new, x_best)
+    x_best = jnp.where(bcast(accept, x), x_new, x_best)
     return i + 1, x_best, jnp.where(accept, margin, margin_best)
 
   _, x_best, _ = jax.lax.while_loop(unfinished, query, (0, x_best, margin_best))
   fooled = correct & (jnp.argmax(logits_fn(x_best), axis=1) != y)
-  return jnp.where(_bcast(fooled, x), x_best, x)
+  return jnp.where(bcast(fooled, x), x_best, x)
