@@ -39,6 +39,16 @@ def test_ddpm_presets_build_their_unet_and_schedule(name):
   assert ddpm_train.noise_schedule(preset).num_timesteps == 1000
 
 
+@pytest.mark.parametrize('name', DDPM_PRESETS)
+def test_ddpm_presets_draw_a_sample_grid_every_few_log_periods(name):
+  from trainer import ddpm_train  # pylint: disable=g-import-not-at-top
+  preset = importlib.import_module(f'configs.{name}').get_config()
+  t = preset.train
+  assert t.eval_every_steps > 0 and t.eval_every_steps % t.log_every_steps == 0
+  assert t.num_steps // t.eval_every_steps >= 5   # a run shows its progress, not one end grid
+  ddpm_train.check_grid_config(preset, ddpm_train.unet_config(preset).num_class_embeds)
+
+
 def _flat(d, prefix=''):
   for k, v in d.items():
     if hasattr(v, 'items'):

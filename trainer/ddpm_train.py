@@ -7,10 +7,17 @@ in the UNet, an EMA of the weights (trainer/ema.py's warm-started decay). The sh
 the mesh of trainer/sharding.py; Orbax checkpoints (interval + preemption) with exact resume: the
 batch of step s and its noise are functions of (seed, s) alone, so no data-iterator state is needed.
 
+Every `train.eval_every_steps` (and at the last step) a grid of `train.grid_samples` EMA samples
+goes to TensorBoard as the image 'samples': the project's sampler (`train.grid_sampler`, e.g.
+DPM-Solver++ with `train.grid_sampler_steps` evaluations) from the same noise at every step, so
+grids of one run are comparable, one row per class for a class-conditional UNet. The noise is its
+own key, never the training key, and the state is only read, so resume stays bitwise exact.
+
 The workdir holds config.json, checkpoints/<s>/state, TensorBoard events, and at the end
 generator/, the EMA weights as a generator checkpoint (models/diffusion/checkpoint.py).
 """
 import functools
+import math
 import os
 import time
 from typing import Any
@@ -26,7 +33,9 @@ from clu import metric_writers
 from orbax.checkpoint import checkpoint_managers as policies
 
 from data import real
+from data.generation import metrics as grid_lib
 from models.diffusion import checkpoint as generator_checkpoint
+from models.diffusion import samplers
 from models.diffusion import schedule as schedule_lib
 from models.diffusion import unet as unet_lib
 from trainer import checkpointing
@@ -34,6 +43,9 @@ from trainer import ema as ema_lib
 from trainer import sharding
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# Folded into key(seed) for the grid's noise: a stream of its own, apart from init (key(seed))
+# and the train steps (key(seed + 1)).
+_GRID_STREAM = 0x67726964
 
 
 def unet_config(config: ml_collections.ConfigDict) -> unet_lib.UNetConfig:
@@ -105,6 +117,93 @@ def make_train_step(config, model, tx, alphas_cumprod):
   return train_step
 
 
+# ------------------------------------------------------------------------------------------------
+# The sample grid
+# ------------------------------------------------------------------------------------------------
+
+def check_grid_config(config: ml_collections.ConfigDict, num_classes: int | None) -> None:
+  """Refuses grid settings that cannot make a grid, by key, before any training."""
+  t = config.train
+  if t.eval_every_steps < 0:
+    raise ValueError(f'config.train.eval_every_steps={t.eval_every_steps}: use 0 for no grids.')
+  if t.eval_every_steps == 0:
+    return
+  if t.grid_samples < 1:
+    raise ValueError(f'config.train.grid_samples={t.grid_samples} must be >= 1 (or set '
+                     'train.eval_every_steps=0 for no grids).')
+  if num_classes and t.grid_samples % num_classes:
+    raise ValueError(f'config.train.grid_samples={t.grid_samples} must be a multiple of the '
+                     f'{num_classes} classes: the grid has one row per class.')
+  if t.grid_sampler not in samplers.SAMPLERS:
+    raise ValueError(f'config.train.grid_sampler={t.grid_sampler!r}; use one of '
+                     f'{samplers.SAMPLERS}.')
+  a = noise_schedule(config).alphas_cumprod
+  try:   # the sampler's own timestep rule says which step counts it can take
+    if t.grid_sampler == 'dpm++2m':
+      samplers.dpm_timesteps(a, t.grid_sampler_steps)
+    else:
+      samplers.timesteps(a.size, t.grid_sampler_steps)
+  except ValueError as e:
+    raise ValueError(f'config.train.grid_sampler_steps={t.grid_sampler_steps} '
+                     f'({t.grid_sampler}): {e}') from e
+
+
+def grid_labels(n: int, num_classes: int | None) -> np.ndarray | None:
+  """Class of grid sample i: n // C consecutive samples per class (one grid row each)."""
+  return None if not num_classes else np.arange(n) // (n // num_classes)
+
+
+def make_grid_sampler(config, model, alphas_cumprod, mesh, ema_shardings):
+  """`sample(ema) -> (n, H, W, C) uint8` from fixed noise, one jit over the whole mesh.
+
+  Every process takes part (the EMA may be sharded over hosts); the samples come back replicated.
+  Sample i draws from fold_in(grid key, i), so padding n to the device count changes nothing.
+  """
+  n, num_classes = config.train.grid_samples, model.cfg.num_class_embeds
+  padded = math.ceil(n / mesh.size) * mesh.size
+  labels = grid_labels(n, num_classes)
+  labels = None if labels is None else np.concatenate([labels, np.zeros(padded - n, np.int64)])
+  key = jax.random.fold_in(jax.random.key(config.seed), _GRID_STREAM)
+  eps_fn, shape = unet_lib.make_eps_fn(model), (padded,) + model.cfg.image_shape
+
+  def sample(ema):
+    ids = jax.lax.with_sharding_constraint(jnp.arange(padded), sharding.batch_sharding(mesh))
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+    y = None if labels is None else jnp.asarray(labels, jnp.int32)
+    x = samplers.sample(eps_fn, ema, alphas_cumprod, keys, shape, sampler=config.train.grid_sampler,
+                        steps=config.train.grid_sampler_steps, y=y)
+    return samplers.to_uint8(x)
+
+  jitted = jax.jit(sample, in_shardings=(ema_shardings,), out_shardings=sharding.replicated(mesh))
+  return lambda ema: np.asarray(jitted(ema).addressable_data(0))[:n]
+
+
+def sample_grid(images: np.ndarray, num_classes: int | None) -> np.ndarray:
+  """(H', W', 3) uint8: a row per class (conditional) or a near-square tiling; tiles >= 32 px."""
+  n, h = images.shape[:2]
+  scale = max(1, 32 // h)
+  if num_classes:
+    return grid_lib.sample_grid(images, grid_labels(n, num_classes), num_classes,
+                                n // num_classes, scale=scale)
+  cols = math.ceil(math.sqrt(n))
+  return grid_lib.sample_grid(images, np.arange(n) // cols, math.ceil(n / cols), cols,
+                              scale=scale)
+
+
+def _write_grid(writer, step, sample_for_grid, ema, num_classes) -> float:
+  """Samples and writes the grid of `step` (process 0 writes); returns the seconds it took."""
+  jax.block_until_ready(ema)   # the train steps still queued are not the grid's time
+  tic = time.time()
+  grid = sample_grid(sample_for_grid(ema), num_classes)
+  if jax.process_index() == 0:
+    writer.write_images(step, {'samples': grid[None]})
+  return time.time() - tic
+
+
+# ------------------------------------------------------------------------------------------------
+# Data, checkpoints, the loop
+# ------------------------------------------------------------------------------------------------
+
 def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
   """The global batch of step `step` (0-based): epoch-wise permutations, dropping the remainder."""
   per_epoch = num_examples // batch_size
@@ -141,6 +240,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   train_data, _, _ = real.training_splits(config)
   unet, sched = unet_config(config), noise_schedule(config)
   model = unet_lib.UNet(unet, dtype=_DTYPES[config.unet.dtype])
+  check_grid_config(config, unet.num_class_embeds)
   tx = make_optimizer(config)
   checkpointing.check_same_run(workdir, config)
   checkpointing.save_config(workdir, config)
@@ -163,11 +263,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   step_fn = jax.jit(make_train_step(config, model, tx, sched.alphas_cumprod),
                     in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                     out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+  grid_every = config.train.eval_every_steps
+  if grid_every:
+    sample_for_grid = make_grid_sampler(config, model, sched.alphas_cumprod, mesh,
+                                        state_sh['ema'])
 
   # --- Loop ---------------------------------------------------------------------------------------
   losses, window, preempted = [], [], False
   first, total = int(state['step']), config.train.num_steps
-  start = time.time()
+  start, gridding = time.time(), 0.0   # steps/sec counts the train steps, not the grids
   for s in range(first, total):
     idx = batch_indices(config.seed, s, len(train_data['label']), config.train.batch_size)
     batch = sharding.global_batch(mesh, _local_batch(train_data, idx))
@@ -179,8 +283,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       losses.append((done, mean))
       writer.write_scalars(done, {'train/loss': mean,
                                   'train/grad_norm': float(metrics['grad_norm']),
-                                  'train/steps_per_sec': len(window) / (time.time() - start)})
-      window, start = [], time.time()
+                                  'train/steps_per_sec':
+                                      len(window) / (time.time() - start - gridding)})
+      window, start, gridding = [], time.time(), 0.0
+    if grid_every and (done % grid_every == 0 or done == total):
+      gridding += _write_grid(writer, done, sample_for_grid, state['ema'], unet.num_class_embeds)
     manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                  force=done == total)
     if manager.reached_preemption(done):
