@@ -135,14 +135,21 @@ def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int
       raise ValueError(f'{generator_path}: generates images of shape {generator.image_shape}, '
                        f'but the classifier in {classifier} was trained on '
                        f'{config.dataset.name} images of shape {tuple(info.shape)}')
+    if num_classes and num_classes != info.num_classes:
+      raise ValueError(f'{generator_path}: a generator of {num_classes} classes, but the '
+                       f'classifier in {classifier} has {info.num_classes}')
     label_batch, num_classes = make_label_batch(model, variables, mesh), info.num_classes
   elif not num_classes:
     raise ValueError(f'{generator_path}: an unconditional generator needs --classifier to '
                      f'label its samples')
+  # A conditional generator always needs its classes; with a classifier, its labels replace them.
   sample_batch = make_sample_batch(
       generator.eps_fn, generator.params, generator.alphas_cumprod, mesh, batch_size=batch_size,
       image_shape=generator.image_shape, sampler=sampler, steps=steps,
-      num_classes=None if classifier else num_classes, **sampler_options(generator, sampler))
+      num_classes=generator.num_classes, **sampler_options(generator, sampler))
+  if label_batch is not None and generator.num_classes:
+    conditioned = sample_batch
+    sample_batch = lambda key, b: conditioned(key, b)[0]  # noqa: E731
   return sampling.write_samples(
       sample_batch, label_batch, out, num=num, batch_size=batch_size, num_shards=num_shards,
       image_shape=generator.image_shape, num_classes=num_classes, generator=generator.name,
