@@ -182,3 +182,22 @@ def test_bad_grid_settings_are_named(key, value, message):
   c.train.eval_every_steps = 0
   if key != 'eval_every_steps':
     ddpm_train.check_grid_config(c, 10)   # no grids: the grid keys do not matter
+
+
+def test_a_run_may_be_lengthened_but_not_changed(tmp_path):
+  """train.num_steps and the reporting periods may change on resume (constant rate after
+  warm-up, an EMA that ignores the total, batches a function of the step); the model may not."""
+  from trainer import checkpointing  # pylint: disable=g-import-not-at-top
+  planned = _tiny(30)
+  planned.checkpoint.every_steps = 15
+  checkpointing.save_config(str(tmp_path), planned)
+  longer = _tiny(60)
+  longer.checkpoint.every_steps = 15
+  longer.train.log_every_steps, longer.train.eval_every_steps = 7, 0
+  resumable = ddpm_train.RESUMABLE
+  checkpointing.check_same_run(str(tmp_path), longer, resumable=resumable)
+  with pytest.raises(checkpointing.ConfigMismatchError, match='train.num_steps'):
+    checkpointing.check_same_run(str(tmp_path), longer)
+  longer.unet.dropout = 0.3
+  with pytest.raises(checkpointing.ConfigMismatchError, match='unet.dropout'):
+    checkpointing.check_same_run(str(tmp_path), longer, resumable=resumable)

@@ -22,13 +22,14 @@ import functools
 import json
 import os
 
-import grain
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 from etils import epath
+
+from data.input import pipeline
 
 
 def _join(workdir, name):
@@ -69,15 +70,18 @@ def _flat(tree, prefix=''):
   return out
 
 
-def check_same_run(workdir, config):
-  """Refuses, before anything is written, a workdir whose config.json is another run's."""
+def check_same_run(workdir, config, resumable=()):
+  """Refuses, before anything is written, a workdir whose config.json is another run's.
+
+  Keys starting with RESUMABLE_CHANGES, or with one of `resumable` (the caller's own), may change.
+  """
   path = epath.Path(_join(workdir, 'config.json'))
   if not path.exists():
     return
   old = _flat(json.loads(path.read_text()))
   new = _flat(json.loads(config.to_json_best_effort()))
   changed = [k for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+             if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES + tuple(resumable))]
   if changed:
     shown = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed[:4])
     more = f' and {len(changed) - 4} more' if len(changed) > 4 else ''
@@ -126,7 +130,7 @@ class Checkpoints:
   def save(self, step, state, data_iterator, force=False):
     return self.periodic.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+        data=pipeline.save_args(data_iterator)), force=force)
 
   def restore(self, step, abstract_state, data_iterator):
     """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs).
@@ -136,7 +140,7 @@ class Checkpoints:
     """
     restored = self.periodic.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        data=pipeline.restore_args(data_iterator)))
     return restored['state']
 
   # --- best --------------------------------------------------------------------------------------

@@ -43,6 +43,10 @@ from trainer import ema as ema_lib
 from trainer import sharding
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# The rate is constant after warm-up, the EMA ignores the total, batches are a function of the
+# step and the log and grid periods touch no state: a run may be lengthened or shortened and
+# resume (its generator is written at the new last step), or change how often it reports.
+RESUMABLE = ('train.num_steps', 'train.log_every', 'train.eval_every', 'train.grid_')
 # Folded into key(seed) for the grid's noise: a stream of its own, apart from init (key(seed))
 # and the train steps (key(seed + 1)).
 _GRID_STREAM = 0x67726964
@@ -242,7 +246,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   model = unet_lib.UNet(unet, dtype=_DTYPES[config.unet.dtype])
   check_grid_config(config, unet.num_class_embeds)
   tx = make_optimizer(config)
-  checkpointing.check_same_run(workdir, config)
+  checkpointing.check_same_run(workdir, config, resumable=RESUMABLE)
   checkpointing.save_config(workdir, config)
   manager = _checkpoint_manager(workdir, config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -318,8 +322,8 @@ def main(argv):
   workdir = cli.absolute(_WORKDIR.value)
   cli.start(workdir)
   result = train(config, workdir)
-  last = result['losses'][-1] if result['losses'] else (result['step'], float('nan'))
-  print(f'step {result["step"]}: loss {last[1]:.4f}; generator: {result["generator"]}'
+  loss = f'loss {result["losses"][-1][1]:.4f}' if result['losses'] else 'no step left to train'
+  print(f'step {result["step"]}: {loss}; generator: {result["generator"]}'
         + (' (preempted: rerun the same command to resume)' if result['preempted'] else ''),
         flush=True)
 
