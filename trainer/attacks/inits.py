@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from trainer.attacks import projections
+from trainer.attacks.common import bcast
 
 InitFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -34,6 +35,6 @@ def uniform(norm: str, eps: float) -> InitFn:
       direction = projections.normalize(jax.random.normal(k1, x.shape, x.dtype), 'l2')
       d = x[0].size
       radius = eps * jax.random.uniform(k2, (x.shape[0],), x.dtype) ** (1.0 / d)
-      delta = direction * radius.reshape((-1,) + (1,) * (x.ndim - 1))
+      delta = direction * bcast(radius, x)
     return jnp.clip(x + delta, 0.0, 1.0)
   return init

@@ -18,6 +18,7 @@ import optax
 
 from trainer.attacks import inits as inits_lib
 from trainer.attacks import projections
+from trainer.attacks.common import bcast
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Attack = Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Array, jax.Array], jax.Array]
@@ -79,15 +80,13 @@ def _last(loop, grad_fn, step_rule, project, x, x0):
 
 
 def _best(loop, grad_fn, objective, step_rule, project, x, x0):
-  bcast = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
-
   def body(_, carry):
     z, opt_state, best, best_loss = carry
     new_z, opt_state, current = _step(grad_fn, step_rule, project, x, z, opt_state)
-    best = jnp.where(bcast(current > best_loss), z, best)
+    best = jnp.where(bcast(current > best_loss, z), z, best)
     return new_z, opt_state, best, jnp.maximum(current, best_loss)
 
   carry = (x0, step_rule.init(x0), x0, jnp.full((x.shape[0],), -jnp.inf))
   z, _, best, best_loss = loop(body, carry)
   _, final = objective(z)
-  return jnp.where(bcast(final > best_loss), z, best)
+  return jnp.where(bcast(final > best_loss, z), z, best)
