@@ -1,15 +1,21 @@
-"""The trend of the paper's Fig. 3(a) at small scale: robust accuracy against the real share α.
+"""Robust accuracy against the real share α, per generator: the paper's Fig. 3(a) and Fig. 5 at
+small scale.
 
   python benchmarks/alpha_sweep.py --workdir=runs/alpha_sweep [--alphas=1.0,0.8,0.5,0.2]
       [--seeds=0,1,2] [--epochs=30] [--num_generated=10000] [--model=wrn-10-2] [--eps=0.1]
-      [--classifier_epochs=15]
+      [--classifier_epochs=15] [--generators=gaussian[,ddpm] --ddpm_checkpoint=DIR]
+      [--attacks=aa+mt]
 
-On digits (the demo config, with the ε and pseudo-labeller epochs of the recorded sweep as
-defaults): one non-robust classifier and one class-conditional Gaussian fit, N pseudo-labelled
-samples, then TRADES for every (α, seed), each evaluated on the whole digits
-test split with PGD-40 (margin loss, sign steps of 2.5ε/40, uniform start) on its best EMA
-checkpoint (held-out PGD selection). Prints mean ± std per α, writes alpha_sweep.json and
-alpha_sweep.png into the workdir. Every finished run is skipped when the script is started again.
+On digits (the demo config, with the ε and pseudo-labeller epochs of the recorded Fig. 3(a) sweep
+as defaults): one non-robust classifier; per generator (the class-conditional Gaussian fit, and/or
+a diffusion model's checkpoint, e.g. one made by `trainer.ddpm_train`) N pseudo-labelled samples
+and their Algorithm-1 numbers; then TRADES for every (α, seed), the same model and budget for all,
+each evaluated on the whole digits test split on its best EMA checkpoint (held-out PGD selection)
+with PGD-40 (margin loss, sign steps of 2.5ε/40, uniform start) and, with --attacks, the named
+cascades of `trainer.evaluate`. α = 1 uses no generated data, so its runs are shared by the
+generators. Prints mean ± std per (generator, α) and each run's seconds; writes alpha_sweep.json,
+alpha_sweep.png and the generators' sample grids side by side (samples.png) into the workdir.
+Every finished run is skipped when the script is started again.
 """
 import argparse
 import copy
@@ -17,6 +23,7 @@ import json
 import os
 import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,51 +32,121 @@ from configs import demo  # noqa: E402
 from data import real  # noqa: E402
 from trainer import checkpointing  # noqa: E402
 from trainer import cli  # noqa: E402
+from trainer import evaluate as evaluate_lib  # noqa: E402
 from trainer import method  # noqa: E402
 from trainer import robust_accuracy  # noqa: E402
 from trainer import sharding  # noqa: E402
 from trainer import train  # noqa: E402
-from trainer.attacks import pgd  # noqa: E402
+from trainer.attacks.pgd import pgd_attack  # noqa: E402
+
+REAL_ONLY = 'real'  # the runs at α = 1, shared by every generator
 
 
-def evaluate(workdir, config):
+def pgd40(workdir, config):
   _, model, variables = checkpointing.restore_for_eval(workdir, 'best')
   test = real.load(config.dataset.name, 'test')
-  attack = pgd.pgd_attack(norm=config.threat.norm, eps=config.threat.eps, steps=40,
+  attack = pgd_attack(norm=config.threat.norm, eps=config.threat.eps, steps=40,
                           loss='margin')
   measure = robust_accuracy.make_measure(model, attack, sharding.make_mesh(config),
                                          config.eval.batch_size)
   return measure(variables, test['image'], test['label'])
 
 
-def run_one(base, workdir, manifest, alpha, seed):
-  out = os.path.join(workdir, f'alpha{alpha}_seed{seed}')
+def run_one(base, out, manifest, alpha, seed, attacks):
+  """TRADES for one (α, seed), then its evaluations; each result is kept in `out`."""
   result_path = os.path.join(out, 'pgd40.json')
-  if os.path.exists(result_path):
-    return json.load(open(result_path))
   c = copy.deepcopy(base)
-  c.seed, c.generated.alpha, c.generated.path = seed, alpha, manifest
-  train.train_and_evaluate(c, out)
-  result = evaluate(out, c)
-  json.dump(result, open(result_path, 'w'))
+  c.seed, c.generated.alpha, c.generated.path = seed, alpha, manifest if alpha < 1 else ''
+  if not os.path.exists(result_path):
+    start = time.time()
+    train.train_and_evaluate(c, out)
+    result = pgd40(out, c)
+    result['train_and_pgd40_seconds'] = time.time() - start
+    json.dump(result, open(result_path, 'w'))
+  result = json.load(open(result_path))
+  for cascade in attacks:
+    path = os.path.join(out, f'{cascade}.json')
+    if not os.path.exists(path):
+      start = time.time()
+      summary = evaluate_lib.evaluate(c, out, attacks=cascade)
+      json.dump({'robust': summary['cascades'][cascade]['robust_accuracy'],
+                 'clean': summary['clean_accuracy'],
+                 'seconds': time.time() - start}, open(path, 'w'))
+    result[cascade] = json.load(open(path))
   return result
 
 
-def plot(summary, path):
+def generator_data(base, stages, classifier, generator, ddpm_checkpoint, console):
+  """The generator's pseudo-labelled shards and their data metrics, in stages/<generator>."""
+  c = copy.deepcopy(base)
+  c.pipeline.generator = generator
+  c.pipeline.generator_checkpoint = ddpm_checkpoint if generator == 'ddpm' else ''
+  workdir = os.path.join(stages, generator)
+  made = method.stage_generator(c, workdir, console)
+  manifest = method.stage_samples(c, workdir, made, classifier, console)
+  return manifest, method.stage_data_metrics(c, workdir, manifest, classifier, console)
+
+
+def summarise(results, attacks):
+  sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+  out = {}
+  for name, values in [('clean', [r['clean'] for r in results]),
+                       ('robust', [r['robust'] for r in results])] + [
+                           (a, [r[a]['robust'] for r in results]) for a in attacks]:
+    out[name] = {'mean': statistics.mean(values), 'std': sd(values), 'runs': values}
+  out['seconds'] = [r['train_and_pgd40_seconds'] + sum(r[a]['seconds'] for a in attacks)
+                    for r in results]
+  return out
+
+
+def plot(summary, attacks, title, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  alphas = sorted(summary)
-  means = [100 * summary[a]['robust_mean'] for a in alphas]
-  stds = [100 * summary[a]['robust_std'] for a in alphas]
-  fig, ax = plt.subplots(figsize=(4.5, 3.2))
-  ax.errorbar(alphas, means, yerr=stds, marker='o', capsize=4)
-  ax.set_xlabel('α (share of real images per batch)')
-  ax.set_ylabel('PGD-40 robust accuracy (%)')
-  ax.set_title('digits, ε = 0.1, Gaussian-fit data')
-  ax.grid(alpha=0.3)
+  metrics_shown = [('robust', 'PGD-40')] + [(a, a.upper()) for a in attacks]
+  fig, axes = plt.subplots(1, len(metrics_shown), figsize=(4.6 * len(metrics_shown), 3.4),
+                           squeeze=False)
+  for ax, (key, label) in zip(axes[0], metrics_shown):
+    for generator, rows in summary.items():
+      alphas = sorted(rows)
+      ax.errorbar(alphas, [100 * rows[a][key]['mean'] for a in alphas],
+                  yerr=[100 * rows[a][key]['std'] for a in alphas], marker='o', capsize=4,
+                  label=generator)
+    ax.set_xlabel('α (share of real images per batch)')
+    ax.set_ylabel(f'{label} robust accuracy (%)')
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+
+
+def plot_samples(stages, generators, path):
+  """The generators' sample grids (rows: pseudo-labels), side by side."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(generators), figsize=(5 * len(generators), 5.3), squeeze=False)
+  for ax, generator in zip(axes[0], generators):
+    ax.imshow(plt.imread(os.path.join(stages, generator, 'generated', 'samples.png')),
+              cmap='gray')
+    ax.set_title(generator)
+    ax.axis('off')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def print_table(summary, attacks):
+  cols = ['clean', 'robust'] + list(attacks)
+  heads = ['clean %', 'PGD-40 %'] + [f'{a.upper()} %' for a in attacks]
+  print('| generator | α | ' + ' | '.join(heads) + ' | seconds per run |')
+  print('|---|---:|' + '---:|' * len(cols) + '---:|')
+  for generator, rows in summary.items():
+    for alpha in sorted(rows, reverse=True):
+      r = rows[alpha]
+      cells = [f"{100 * r[k]['mean']:.2f} ± {100 * r[k]['std']:.2f}" for k in cols]
+      print(f'| {generator} | {alpha:g} | ' + ' | '.join(cells) +
+            f" | {statistics.mean(r['seconds']):.0f} |")
 
 
 def main():
@@ -83,6 +160,12 @@ def main():
   parser.add_argument('--eps', type=float, default=0.1, help='L∞ radius (demo: 0.15)')
   parser.add_argument('--classifier_epochs', type=int, default=15,
                       help='epochs of the non-robust pseudo-labeller (demo: 12)')
+  parser.add_argument('--generators', default='gaussian', help='gaussian and/or ddpm')
+  parser.add_argument('--ddpm_checkpoint', default='',
+                      help="generator checkpoint directory for 'ddpm' (trainer.ddpm_train's "
+                      'WORKDIR/generator)')
+  parser.add_argument('--attacks', default='',
+                      help='cascades of trainer.evaluate to run as well, e.g. aa+mt')
   args = parser.parse_args()
   base = demo.get_config()
   base.threat.eps = args.eps
@@ -90,29 +173,38 @@ def main():
   base.train.num_epochs = args.epochs
   base.model.name = args.model
   base.pipeline.num_generated = args.num_generated
-  stages = os.path.join(cli.absolute(args.workdir), 'method')
+  workdir = cli.absolute(args.workdir)
+  attacks = [a for a in args.attacks.split(',') if a]
+  generators = args.generators.split(',')
+  stages = os.path.join(workdir, 'method')
   console = method.Console()
   classifier = method.stage_classifier(base, stages, console)
-  fit = method.stage_generator(base, stages, console)
-  manifest = method.stage_samples(base, stages, fit, classifier, console)
+  data = {g: generator_data(base, stages, classifier, g, cli.absolute(args.ddpm_checkpoint),
+                            console) for g in generators}
 
-  rows = {}
-  for alpha in [float(a) for a in args.alphas.split(',')]:
-    for seed in [int(s) for s in args.seeds.split(',')]:
-      rows.setdefault(alpha, []).append(run_one(base, args.workdir, manifest, alpha, seed))
-  summary = {}
-  print(f'{"alpha":>6} | {"clean % (mean ± std)":>22} | {"PGD-40 % (mean ± std)":>22} | runs')
-  for alpha, results in sorted(rows.items(), reverse=True):
-    clean = [r['clean'] for r in results]
-    robust = [r['robust'] for r in results]
-    sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
-    summary[alpha] = {'clean_mean': statistics.mean(clean), 'clean_std': sd(clean),
-                      'robust_mean': statistics.mean(robust), 'robust_std': sd(robust),
-                      'robust': robust, 'clean': clean}
-    print(f'{alpha:>6} | {100 * statistics.mean(clean):>13.2f} ± {100 * sd(clean):5.2f} | '
-          f'{100 * statistics.mean(robust):>13.2f} ± {100 * sd(robust):5.2f} | {len(results)}')
-  json.dump(summary, open(os.path.join(args.workdir, 'alpha_sweep.json'), 'w'), indent=2)
-  plot(summary, os.path.join(args.workdir, 'alpha_sweep.png'))
+  # Seed by seed, so that an interrupted sweep has every (generator, α) at the same count.
+  results = {}
+  for seed in [int(s) for s in args.seeds.split(',')]:
+    for generator, (manifest, _) in data.items():
+      for alpha in [float(a) for a in args.alphas.split(',')]:
+        out = os.path.join(workdir, REAL_ONLY if alpha == 1.0 else generator,
+                           f'alpha{alpha}_seed{seed}')
+        results.setdefault(generator, {}).setdefault(alpha, []).append(
+            run_one(base, out, manifest, alpha, seed, attacks))
+  summary = {g: {a: summarise(r, attacks) for a, r in rows.items()}
+             for g, rows in results.items()}
+  print_table(summary, attacks)
+  print()
+  print('| generator | ' + ' | '.join(data[generators[0]][1]) + ' |')
+  for generator, (_, numbers) in data.items():
+    print(f'| {generator} | ' + ' | '.join(
+        f'{v:.3f}' if isinstance(v, float) else str(v) for v in numbers.values()) + ' |')
+  json.dump({'summary': {g: {str(a): r for a, r in rows.items()} for g, rows in summary.items()},
+             'data_metrics': {g: d[1] for g, d in data.items()}},
+            open(os.path.join(workdir, 'alpha_sweep.json'), 'w'), indent=2)
+  plot_samples(stages, generators, os.path.join(workdir, 'samples.png'))
+  plot(summary, attacks, f'digits, ε = {args.eps:g}, TRADES {args.model}, '
+       f'{len(args.seeds.split(","))} seeds', os.path.join(workdir, 'alpha_sweep.png'))
 
 
 if __name__ == '__main__':
