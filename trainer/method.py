@@ -4,10 +4,13 @@
 
   1. classifier/      non-robust classifier (train.loss='standard') on the real training set
   2. generator/       class-conditional Gaussian fit of the real training set (App. D), or
-                      (pipeline.generator='ddpm') a diffusion model's checkpoint
+                      (pipeline.generator='ddpm') a diffusion model: the checkpoint given by
+                      pipeline.generator_checkpoint, or without one a DDPM trained here
+                      (trainer.ddpm_train with the preset pipeline.ddpm_preset; generator/generator)
   3. generated/       N samples → pseudo-labelled by the classifier (optionally top-K per class)
                       → shards
-  4. generated/       Algorithm 1's complementarity and coverage (data_metrics.json), samples.png
+  4. generated/       Algorithm 1's complementarity and coverage and the classifier-feature
+                      Fréchet distance (data_metrics.json, TensorBoard), samples.png
   5. robust/          TRADES on batches of α real and 1 − α generated images
   6. robust/eval.json final evaluation with the attack cascade(s) of config.eval.attacks
      report.md        the stage table, the evaluation per attack stage, samples and curves
@@ -18,12 +21,16 @@ stage stopped by a preemption notice stops the method too: `run` returns status 
 """
 import contextlib
 import copy
+import importlib
 import json
 import os
+import signal
+import threading
 import time
 
 from absl import flags
 from absl import logging
+from clu import metric_writers
 from etils import epath
 import jax
 from ml_collections import config_flags
@@ -31,6 +38,7 @@ import numpy as np
 import tqdm
 
 from data import real
+from data.generation import frechet
 from data.generation import gaussian_fit
 from data.generation import metrics
 from data.records import shard_writer
@@ -38,6 +46,7 @@ from data.records import shards
 from models import features
 from trainer import checkpointing
 from trainer import cli
+from trainer import config_validation
 from trainer import pseudolabel
 from trainer import report
 from trainer import sharding
@@ -123,9 +132,11 @@ def stage_classifier(config, workdir, console):
 
 
 def stage_generator(config, workdir, console):
-  """The Gaussian fit (made here), or the diffusion model's checkpoint (given by the config)."""
+  """The Gaussian fit (made here), or a diffusion model: imported, or trained here."""
+  if config.pipeline.generator == 'ddpm' and config.pipeline.generator_checkpoint:
+    return _imported_ddpm(config, console)
   if config.pipeline.generator == 'ddpm':
-    return _ddpm_generator(config, console)
+    return _trained_ddpm(config, workdir, console)
   path = os.path.join(workdir, 'generator', 'gaussian_fit.npz')
   k = config.pipeline.gaussian_components
   with console.stage('generator', f'class-conditional Gaussian fit ({k} components per class)',
@@ -140,23 +151,80 @@ def stage_generator(config, workdir, console):
   return path
 
 
-def _ddpm_generator(config, console):
-  path = cli.absolute(config.pipeline.generator_checkpoint)
-  if not path:
-    raise cli.UserError("pipeline.generator='ddpm' needs --config.pipeline.generator_checkpoint="
-                        'DIR: a generator checkpoint (python -m models.diffusion.diffusers_import '
-                        'makes one from a diffusers model)')
+def _describe_ddpm(config, path):
+  """The generator's kind and size, after checking it makes the dataset's images."""
   from models.diffusion import checkpoint  # pylint: disable=g-import-not-at-top
+  generator = checkpoint.load(path)
+  params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(generator.params))
+  shape = real.info(config.dataset.name).shape
+  if tuple(generator.image_shape) != tuple(shape):
+    raise ValueError(f'{path} generates images of shape {tuple(generator.image_shape)}, but '
+                     f'{config.dataset.name} images have shape {tuple(shape)}')
+  kind = (f'class-conditional ({generator.num_classes} classes)' if generator.num_classes
+          else 'unconditional')
+  return f'{generator.name}: {kind} DDPM, {params / 1e6:.2f}M parameters'
+
+
+def _imported_ddpm(config, console):
+  path = cli.absolute(config.pipeline.generator_checkpoint)
   with console.stage('generator', 'diffusion model', path, done=True) as stage:
-    generator = checkpoint.load(path)
-    params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(generator.params))
-    shape = real.info(config.dataset.name).shape
-    if tuple(generator.image_shape) != tuple(shape):
-      raise ValueError(f'{path} generates images of shape {tuple(generator.image_shape)}, but '
-                       f'{config.dataset.name} images have shape {tuple(shape)}')
-    kind = (f'class-conditional ({generator.num_classes} classes)' if generator.num_classes
-            else 'unconditional')
-    stage['headline'] = f'{generator.name}: {kind} DDPM, {params / 1e6:.2f}M parameters'
+    stage['headline'] = _describe_ddpm(config, path)
+  return path
+
+
+def ddpm_config(config):
+  """The DDPM's training config: the preset pipeline.ddpm_preset names, on the method's dataset
+  with its held-out size (so the generator never sees the images that select the robust
+  checkpoint) and seed; pipeline.ddpm_steps > 0 shortens (or lengthens) it."""
+  c = importlib.import_module(f'configs.{config.pipeline.ddpm_preset}').get_config()
+  c.dataset.name, c.dataset.data_dir = config.dataset.name, config.dataset.data_dir
+  c.dataset.holdout, c.seed = config.dataset.holdout, config.seed
+  if config.pipeline.ddpm_steps:
+    c.train.num_steps = config.pipeline.ddpm_steps
+  return c
+
+
+def _last_loss(ddpm_workdir):
+  """'S steps, final loss L' from the DDPM run's own TensorBoard records: the run that made the
+  generator, even when the config asks for other steps now (the stage is done)."""
+  points = report.read_scalars(ddpm_workdir).get('train/loss')
+  return f'{points[-1][0]:,} steps, final loss {points[-1][1]:.4f}' if points else 'no loss logged'
+
+
+@contextlib.contextmanager
+def _sigterm_ends_the_process():
+  """trainer.ddpm_train reads no SIGTERM flag, and the handler a training stage before it left
+  behind only raises one (trainer/train.py), so a notice would go unheeded: while the DDPM
+  trains, SIGTERM ends the process as it ends `python -m trainer.ddpm_train`, and the rerun
+  resumes from the last checkpoint."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  try:
+    yield
+  finally:
+    if previous is not None:  # None: a handler set outside Python, which cannot be put back
+      signal.signal(signal.SIGTERM, previous)
+
+
+def _trained_ddpm(config, workdir, console):
+  """trainer.ddpm_train in WORKDIR/generator (resumed from its checkpoints when rerun); its EMA
+  generator, WORKDIR/generator/generator, is written last and marks the stage done."""
+  out = os.path.join(workdir, 'generator')
+  path = os.path.join(out, 'generator')
+  c = ddpm_config(config)
+  done = _done(os.path.join(path, 'manifest.json'))
+  with console.stage('generator', f'training a DDPM ({config.pipeline.ddpm_preset}: '
+                     f'{c.train.num_steps:,} steps of {c.train.batch_size})', path,
+                     done) as stage:
+    if not done:
+      from trainer import ddpm_train  # pylint: disable=g-import-not-at-top
+      with _sigterm_ends_the_process():
+        result = ddpm_train.train(c, out)
+      if result['preempted']:
+        raise Stopped('generator')
+    stage['headline'] = f'{_last_loss(out)}; {_describe_ddpm(config, path)}'
   return path
 
 
@@ -208,29 +276,73 @@ def _feature_fn(classifier, batch_size):
                                 batch_size)
 
 
+FD_LABEL = 'classifier-feature FD (not Inception FID)'
+
+
+def _balanced_features(feature_fn, images, labels, n, num_classes, seed):
+  """Features of the class-balanced N per set that `metrics.data_metrics` draws (same seeds)."""
+  feats = {}
+  for offset, key in enumerate(('train', 'test', 'generated')):
+    index = metrics.class_balanced_indices(labels[key], n, num_classes, seed=seed + offset,
+                                           name=key)
+    feats[key] = metrics.batched_features(feature_fn, np.asarray(images[key])[index])
+  return feats
+
+
+def _classifier_fd(feats, holdout_feats):
+  """The Fréchet distance of the generated set to the real test set, in the space Algorithm 1
+  uses (the test set is one of its two real sets), and of the real held-out images to the same
+  test set: how far two real sets lie apart, the scale the first number is read against."""
+  out = {'classifier_fd': frechet.frechet_distance(feats['generated'], feats['test']),
+         'classifier_fd_label': FD_LABEL,
+         'classifier_fd_sets': f"generated {len(feats['generated'])} vs test {len(feats['test'])}"}
+  if holdout_feats is not None:
+    out['classifier_fd_real'] = frechet.frechet_distance(holdout_feats, feats['test'])
+    out['classifier_fd_real_sets'] = f"held-out {len(holdout_feats)} vs test {len(feats['test'])}"
+  return out
+
+
+def _write_tensorboard(logdir, result):
+  """Algorithm 1's five numbers and the Fréchet distances as scalars at step 0."""
+  writer = metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
+  names = {**{k: k for k in metrics.KEYS}, 'classifier_fd': 'classifier_fd',
+           'classifier_fd_real': 'classifier_fd_real_heldout_vs_test'}
+  writer.write_scalars(0, {f'data/{name}': result[k] for k, name in names.items() if k in result})
+  writer.close()
+
+
+def _compute_data_metrics(config, manifest, classifier, n):
+  train_data, holdout, _ = real.training_splits(config)
+  test = real.load(config.dataset.name, 'test', config.dataset.data_dir)  # whole split
+  generated = next(shards.read_examples(manifest, batch_size=shards.load_manifest(
+      manifest)['count']))
+  num_classes = real.info(config.dataset.name).num_classes
+  images = {'train': train_data['image'], 'test': test['image'], 'generated': generated['image']}
+  labels = {'train': train_data['label'], 'test': test['label'], 'generated': generated['label']}
+  n = min(n, *(len(v) for v in labels.values()))  # a small top-K set bounds N
+  feature_fn = _feature_fn(classifier, config.eval.batch_size)
+  feats = _balanced_features(feature_fn, images, labels, n, num_classes, config.seed)
+  result = metrics.metrics_from_features(feats['train'], feats['test'], feats['generated'])
+  holdout_feats = (metrics.batched_features(feature_fn, holdout['image'])
+                   if len(holdout['label']) >= 2 else None)  # dataset.holdout=0: no reference
+  result.update(_classifier_fd(feats, holdout_feats))
+  return result, generated, num_classes
+
+
 def stage_data_metrics(config, workdir, manifest, classifier, console):
-  """Algorithm 1 (App. D) in the classifier's penultimate feature space, and the sample grid."""
+  """Algorithm 1 (App. D) and the Fréchet distance in the classifier's penultimate feature space,
+  and the sample grid."""
   out = os.path.join(workdir, 'generated', 'data_metrics.json')
   grid = os.path.join(workdir, 'generated', 'samples.png')
   n = config.pipeline.metrics_samples
-  with console.stage('data metrics', f'complementarity and coverage on {n} per set', out,
-                     _done(out)) as stage:
+  with console.stage('data metrics', f'complementarity, coverage and {FD_LABEL} on {n} per set',
+                     out, _done(out)) as stage:
     if not _done(out):
-      train_data, _, _ = real.training_splits(config)
-      test = real.load(config.dataset.name, 'test', config.dataset.data_dir)  # whole split
-      generated = next(shards.read_examples(manifest, batch_size=shards.load_manifest(
-          manifest)['count']))
-      num_classes = real.info(config.dataset.name).num_classes
-      images = {'train': train_data['image'], 'test': test['image'],
-                'generated': generated['image']}
-      labels = {'train': train_data['label'], 'test': test['label'],
-                'generated': generated['label']}
-      n = min(n, *(len(v) for v in labels.values()))  # a small top-K set bounds N
-      result = metrics.data_metrics(images, labels, _feature_fn(classifier, config.eval.batch_size),
-                                    num_classes, n, seed=config.seed)
+      result, generated, num_classes = _compute_data_metrics(config, manifest, classifier, n)
       width = generated['image'].shape[2] * 10
       metrics.sample_grid(generated['image'], generated['label'], num_classes, path=grid,
                           scale=max(1, GRID_WIDTH // width))
+      _write_tensorboard(os.path.dirname(out), result)
       epath.Path(out).write_text(json.dumps(result, indent=2))
     result = json.loads(epath.Path(out).read_text())
     stage['headline'] = report.data_metrics_line(result)
@@ -275,9 +387,12 @@ def run(config, workdir, console=None):
   workdir = cli.absolute(workdir)
   console = console or Console()
   out = {'workdir': workdir, 'status': 'finished'}
+  config_validation.validate_pipeline(config)  # a rerun may skip the stages that validate
   try:
     out['classifier'] = stage_classifier(config, workdir, console)
     out['generator'] = stage_generator(config, workdir, console)
+    if config.pipeline.generator == 'ddpm' and not config.pipeline.generator_checkpoint:
+      out['generator_run'] = os.path.dirname(out['generator'])  # its curves go in the report
     out['samples'] = stage_samples(config, workdir, out['generator'], out['classifier'], console)
     out['data_metrics'] = stage_data_metrics(config, workdir, out['samples'], out['classifier'],
                                              console)

@@ -1,13 +1,15 @@
 """What a person reads at the end of the method: the closing console report and WORKDIR/report.md.
 
-report.md holds the stage table, Algorithm 1's numbers, the evaluation per attack stage, the
-sample grid and one plot per training stage of clean / robust accuracy (held-out and test) and
-loss against the step, drawn from the run's own TensorBoard records.
+report.md holds the stage table, Algorithm 1's numbers and the classifier-feature Fréchet
+distance, the evaluation per attack stage, the sample grid and one plot per training stage of
+clean / robust accuracy (held-out and test) and loss against the step, drawn from the run's own
+TensorBoard records.
 """
 import glob
 import os
 
 from etils import epath
+import numpy as np
 
 METRIC_NAMES = (('c_train', 'complementarity, train'), ('c_test', 'complementarity, test'),
                 ('c_self', 'complementarity, self'), ('v_train', 'coverage, train'),
@@ -28,10 +30,31 @@ def _pct(value):
 
 
 def data_metrics_line(result):
-  """Algorithm 1's five numbers in one line."""
+  """Algorithm 1's five numbers and the classifier-feature Fréchet distance in one line."""
   c = ' / '.join(f'{result[k]:.3f}' for k in ('c_train', 'c_test', 'c_self'))
   v = ' / '.join(f'{result[k]:.3f}' for k in ('v_train', 'v_test'))
-  return f'complementarity train/test/self {c}; coverage train/test {v}'
+  return f'complementarity train/test/self {c}; coverage train/test {v}' + (
+      f'; {fd_text(result)}' if 'classifier_fd' in result else '')
+
+
+def fd_text(result):
+  """'<label> 12.3 (real held-out vs test: 4.5)': the distance with its real-vs-real scale."""
+  text = f"{result['classifier_fd_label']} {result['classifier_fd']:.3g}"
+  if 'classifier_fd_real' in result:
+    text += f" (real held-out vs test: {result['classifier_fd_real']:.3g})"
+  return text
+
+
+def _fd_lines(data):
+  if 'classifier_fd' not in data:  # a workdir from before the distance was measured
+    return []
+  lines = [f"{data['classifier_fd_label']}, in the non-robust classifier's penultimate features:",
+           '', '| sets | distance |', '|---|---:|',
+           f"| {data['classifier_fd_sets']} | {data['classifier_fd']:.4g} |"]
+  if 'classifier_fd_real' in data:
+    lines.append(f"| {data['classifier_fd_real_sets']} (real vs real) | "
+                 f"{data['classifier_fd_real']:.4g} |")
+  return lines + ['']
 
 
 def evaluation_line(evaluation):
@@ -42,24 +65,31 @@ def evaluation_line(evaluation):
 
 
 def read_scalars(workdir):
-  """{tag: [(step, value), …]} from the TensorBoard event files of one training workdir."""
+  """{tag: [(step, value), …]} of the scalars in the TensorBoard event files of one workdir."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   scalars = {}
   for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
     for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
       event = tf.compat.v1.Event.FromString(record)
       for v in event.summary.value:
-        value = float(tf.make_ndarray(v.tensor)) if v.HasField('tensor') else v.simple_value
-        scalars.setdefault(v.tag, {})[event.step] = value
+        value = tf.make_ndarray(v.tensor) if v.HasField('tensor') else v.simple_value
+        value = np.asarray(value)
+        if value.ndim == 0 and np.issubdtype(value.dtype, np.number):  # no images, no text
+          scalars.setdefault(v.tag, {})[event.step] = float(value)
   return {tag: sorted(points.items()) for tag, points in scalars.items()}
 
 
 def plot_training(workdir, path, title):
-  """Accuracy (held-out and test, clean and robust) and loss against the step, as a PNG."""
+  """Accuracy (held-out and test, clean and robust) and loss against the step, as a PNG; the loss
+  alone for a run that measures no accuracy (the DDPM)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   scalars = read_scalars(workdir)
+  if not any(tag.endswith('_accuracy') for tag in scalars):
+    fig, loss = plt.subplots(1, 1, figsize=(5, 3.6))
+    _plot_loss(loss, scalars, title)
+    return _save(fig, path)
   fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.6))
   for split, style in (('holdout', '-'), ('test', '--')):
     for kind, colour in (('clean', 'tab:blue'), ('robust', 'tab:red')):
@@ -71,12 +101,21 @@ def plot_training(workdir, path, title):
   acc.set(xlabel='step', ylabel='accuracy (%)', title=f'{title}: accuracy')
   acc.grid(alpha=0.3)
   acc.legend(fontsize=8)
+  _plot_loss(loss, scalars, title)
+  return _save(fig, path)
+
+
+def _plot_loss(axes, scalars, title):
   points = scalars.get('train/loss')
   if points:
     steps, values = zip(*points)
-    loss.plot(steps, values, color='black', marker='.')
-  loss.set(xlabel='step', ylabel='training loss', title=f'{title}: loss')
-  loss.grid(alpha=0.3)
+    axes.plot(steps, values, color='black', marker='.')
+  axes.set(xlabel='step', ylabel='training loss', title=f'{title}: loss')
+  axes.grid(alpha=0.3)
+
+
+def _save(fig, path):
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -113,6 +152,7 @@ def write(out, config):
             '| ' + ' | '.join(label for _, label in METRIC_NAMES) + ' |',
             '|' + '---:|' * len(METRIC_NAMES),
             '| ' + ' | '.join(f'{data[k]:.3f}' for k, _ in METRIC_NAMES) + ' |', '',
+            *_fd_lines(data),
             '![samples, one row per pseudo-label](generated/samples.png)', '']
   evaluation = out['evaluation']
   lines += ['## Evaluation', '',
@@ -122,9 +162,13 @@ def write(out, config):
             *_evaluation_table(evaluation), '',
             f"worst case over the cascades: {_pct(evaluation['worst_case_robust_accuracy'])}", '']
   lines += ['## Training', '']
-  for name in TRAINING_STAGES:
-    png = plot_training(out[name], os.path.join(workdir, f'{name}_curves.png'), name)
-    lines += [f'![{name}: accuracy and loss against the step]({rel(png)})', '']
+  runs = [(name, out[name]) for name in TRAINING_STAGES]
+  if out.get('generator_run'):  # a DDPM trained by the method
+    runs.insert(0, ('generator', out['generator_run']))
+  for name, run_dir in runs:
+    png = plot_training(run_dir, os.path.join(workdir, f'{name}_curves.png'), name)
+    what = 'loss' if name == 'generator' else 'accuracy and loss'
+    lines += [f'![{name}: {what} against the step]({rel(png)})', '']
   lines += ['TensorBoard, every scalar of every stage:', '', '```',
             f'tensorboard --logdir {workdir}', '```', '']
   path = os.path.join(workdir, 'report.md')
