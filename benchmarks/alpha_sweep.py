@@ -195,16 +195,18 @@ def main():
              for g, rows in results.items()}
   print_table(summary, attacks)
   print()
-  print('| generator | ' + ' | '.join(data[generators[0]][1]) + ' |')
+  numeric = [k for k, v in data[generators[0]][1].items() if isinstance(v, float)]
+  print('| generator | ' + ' | '.join(numeric) + ' |')
+  print('|---|' + '---:|' * len(numeric))
   for generator, (_, numbers) in data.items():
-    print(f'| {generator} | ' + ' | '.join(
-        f'{v:.3f}' if isinstance(v, float) else str(v) for v in numbers.values()) + ' |')
+    print(f'| {generator} | ' + ' | '.join(f'{numbers.get(k, float("nan")):.3f}'
+                                           for k in numeric) + ' |')
   json.dump({'summary': {g: {str(a): r for a, r in rows.items()} for g, rows in summary.items()},
              'data_metrics': {g: d[1] for g, d in data.items()}},
             open(os.path.join(workdir, 'alpha_sweep.json'), 'w'), indent=2)
   plot_samples(stages, generators, os.path.join(workdir, 'samples.png'))
   plot(summary, attacks, f'digits, ε = {args.eps:g}, TRADES {args.model}, '
-       f'{len(args.seeds.split(","))} seeds', os.path.join(workdir, 'alpha_sweep.png'))
+       f'seeds {args.seeds}', os.path.join(workdir, 'alpha_sweep.png'))
 
 
 if __name__ == '__main__':
