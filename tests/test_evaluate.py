@@ -81,6 +81,12 @@ def test_evaluate_writes_table_json_and_scalars(workdir, capsys):
 
 
 def test_config_overrides_from_the_command_line(workdir):
+  names = ('config', 'workdir', 'checkpoint', 'num_examples', 'attacks', 'batch_size')
+  # Entry points that other test modules import (trainer.sample) define some of these names at
+  # import: set them aside so that evaluate's own flags are the ones defined and parsed.
+  others = {name: flags.FLAGS[name] for name in names if name in flags.FLAGS}
+  for name in others:
+    delattr(flags.FLAGS, name)
   evaluate._define_flags()
   try:
     evaluate._parse_flags(['evaluate', f'--workdir={workdir}', '--config.threat.eps=0.05',
@@ -90,8 +96,10 @@ def test_config_overrides_from_the_command_line(workdir):
     assert flags.FLAGS.num_examples == 8
   finally:
     flags.FLAGS.unparse_flags()
-    for name in ('config', 'workdir', 'checkpoint', 'num_examples', 'attacks', 'batch_size'):
+    for name in names:
       delattr(flags.FLAGS, name)
+    for name, flag in others.items():
+      flags.FLAGS[name] = flag
   config = tiny_config()
   config.model.name = 'wrn-16-1'
   with pytest.raises(ValueError, match='cannot be overridden'):

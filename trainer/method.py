@@ -52,10 +52,6 @@ from trainer import report
 from trainer import sharding
 from trainer import train
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for every stage of the method.')
-
 STAGES = ('classifier', 'generator', 'samples', 'data metrics', 'robust', 'evaluation')
 GRID_WIDTH = 480  # pixels: small images are upscaled so a person can see them
 
@@ -407,11 +403,18 @@ def run(config, workdir, console=None):
   return out
 
 
+def _define_flags():
+  """Command-line flags, defined only when run as a program (tests and benchmarks import this)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for every stage of the method.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+
 def main(argv):
   del argv
-  workdir = cli.absolute(_WORKDIR.value)
+  workdir = cli.absolute(flags.FLAGS.workdir)
   cli.start(workdir)
-  out = run(_CONFIG.value, workdir)
+  out = run(flags.FLAGS.config, workdir)
   if out['status'] == 'stopped':
     print(f"stopped in the {out['stopped_at']} stage (checkpoint saved): run the same command "
           'to resume', flush=True)
@@ -420,5 +423,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  _define_flags()
   cli.run(main)
