@@ -45,8 +45,9 @@ def dry(*args, env=None):
   env = env or clean_env()
   out = sh('tpu_vm.sh', '--dry-run', *args, env=env).stdout
   tmp = re.escape(env.get('TMPDIR', '/tmp').rstrip('/')) + r'/+tmp\.\w+/'  # from mktemp -d
+  out = out.replace(str(REPO), 'REPO')  # a fresh clone may itself sit in a mktemp directory
   assert len(set(re.findall(tmp, out))) <= 1, out  # one temporary directory per run
-  cmds = [[re.sub(tmp, 'TMP/', a) for a in shlex.split(line[2:])]
+  cmds = [[re.sub(tmp, 'TMP/', a).replace('REPO', str(REPO)) for a in shlex.split(line[2:])]
           for line in out.splitlines() if line.startswith('+ ')]
   for argv in cmds:
     argv[0] = os.path.basename(argv[0])
