@@ -95,11 +95,16 @@ def kill_during_save(at):
 
 
 def kill_at_random_time(at):
-  """SIGKILL at a random time within about four steps of training."""
+  """SIGKILL at a random time within about four steps of training, before the last steps.
+
+  Steps speed up once a launch warms (and when a neighbouring test finishes), so the time is
+  capped by a step that leaves the run unfinished: a kill must land on a running trainer.
+  """
   at.wait_for_step(at.start + 2)  # the first step of a launch also loads the compiled program
   begin = time.time()
   at.wait_for_step(at.start + 3)
-  time.sleep(at.rng.uniform(0.0, 4 * (time.time() - begin)))
+  deadline = time.time() + at.rng.uniform(0.0, 4 * (time.time() - begin))
+  runs.wait_until(lambda: time.time() >= deadline or at.step() >= STEPS - 2, at.proc)
   return runs.signal_and_wait(at.proc, runs.SIGKILL), 'SIGKILL at a random time'
 
 
