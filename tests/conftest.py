@@ -9,6 +9,8 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import trainer  # noqa: E402,F401  (its XLA:CPU setting, as every command gets it, before jax starts)
+
 
 @pytest.fixture(scope='module', autouse=True)
 def _single_threaded_blas():

@@ -1,3 +1,4 @@
+import importlib.metadata
 import os
 
 # TensorFlow (under tfds, clu and the TFRecord tools) prints C++ notices on import, such as the
@@ -5,3 +6,26 @@ import os
 # kernels are off too. Explicit settings in the environment still win.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+# XLA:CPU (jaxlib 0.10) hands every convolution of a gradient program to YNNPACK on its own, where
+# the input gradient of a small CNN runs 1.7-3x slower than on XLA's own kernels (its default fusion
+# types are individual dots and convolutions, dot graphs and reductions; BENCHMARKS.md,
+# "AutoAttack 'standard' against fra31/auto-attack"). Keeping only YNNPACK's dot graphs, which
+# keep forward passes fast, is what the attacks want. The flag is read when JAX creates its CPU
+# client, so it must be set before the first computation; it is CPU-only, so accelerators are
+# untouched. Other jaxlib versions may not know it (an unknown XLA flag aborts), and a setting of
+# it in XLA_FLAGS wins.
+CPU_CONVOLUTION_FLAG = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT'
+
+
+def _set_cpu_convolution_flag():
+  flags = os.environ.get('XLA_FLAGS', '')
+  try:
+    jaxlib = importlib.metadata.version('jaxlib')
+  except importlib.metadata.PackageNotFoundError:
+    return
+  if jaxlib.startswith('0.10.') and CPU_CONVOLUTION_FLAG.split('=')[0] not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} {CPU_CONVOLUTION_FLAG}'.strip()
+
+
+_set_cpu_convolution_flag()
