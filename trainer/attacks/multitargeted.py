@@ -39,6 +39,7 @@ from trainer.attacks import projections
 from trainer.attacks import steps
 from trainer.attacks.common import as_jit_arg
 from trainer.attacks.common import bcast
+from trainer.attacks.common import host_loops
 from trainer.attacks.common import rival_class
 
 
@@ -73,13 +74,12 @@ def targeted_margin_loss(y, target):
   return loss
 
 
-def mt_run(logits_fn, x, y, key, target, *, norm, eps, n_steps=200):
+def mt_attack(y, target, *, norm, eps, n_steps=200) -> iterative.IterativeAttack:
   """One restart: PGD on the margin towards `target` (per example) from a uniform start."""
-  attack = iterative.iterative_attack(
+  return iterative.iterative_attack(
       targeted_margin_loss(y, target), init=inits.uniform(norm, eps),
       step_rule=step_rule(norm, eps, n_steps), project=projections.threat_model(norm, eps),
       num_steps=n_steps, keep='best')
-  return attack(logits_fn, x, y, key)
 
 
 def multitargeted_runs(logits_fn, x, y, key, restarts, *, norm, eps, n_steps=200,
@@ -88,43 +88,86 @@ def multitargeted_runs(logits_fn, x, y, key, restarts, *, norm, eps, n_steps=200
 
   Restart r starts from `fold_in(key, r)` and targets the (r mod K)-th strongest rival. Returns
   x_adv: the first adversarial example found; for points never broken, the restart result with
-  the highest margin (the clean image if none beats it).
+  the highest margin (the clean image if none beats it). On CPU the steps of a restart are
+  driven from the host, one jitted call each (see `trainer.attacks.common`; 200 steps written
+  out would take minutes to compile); elsewhere all restarts are one program.
   """
   projections.check_norm(norm)
-  return _multitargeted_runs(as_jit_arg(logits_fn), x, y, key, jnp.asarray(restarts, jnp.int32),
-                             norm=norm, eps=float(eps), n_steps=n_steps,
-                             n_target_classes=n_target_classes)
+  logits_fn, restarts = as_jit_arg(logits_fn), jnp.asarray(restarts, jnp.int32)
+  statics = dict(norm=norm, eps=float(eps), n_steps=n_steps)
+  state = _begin(logits_fn, x, y, n_target_classes=n_target_classes)
+  if not host_loops(x):
+    return _all_restarts(logits_fn, x, y, key, restarts, state, **statics)[2]
+  for r in restarts:
+    if not bool(jnp.any(state[0])):
+      break
+    carry = _restart_start(x, y, key, r, state, **statics)
+    for _ in range(n_steps):
+      carry = _restart_step(logits_fn, x, y, r, state, carry, **statics)
+    state = _restart_end(logits_fn, x, y, r, state, carry, **statics)
+  return state[2]
 
 
-@functools.partial(jax.jit, static_argnames=('norm', 'eps', 'n_steps', 'n_target_classes'))
-def _multitargeted_runs(logits_fn, x, y, key, restarts, *, norm, eps, n_steps, n_target_classes):
+# The state across restarts: (robust, best margin, x_adv, clean logits, number of targets).
+
+@functools.partial(jax.jit, static_argnames=('n_target_classes',))
+def _begin(logits_fn, x, y, *, n_target_classes):
   clean_logits = logits_fn(x).astype(jnp.float32)
   num_classes = clean_logits.shape[1]
   if num_classes < 2 or n_target_classes < 1:
     raise ValueError(f'MultiTargeted needs ≥ 2 classes and ≥ 1 target (got {num_classes} classes,'
                      f' n_target_classes={n_target_classes}).')
-  n_targets = min(n_target_classes, num_classes - 1)
-
-  def cond(carry):
-    k, robust, _, _ = carry
-    return (k < restarts.shape[0]) & jnp.any(robust)
-
-  def body(carry):
-    k, robust, best_margin, x_adv = carry
-    r = restarts[k]
-    target = rival_class(clean_logits, y, r % n_targets)
-    candidate = mt_run(logits_fn, x, y, jax.random.fold_in(key, r), target, norm=norm, eps=eps,
-                       n_steps=n_steps)
-    logits = logits_fn(candidate).astype(jnp.float32)
-    broken = jnp.argmax(logits, axis=1) != y
-    margin = losses_lib.margin(logits, y)
-    take = robust & (broken | (margin > best_margin))
-    return (k + 1, robust & ~broken, jnp.where(take, margin, best_margin),
-            jnp.where(bcast(take, x), candidate, x_adv))
-
   robust = jnp.argmax(clean_logits, axis=1) == y
-  carry = (0, robust, losses_lib.margin(clean_logits, y), x)
-  return jax.lax.while_loop(cond, body, carry)[3]
+  n_targets = jnp.asarray(min(n_target_classes, num_classes - 1), jnp.int32)
+  return robust, losses_lib.margin(clean_logits, y), x, clean_logits, n_targets
+
+
+def _attack(y, r, state, *, norm, eps, n_steps):
+  target = rival_class(state[3], y, r % state[4])
+  return mt_attack(y, target, norm=norm, eps=eps, n_steps=n_steps)
+
+
+def _merge(logits_fn, x, y, state, candidate):
+  """Keeps a point's first adversarial example, else its highest-margin candidate."""
+  robust, best_margin, x_adv = state[:3]
+  logits = logits_fn(candidate).astype(jnp.float32)
+  broken = jnp.argmax(logits, axis=1) != y
+  margin = losses_lib.margin(logits, y)
+  take = robust & (broken | (margin > best_margin))
+  return (robust & ~broken, jnp.where(take, margin, best_margin),
+          jnp.where(bcast(take, x), candidate, x_adv)) + state[3:]
+
+
+_STATICS = ('norm', 'eps', 'n_steps')
+
+
+@functools.partial(jax.jit, static_argnames=_STATICS)
+def _all_restarts(logits_fn, x, y, key, restarts, state, *, norm, eps, n_steps):
+  def restart(carry):
+    k, state = carry
+    attack = _attack(y, restarts[k], state, norm=norm, eps=eps, n_steps=n_steps)
+    candidate = attack(logits_fn, x, y, jax.random.fold_in(key, restarts[k]))
+    return k + 1, _merge(logits_fn, x, y, state, candidate)
+
+  unfinished = lambda carry: (carry[0] < restarts.shape[0]) & jnp.any(carry[1][0])
+  return jax.lax.while_loop(unfinished, restart, (0, state))[1]
+
+
+@functools.partial(jax.jit, static_argnames=_STATICS)
+def _restart_start(x, y, key, r, state, *, norm, eps, n_steps):
+  return _attack(y, r, state, norm=norm, eps=eps, n_steps=n_steps).start(
+      x, jax.random.fold_in(key, r))
+
+
+@functools.partial(jax.jit, static_argnames=_STATICS)
+def _restart_step(logits_fn, x, y, r, state, carry, *, norm, eps, n_steps):
+  return _attack(y, r, state, norm=norm, eps=eps, n_steps=n_steps).step(logits_fn, x, y, carry)
+
+
+@functools.partial(jax.jit, static_argnames=_STATICS)
+def _restart_end(logits_fn, x, y, r, state, carry, *, norm, eps, n_steps):
+  attack = _attack(y, r, state, norm=norm, eps=eps, n_steps=n_steps)
+  return _merge(logits_fn, x, y, state, attack.finish(logits_fn, y, carry))
 
 
 def multitargeted(logits_fn, x, y, *, norm, eps, n_restarts=10, n_steps=200, n_target_classes=9,

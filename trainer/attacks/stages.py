@@ -7,13 +7,16 @@ A stage wraps one attack of `trainer.attacks` behind a common signature and says
 (restarts or targets) it makes; `trainer.attacks.autoattack` runs the passes of a cascade.
 """
 import dataclasses
+import functools
 import re
 from typing import Any, Callable
 
 import jax
 
 from trainer.attacks.apgd import apgd_runs
+from trainer.attacks import iterative
 from trainer.attacks.common import as_jit_arg
+from trainer.attacks.common import host_loops
 from trainer.attacks.multitargeted import multitargeted_runs
 from trainer.attacks.pgd import pgd_attack
 
@@ -91,10 +94,15 @@ def _square_stage(num_classes, *, n_queries=5000, p_init=0.8, resc_schedule=Fals
                                          resc_schedule=resc_schedule))
 
 
-def _pgd_attack(logits_fn, x, y, key, *, norm, eps, steps, loss):
-  return pgd_attack(norm=norm, eps=eps, steps=steps, loss=loss)(logits_fn, x, y, key)
+@functools.lru_cache(maxsize=None)
+def _pgd(norm, eps, steps, loss):
+  """One attack object per setting, so that its compiled programs are reused."""
+  return pgd_attack(norm=norm, eps=eps, steps=steps, loss=loss)
 
-_pgd_attack = jax.jit(_pgd_attack, static_argnames=('norm', 'eps', 'steps', 'loss'))
+
+@functools.partial(jax.jit, static_argnums=0)
+def _in_one_program(attack, logits_fn, x, y, key):
+  return attack(logits_fn, x, y, key)
 
 
 def _pgd_stage(name, steps, loss):
@@ -102,8 +110,8 @@ def _pgd_stage(name, steps, loss):
     del num_classes
     def attack(logits_fn, x, y, *, norm, eps, seed, pass_index):
       key = jax.random.fold_in(jax.random.key(seed), pass_index)
-      return _pgd_attack(as_jit_arg(logits_fn), x, y, key, norm=norm, eps=float(eps),
-                         steps=steps, loss=loss)
+      run = iterative.drive_on_host if host_loops(x) else _in_one_program
+      return run(_pgd(norm, float(eps), steps, loss), as_jit_arg(logits_fn), x, y, key)
     return Stage(name, n_restarts, attack)
   return make
 
