@@ -26,6 +26,7 @@ margin is kept (the gradient is that of the targeted margin), so an iterate misc
 class counts.
 """
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,18 +98,24 @@ def multitargeted_runs(logits_fn, x, y, key, restarts, *, norm, eps, n_steps=200
   statics = dict(norm=norm, eps=float(eps), n_steps=n_steps)
   state = _begin(logits_fn, x, y, n_target_classes=n_target_classes)
   if not host_loops(x):
-    return _all_restarts(logits_fn, x, y, key, restarts, state, **statics)[2]
+    return _all_restarts(logits_fn, x, y, key, restarts, state, **statics).x_adv
   for r in restarts:
-    if not bool(jnp.any(state[0])):
+    if not bool(jnp.any(state.robust)):
       break
     carry = _restart_start(x, y, key, r, state, **statics)
     for _ in range(n_steps):
       carry = _restart_step(logits_fn, x, y, r, state, carry, **statics)
     state = _restart_end(logits_fn, x, y, r, state, carry, **statics)
-  return state[2]
+  return state.x_adv
 
 
-# The state across restarts: (robust, best margin, x_adv, clean logits, number of targets).
+class _State(NamedTuple):
+  """What carries over from one restart to the next."""
+  robust: jax.Array       # (batch,) not broken yet
+  best_margin: jax.Array  # (batch,) highest margin max_{j≠y} z_j − z_y so far
+  x_adv: jax.Array
+  clean_logits: jax.Array
+  n_targets: jax.Array    # () rivals cycled over
 
 @functools.partial(jax.jit, static_argnames=('n_target_classes',))
 def _begin(logits_fn, x, y, *, n_target_classes):
@@ -119,23 +126,23 @@ def _begin(logits_fn, x, y, *, n_target_classes):
                      f' n_target_classes={n_target_classes}).')
   robust = jnp.argmax(clean_logits, axis=1) == y
   n_targets = jnp.asarray(min(n_target_classes, num_classes - 1), jnp.int32)
-  return robust, losses_lib.margin(clean_logits, y), x, clean_logits, n_targets
+  return _State(robust, losses_lib.margin(clean_logits, y), x, clean_logits, n_targets)
 
 
 def _attack(y, r, state, *, norm, eps, n_steps):
-  target = rival_class(state[3], y, r % state[4])
+  target = rival_class(state.clean_logits, y, r % state.n_targets)
   return mt_attack(y, target, norm=norm, eps=eps, n_steps=n_steps)
 
 
 def _merge(logits_fn, x, y, state, candidate):
   """Keeps a point's first adversarial example, else its highest-margin candidate."""
-  robust, best_margin, x_adv = state[:3]
   logits = logits_fn(candidate).astype(jnp.float32)
   broken = jnp.argmax(logits, axis=1) != y
   margin = losses_lib.margin(logits, y)
-  take = robust & (broken | (margin > best_margin))
-  return (robust & ~broken, jnp.where(take, margin, best_margin),
-          jnp.where(bcast(take, x), candidate, x_adv)) + state[3:]
+  take = state.robust & (broken | (margin > state.best_margin))
+  return state._replace(robust=state.robust & ~broken,
+                        best_margin=jnp.where(take, margin, state.best_margin),
+                        x_adv=jnp.where(bcast(take, x), candidate, state.x_adv))
 
 
 _STATICS = ('norm', 'eps', 'n_steps')
@@ -149,7 +156,7 @@ def _all_restarts(logits_fn, x, y, key, restarts, state, *, norm, eps, n_steps):
     candidate = attack(logits_fn, x, y, jax.random.fold_in(key, restarts[k]))
     return k + 1, _merge(logits_fn, x, y, state, candidate)
 
-  unfinished = lambda carry: (carry[0] < restarts.shape[0]) & jnp.any(carry[1][0])
+  unfinished = lambda carry: (carry[0] < restarts.shape[0]) & jnp.any(carry[1].robust)
   return jax.lax.while_loop(unfinished, restart, (0, state))[1]
 
 
