@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import jax
 
-from trainer.attacks.apgd import apgd_runs
 from trainer.attacks import iterative
+from trainer.attacks.apgd import apgd_runs
 from trainer.attacks.common import as_jit_arg
 from trainer.attacks.common import host_loops
 from trainer.attacks.multitargeted import multitargeted_runs
