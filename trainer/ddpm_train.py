@@ -41,6 +41,7 @@ from models.diffusion import unet as unet_lib
 from trainer import checkpointing
 from trainer import ema as ema_lib
 from trainer import sharding
+from trainer import train as train_lib
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # The rate is constant after warm-up, the EMA ignores the total, batches are a function of the
@@ -236,9 +237,11 @@ def _checkpoint_manager(workdir, config):
           enable_async_checkpointing=True, cleanup_tmp_directories=True))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          progress_name: str | None = None) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`; returns {'losses': [(step, mean loss)], 'generator',
-  'step', 'preempted'}. The generator checkpoint is written once the last step is reached."""
+  'step', 'preempted'}. The generator checkpoint is written once the last step is reached.
+  `progress_name` names the console progress bar (None: no bar)."""
   workdir = os.fspath(workdir)
   mesh = sharding.make_mesh(config)
   train_data, _, _ = real.training_splits(config)
@@ -276,6 +279,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   losses, window, preempted = [], [], False
   first, total = int(state['step']), config.train.num_steps
   start, gridding = time.time(), 0.0   # steps/sec counts the train steps, not the grids
+  bar = train_lib.progress_bar(progress_name, first, total)
   for s in range(first, total):
     idx = batch_indices(config.seed, s, len(train_data['label']), config.train.batch_size)
     batch = sharding.global_batch(mesh, _local_batch(train_data, idx))
@@ -290,13 +294,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                   'train/steps_per_sec':
                                       len(window) / (time.time() - start - gridding)})
       window, start, gridding = [], time.time(), 0.0
+      if bar:
+        bar.set_postfix(loss=f'{mean:.4f}', refresh=False)
     if grid_every and (done % grid_every == 0 or done == total):
       gridding += _write_grid(writer, done, sample_for_grid, state['ema'], unet.num_class_embeds)
     manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                  force=done == total)
+    if bar:
+      bar.update(1)
     if manager.reached_preemption(done):
       preempted = True
       break
+  if bar:
+    bar.close()
   manager.wait_until_finished()
   manager.close()
   writer.flush()
@@ -321,7 +331,7 @@ def main(argv):
     jax.distributed.initialize()
   workdir = cli.absolute(_WORKDIR.value)
   cli.start(workdir)
-  result = train(config, workdir)
+  result = train(config, workdir, progress_name='ddpm')
   loss = f'loss {result["losses"][-1][1]:.4f}' if result['losses'] else 'no step left to train'
   print(f'step {result["step"]}: {loss}; generator: {result["generator"]}'
         + (' (preempted: rerun the same command to resume)' if result['preempted'] else ''),

@@ -217,7 +217,7 @@ def _trained_ddpm(config, workdir, console):
     if not done:
       from trainer import ddpm_train  # pylint: disable=g-import-not-at-top
       with _sigterm_ends_the_process():
-        result = ddpm_train.train(c, out)
+        result = ddpm_train.train(c, out, progress_name='ddpm')
       if result['preempted']:
         raise Stopped('generator')
     stage['headline'] = f'{_last_loss(out)}; {_describe_ddpm(config, path)}'
