@@ -75,3 +75,30 @@ def test_a_setting_of_the_flag_in_the_environment_wins(default_fusions):
 def test_other_flags_are_kept():
   _, flags = _run('trainer', '--xla_force_host_platform_device_count=3')
   assert flags.split()[0] == '--xla_force_host_platform_device_count=3'
+
+
+@needs_jaxlib_010
+def test_square_loop_is_compiled_without_ynnpack_and_gives_the_same_result():
+  import importlib as _importlib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  square = _importlib.import_module('trainer.attacks.square')
+  r = np.random.RandomState(0)
+  w = [jnp.asarray(r.randn(3, 3, 1, 8), jnp.float32), jnp.asarray(r.randn(26 * 26 * 8, 10) / 40,
+                                                                    jnp.float32)]
+  def apply(w, x):
+    h = jax.nn.relu(jax.lax.conv_general_dilated(x, w[0], (1, 1), 'VALID',
+                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+    return h.reshape(h.shape[0], -1) @ w[1]
+  logits_fn = jax.tree_util.Partial(apply, w)
+  x = jnp.asarray(r.rand(4, 28, 28, 1), jnp.float32)
+  y = jnp.argmax(logits_fn(x), axis=1)
+  args = (logits_fn, x, y, jax.random.key(0), jnp.float32(0.05))
+  statics = dict(norm='linf', n_queries=20, p_init=0.8, resc_schedule=False)
+  default = jax.jit(square._square.__wrapped__, static_argnames=tuple(statics))
+  texts = [f.lower(*args, **statics).compile().as_text() for f in (square._square, default)]
+  if 'ynn_fusion' not in texts[1]:
+    pytest.skip("this machine's jaxlib makes no YNNPACK fusion of the forward pass")
+  assert 'ynn_fusion' not in texts[0]
+  np.testing.assert_array_equal(square._square(*args, **statics), default(*args, **statics))

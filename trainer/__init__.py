@@ -18,14 +18,24 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 CPU_CONVOLUTION_FLAG = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT'
 
 
+def _jaxlib_0_10():
+  try:
+    return importlib.metadata.version('jaxlib').startswith('0.10.')
+  except importlib.metadata.PackageNotFoundError:
+    return False
+
+
 def _set_cpu_convolution_flag():
   flags = os.environ.get('XLA_FLAGS', '')
-  try:
-    jaxlib = importlib.metadata.version('jaxlib')
-  except importlib.metadata.PackageNotFoundError:
-    return
-  if jaxlib.startswith('0.10.') and CPU_CONVOLUTION_FLAG.split('=')[0] not in flags:
+  if _jaxlib_0_10() and CPU_CONVOLUTION_FLAG.split('=')[0] not in flags:
     os.environ['XLA_FLAGS'] = f'{flags} {CPU_CONVOLUTION_FLAG}'.strip()
 
 
 _set_cpu_convolution_flag()
+
+# Compiler options for a loop of forward passes (Square's queries). With the model's weights as
+# arguments of the program, not constants, YNNPACK's dot graph inside a while loop is slower than
+# XLA:CPU's own kernels: 6.3 against 5.5 ms per query on the benchmark CNN at batch 32, the same
+# result (BENCHMARKS.md, "AutoAttack 'standard' against fra31/auto-attack"). Ignored off CPU.
+FORWARD_LOOP_COMPILER_OPTIONS = (
+    {CPU_CONVOLUTION_FLAG.split('=')[0].lstrip('-'): ''} if _jaxlib_0_10() else None)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainer import FORWARD_LOOP_COMPILER_OPTIONS
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
@@ -241,7 +242,8 @@ def square(logits_fn, x, y, *, norm, eps, n_queries=5000, p_init=0.8, seed=0,
                  resc_schedule=bool(resc_schedule))
 
 
-@functools.partial(jax.jit, static_argnames=('norm', 'n_queries', 'p_init', 'resc_schedule'))
+@functools.partial(jax.jit, static_argnames=('norm', 'n_queries', 'p_init', 'resc_schedule'),
+                   compiler_options=FORWARD_LOOP_COMPILER_OPTIONS)
 def _square(logits_fn, x, y, key, eps, *, norm, n_queries, p_init, resc_schedule):
   x = x.astype(jnp.float32)
   _, h, w, _ = x.shape
