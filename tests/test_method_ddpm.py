@@ -70,7 +70,8 @@ def test_the_ddpm_trains_on_the_methods_data_and_seed():
 
 def test_a_preempted_ddpm_stops_the_method(tmp_path, monkeypatch):
   calls = []
-  def preempted(config, workdir):
+  def preempted(config, workdir, progress_name=None):
+    del progress_name
     calls.append((config.train.num_steps, workdir))
     return {'losses': [], 'generator': os.path.join(workdir, 'generator'), 'step': 2,
             'preempted': True}
