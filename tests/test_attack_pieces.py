@@ -4,6 +4,7 @@ The compositions are checked bitwise against a transcription of the single strin
 they replaced, and the reference selection attack against a transcription of DeepMind's PGD
 (adversarial_robustness/jax/attacks.py: Adam, then the schedule, then ×−1, on −margin).
 """
+import functools
 import importlib
 
 import jax
@@ -287,6 +288,22 @@ def test_inits_are_feasible(norm, eps):
   assert float(size.max()) <= eps * (1 + 1e-6) and float(size.min()) > 0
   assert float(x0.min()) >= 0 and float(x0.max()) <= 1
   np.testing.assert_array_equal(inits.zero()(jax.random.PRNGKey(0), x), x)
+
+
+def test_random_starts_are_the_compact_threefry_draws_on_any_sharding():
+  """APGD's start comes from the non-partitionable threefry (cheaper to compile on CPU, see
+  `compact_random`), and a batch split over 8 devices gets the same start as on one."""
+  apgd = importlib.import_module('trainer.attacks.apgd')
+  x = jnp.asarray(np.random.default_rng(3).uniform(0, 1, (16,) + SHAPE), jnp.float32)
+  key = jax.random.key(5)
+  start = jax.jit(functools.partial(apgd.start_point, norm='linf', eps=0.1))
+  with jax.threefry_partitionable(False):
+    t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+  t = t / jnp.max(jnp.abs(t.reshape(len(t), -1)), axis=1).reshape(-1, 1, 1, 1)
+  np.testing.assert_allclose(start(key, x), jnp.clip(x + 0.1 * t, 0.0, 1.0), atol=1e-7)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ('batch',))
+  split = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch')))
+  np.testing.assert_array_equal(start(key, split), start(key, x))
 
 
 def test_attack_result_carries_no_gradient(data):

@@ -9,6 +9,8 @@ kernel, about 4× slower on a small CNN. On CPU the iterative attacks therefore 
 step per call from a host loop (the state stays on the device, so a step costs one dispatch of
 about 0.1 ms); on accelerators they run the whole loop in one program.
 """
+import contextlib
+
 import jax
 import jax.numpy as jnp
 
@@ -67,3 +69,16 @@ def run_steps(body, start, n, state):
   if n == 1:
     return body(start, state)
   return jax.lax.fori_loop(start, start + n, body, state)
+
+
+def compact_random():
+  """Context for the evaluation attacks' random draws: threefry in its non-partitionable form.
+
+  XLA:CPU compiles it about 2.7× faster than the partitionable form that JAX uses by default
+  (0.31 against 0.83 s for a (40, 28, 28, 1) uniform draw), and random starts are compiled for
+  every batch size of a cascade. Its values are equally independent of the sharding and the
+  platform (other values than the default's, of the same distribution); it draws the whole
+  array on every device, which for a batch of starting points costs nothing next to the model.
+  """
+  switch = getattr(jax, 'threefry_partitionable', None)
+  return contextlib.nullcontext() if switch is None else switch(False)

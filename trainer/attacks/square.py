@@ -34,6 +34,7 @@ from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
 from trainer.attacks.common import bcast
 from trainer.attacks.common import canonical_norm
+from trainer.attacks.common import compact_random
 
 # The reference's schedule: p_init is halved after each of these (rescaled) query counts.
 _P_BREAKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -245,34 +246,35 @@ def square(logits_fn, x, y, *, norm, eps, n_queries=5000, p_init=0.8, seed=0,
 @functools.partial(jax.jit, static_argnames=('norm', 'n_queries', 'p_init', 'resc_schedule'),
                    compiler_options=FORWARD_LOOP_COMPILER_OPTIONS)
 def _square(logits_fn, x, y, key, eps, *, norm, n_queries, p_init, resc_schedule):
-  x = x.astype(jnp.float32)
-  _, h, w, _ = x.shape
-  k_init, k_loop = jax.random.split(key)
-  sizes = jnp.asarray(square_sizes(norm, n_queries, p_init, h, w, resc_schedule))
+  with compact_random():  # every draw of the attack, its start and each query
+    x = x.astype(jnp.float32)
+    _, h, w, _ = x.shape
+    k_init, k_loop = jax.random.split(key)
+    sizes = jnp.asarray(square_sizes(norm, n_queries, p_init, h, w, resc_schedule))
 
-  correct = jnp.argmax(logits_fn(x), axis=1) == y
-  if norm == 'linf':
-    x_best = _init_linf(k_init, x, eps)
-    propose = lambda k, xb, s: _propose_linf(k, x, xb, s, eps)
-  else:
-    x_best = _init_l2(k_init, x, eps)
-    propose = lambda k, xb, s: _propose_l2(k, x, xb, s, eps, min(h, w))
-  # Points already misclassified are left alone, as in the reference.
-  margin_best = jnp.where(correct, _margin(logits_fn, x_best, y), -jnp.inf)
+    correct = jnp.argmax(logits_fn(x), axis=1) == y
+    if norm == 'linf':
+      x_best = _init_linf(k_init, x, eps)
+      propose = lambda k, xb, s: _propose_linf(k, x, xb, s, eps)
+    else:
+      x_best = _init_l2(k_init, x, eps)
+      propose = lambda k, xb, s: _propose_l2(k, x, xb, s, eps, min(h, w))
+    # Points already misclassified are left alone, as in the reference.
+    margin_best = jnp.where(correct, _margin(logits_fn, x_best, y), -jnp.inf)
 
-  def unfinished(carry):
-    i, _, margin_best = carry
-    return (i < n_queries) & jnp.any(margin_best > 0)
+    def unfinished(carry):
+      i, _, margin_best = carry
+      return (i < n_queries) & jnp.any(margin_best > 0)
 
-  def query(carry):
-    i, x_best, margin_best = carry
-    x_new = propose(jax.random.fold_in(k_loop, i), x_best, sizes[i])
-    margin = _margin(logits_fn, x_new, y)
-    # The loss is the margin itself, so "lower loss or misclassified" is one comparison.
-    accept = (margin_best > 0) & ((margin < margin_best) | (margin <= 0))
-    x_best = jnp.where(bcast(accept, x), x_new, x_best)
-    return i + 1, x_best, jnp.where(accept, margin, margin_best)
+    def query(carry):
+      i, x_best, margin_best = carry
+      x_new = propose(jax.random.fold_in(k_loop, i), x_best, sizes[i])
+      margin = _margin(logits_fn, x_new, y)
+      # The loss is the margin itself, so "lower loss or misclassified" is one comparison.
+      accept = (margin_best > 0) & ((margin < margin_best) | (margin <= 0))
+      x_best = jnp.where(bcast(accept, x), x_new, x_best)
+      return i + 1, x_best, jnp.where(accept, margin, margin_best)
 
-  _, x_best, _ = jax.lax.while_loop(unfinished, query, (0, x_best, margin_best))
-  fooled = correct & (jnp.argmax(logits_fn(x_best), axis=1) != y)
-  return jnp.where(bcast(fooled, x), x_best, x)
+    _, x_best, _ = jax.lax.while_loop(unfinished, query, (0, x_best, margin_best))
+    fooled = correct & (jnp.argmax(logits_fn(x_best), axis=1) != y)
+    return jnp.where(bcast(fooled, x), x_best, x)
