@@ -18,8 +18,8 @@ Ours runs `autoattack(version='standard', batch_size=batch_size)`, first cold (i
 compilation), then warm, then "cached": JAX's in-memory caches cleared, as in a new process, with
 its persistent compilation cache (a fresh temporary directory, written by the cold run) on, so
 that every program is traced again and read from disk rather than compiled, which is what a
-second evaluation costs with `JAX_COMPILATION_CACHE_DIR` set; each reports `stage_seconds`. The table prints seconds and robust
-accuracy per stage and the ratio reference / ours.
+second evaluation costs with `JAX_COMPILATION_CACHE_DIR` set; each reports `stage_seconds`.
+The table prints seconds and robust accuracy per stage and the ratio reference / ours.
 """
 import argparse
 import os
