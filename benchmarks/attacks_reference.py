@@ -193,9 +193,10 @@ def main():
   if not os.path.isfile(os.path.join(args.reference, 'autoattack', 'autoattack.py')):
     raise SystemExit(f'--reference={args.reference}: no autoattack/autoattack.py there.')
 
+  cache = tempfile.TemporaryDirectory(prefix='xla-cache-')  # removed when main returns
   if not args.no_cached:
     # Before the first compilation, which fixes whether the process uses the cache.
-    use_compilation_cache(tempfile.mkdtemp(prefix='xla-cache-'))
+    use_compilation_cache(cache.name)
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.torch_threads)
   model = reference_cnn()
