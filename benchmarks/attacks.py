@@ -1,7 +1,7 @@
 """AutoAttack "standard" speed: our JAX cascade against torchattacks, stage by stage.
 
   python -m benchmarks.attacks [--model wrn-10-1] [--n 16] [--eps 0.001] [--norm linf]
-      [--torch_threads N] [--no_warm]
+      [--torch_threads N] [--no_warm] [--accelerator_only]
 
 Both sides attack the same model: a `models.registry` WideResNet (CIFAR shape, 32×32×3, random
 weights with a random head instead of the zero one, so that the logits differ) and its weights
@@ -17,7 +17,9 @@ stage runs all its iterations on every point; the table says how many points eac
 This is the cost that dominates when evaluating a robust model. Seconds are per 1,000 points,
 scaled from --n points. Ours is timed twice: cold (the first call, including XLA compilation,
 which does not grow with the number of points) and warm (compiled). A GPU column is added
-when both JAX and torch see a GPU.
+when both JAX and torch see a GPU. --accelerator_only times only our cascade, cold and warm, on
+the accelerator JAX sees (torch is not needed), for the accelerator figures
+(benchmarks/accelerator.sh).
 """
 import argparse
 import os
@@ -192,6 +194,27 @@ def _table(columns, n):
   return '\n'.join(lines)
 
 
+def _points(n):
+  return np.random.default_rng(0).uniform(0.0, 1.0, (n, 32, 32, 3)).astype(np.float32)
+
+
+def accelerator_only(args):
+  """Our cascade alone on the default backend, cold and warm: torch and the CPU are not timed."""
+  if jax.default_backend() == 'cpu':
+    raise SystemExit('--accelerator_only: JAX sees no accelerator (its default backend is cpu).')
+  _, _, logits_fn = make_model(args.model)
+  x = _points(args.n)
+  y = np.asarray(jnp.argmax(logits_fn(x), axis=1)).astype(np.int32)
+  kind = jax.devices()[0].device_kind
+  print(f'{args.model}, {args.n} points of 32x32x3, {args.norm} eps={args.eps}, labels = '
+        f'predictions; jax {jax.__version__}; {jax.device_count()} x {kind}', flush=True)
+  columns = []
+  for title in ('cold',) if args.no_warm else ('cold', 'warm'):
+    columns.append((f'ours {title}',) + run_ours(logits_fn, x, y, norm=args.norm, eps=args.eps))
+    print(f'\nseconds per 1,000 points (points left robust after the stage, of {args.n}):\n'
+          + _table(columns, args.n), flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='wrn-10-1')
@@ -200,15 +223,18 @@ def main():
   parser.add_argument('--norm', default='linf', choices=('linf', 'l2'))
   parser.add_argument('--torch_threads', type=int, default=os.cpu_count())
   parser.add_argument('--no_warm', action='store_true', help='skip the second (warm) JAX run')
+  parser.add_argument('--accelerator_only', action='store_true',
+                      help='only our cascade, on the accelerator JAX sees (no torch, no CPU)')
   args = parser.parse_args()
+  if args.accelerator_only:
+    return accelerator_only(args)
 
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.torch_threads)
   model, variables, logits_fn = make_model(args.model)
   torch_model = torch_port(model, variables)
 
-  rng = np.random.default_rng(0)
-  x = rng.uniform(0.0, 1.0, (args.n, 32, 32, 3)).astype(np.float32)
+  x = _points(args.n)
   cpu = jax.devices('cpu')
   cpu_mesh = jax.make_mesh((len(cpu),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
                            devices=cpu)
