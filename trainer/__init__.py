@@ -16,6 +16,7 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 # untouched. Other jaxlib versions may not know it (an unknown XLA flag aborts), and a setting of
 # it in XLA_FLAGS wins.
 CPU_CONVOLUTION_FLAG = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT'
+_CPU_CONVOLUTION_OPTION = CPU_CONVOLUTION_FLAG.split('=')[0].lstrip('-')
 
 
 def _jaxlib_0_10():
@@ -27,7 +28,7 @@ def _jaxlib_0_10():
 
 def _set_cpu_convolution_flag():
   flags = os.environ.get('XLA_FLAGS', '')
-  if _jaxlib_0_10() and CPU_CONVOLUTION_FLAG.split('=')[0] not in flags:
+  if _jaxlib_0_10() and _CPU_CONVOLUTION_OPTION not in flags:
     os.environ['XLA_FLAGS'] = f'{flags} {CPU_CONVOLUTION_FLAG}'.strip()
 
 
@@ -37,5 +38,4 @@ _set_cpu_convolution_flag()
 # arguments of the program, not constants, YNNPACK's dot graph inside a while loop is slower than
 # XLA:CPU's own kernels: 6.3 against 5.5 ms per query on the benchmark CNN at batch 32, the same
 # result (BENCHMARKS.md, "AutoAttack 'standard' against fra31/auto-attack"). Ignored off CPU.
-FORWARD_LOOP_COMPILER_OPTIONS = (
-    {CPU_CONVOLUTION_FLAG.split('=')[0].lstrip('-'): ''} if _jaxlib_0_10() else None)
+FORWARD_LOOP_COMPILER_OPTIONS = {_CPU_CONVOLUTION_OPTION: ''} if _jaxlib_0_10() else None
