@@ -19,7 +19,7 @@ scaled from --n points. Ours is timed twice: cold (the first call, including XLA
 which does not grow with the number of points) and warm (compiled). A GPU column is added
 when both JAX and torch see a GPU. --accelerator_only times only our cascade, cold and warm, on
 the accelerator JAX sees (torch is not needed), for the accelerator figures
-(benchmarks/accelerator.sh).
+(`python -m benchmarks.accelerator`).
 """
 import argparse
 import os
