@@ -35,7 +35,7 @@ from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
 from trainer.attacks.common import bcast
 from trainer.attacks.common import canonical_norm
-from trainer.attacks.common import compact_random
+from trainer.attacks.common import random_direction
 from trainer.attacks.common import rival_class
 from trainer.attacks.common import run_steps
 from trainer.attacks.common import steps_per_call
@@ -78,11 +78,7 @@ def _review_table(n_iter):
 def start_point(key, x, *, norm, eps):
   """The reference's random start: a point at distance ε from x, clipped to [0, 1]."""
   projections.check_norm(norm)
-  with compact_random():
-    if norm == 'linf':
-      t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-    else:
-      t = jax.random.normal(key, x.shape, x.dtype)
+  t = random_direction(key, x, norm)
   t = t / bcast(projections.per_example_norm(t, norm) + 1e-12, t)
   return jnp.clip(x + eps * t, 0.0, 1.0)
 

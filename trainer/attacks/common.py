@@ -82,3 +82,12 @@ def compact_random():
   """
   switch = getattr(jax, 'threefry_partitionable', None)
   return contextlib.nullcontext() if switch is None else switch(False)
+
+
+def random_direction(key, like, norm):
+  """A random array shaped like `like`: uniform in [−1, 1] for L∞, standard normal for L2 (the
+  reference's random starts, before each attack scales them), drawn under `compact_random`."""
+  with compact_random():
+    if norm == 'linf':
+      return jax.random.uniform(key, like.shape, like.dtype, -1.0, 1.0)
+    return jax.random.normal(key, like.shape, like.dtype)

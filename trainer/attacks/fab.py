@@ -41,7 +41,7 @@ from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
 from trainer.attacks.common import bcast
 from trainer.attacks.common import canonical_norm
-from trainer.attacks.common import compact_random
+from trainer.attacks.common import random_direction
 from trainer.attacks.common import run_steps
 from trainer.attacks.common import steps_per_call
 
@@ -124,11 +124,7 @@ def _flat_norm(v, norm):
 
 def _random_start(key, x0, *, norm, radius):
   """x0 plus a random direction scaled to norm `radius` (L∞: uniform, L2: Gaussian), clipped."""
-  with compact_random():
-    if norm == 'linf':
-      t = jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0)
-    else:
-      t = jax.random.normal(key, x0.shape, x0.dtype)
+  t = random_direction(key, x0, norm)
   t = t / bcast(jnp.maximum(_flat_norm(t, norm), 1e-12), t)
   return jnp.clip(x0 + radius * t, 0.0, 1.0)
 
