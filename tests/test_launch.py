@@ -175,15 +175,19 @@ def test_real_gcloud_parses_every_command(tmp_path):
     for c in dry(*args):
       if c[0] == 'gcloud':
         shapes.setdefault((*c[:5], *sorted(a.split('=')[0] for a in c if a.startswith('-'))), c)
-  env = clean_env(CLOUDSDK_CONFIG=str(tmp_path), CLOUDSDK_CORE_DISABLE_PROMPTS='1',
-                  CLOUDSDK_CORE_CHECK_GCE_METADATA='false')
 
-  def parse(cmd):
+  def parse(numbered_cmd):
+    # Each call gets its own config directory: gcloud keeps sqlite caches there, and parallel
+    # calls sharing one crash with 'database is locked'.
+    i, cmd = numbered_cmd
+    env = clean_env(CLOUDSDK_CONFIG=str(tmp_path / str(i)), CLOUDSDK_CORE_DISABLE_PROMPTS='1',
+                    CLOUDSDK_CORE_CHECK_GCE_METADATA='false')
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120,
                           stdin=subprocess.DEVNULL).stderr
 
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    for cmd, err in zip(shapes.values(), pool.map(parse, shapes.values())):
+    errors = pool.map(parse, enumerate(shapes.values()))
+    for cmd, err in zip(shapes.values(), errors):
       assert 'active account' in err, (cmd, err)
 
 
