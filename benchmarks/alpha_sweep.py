@@ -36,7 +36,7 @@ from trainer import checkpointing  # noqa: E402
 from trainer import cli  # noqa: E402
 from trainer import evaluate as evaluate_lib  # noqa: E402
 from trainer import method  # noqa: E402
-from trainer import robust_accuracy  # noqa: E402
+from trainer.robust import robust_accuracy  # noqa: E402
 from trainer import sharding  # noqa: E402
 from trainer import train  # noqa: E402
 from trainer.attacks.pgd import pgd_attack  # noqa: E402

@@ -3,11 +3,11 @@
   nice -n 10 python -m benchmarks.memory --models=wrn-28-10 --per_device_batch=16,64 \
       --dtypes=float32,bfloat16 --remat=none --fsdp=1,8
 
-The step is the trainer's own (trainer/step.py, model from `models.registry.from_config`), jit-ed
-with the trainer's shardings and donated state over a data × fsdp mesh of --devices virtual CPU
-devices (default 8), on abstract inputs: nothing is allocated or run, so a WRN-70-16 costs only
-its compile time. Every row of the grid (models × per-device batches × dtypes × remat × fsdp) is
-one lower + compile; pick the grid with the flags, the full one is 96 compiles.
+The step is the trainer's own (trainer/robust/step.py, model from `models.registry.from_config`),
+jit-ed with the trainer's shardings and donated state over a data × fsdp mesh of --devices virtual
+CPU devices (default 8), on abstract inputs: nothing is allocated or run, so a WRN-70-16 costs only
+its compile time. Every row of the grid (models × per-device batches × dtypes × remat × fsdp) is one
+lower + compile; pick the grid with the flags, the full one is 96 compiles.
 
 Columns, per device, from `compiled.memory_analysis()`: arguments (state + batch), outputs (new
 state + metrics), alias (outputs written in place of donated arguments), temp (XLA's scratch:
@@ -48,10 +48,10 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data import real  # pylint: disable=g-import-not-at-top,wrong-import-position
 from models import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
-from trainer import optimizer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.robust import optimizer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from trainer import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from trainer import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from trainer import train_state  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.robust import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.robust import train_state  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 GIB = 2 ** 30
 

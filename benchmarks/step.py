@@ -3,7 +3,7 @@
   python -m benchmarks.step --models=wrn-28-10,wrn-70-16 --per_device_batch=128 \
       --dtype=bfloat16 --peak_tflops=989
 
-The step is the trainer's own (trainer/step.py), jit-ed with the trainer's shardings over all
+The step is the trainer's own (trainer/robust/step.py), jit-ed with the trainer's shardings over all
 devices (a data × fsdp mesh, --fsdp), on random CIFAR-shaped batches (--dataset) and donated
 state, exactly as trainer/train.py runs it. Defaults are the paper's: TRADES, 10 attack steps.
 
@@ -35,11 +35,11 @@ import numpy as np
 from configs import base
 from data import real
 from models import registry
-from trainer import objectives
-from trainer import optimizer
+from trainer.robust import objectives
+from trainer.robust import optimizer
 from trainer import sharding
-from trainer import step as step_lib
-from trainer import train_state
+from trainer.robust import step as step_lib
+from trainer.robust import train_state
 from trainer.attacks import compositions
 from trainer.attacks import iterative
 

@@ -163,10 +163,10 @@ def test_moments_without_groups_match_numpy():
 
 
 def _step_metrics(config, devices):
-  from trainer import optimizer  # pylint: disable=g-import-not-at-top
+  from trainer.robust import optimizer  # pylint: disable=g-import-not-at-top
   from trainer import sharding  # pylint: disable=g-import-not-at-top
-  from trainer import step as step_lib  # pylint: disable=g-import-not-at-top
-  from trainer import train_state  # pylint: disable=g-import-not-at-top
+  from trainer.robust import step as step_lib  # pylint: disable=g-import-not-at-top
+  from trainer.robust import train_state  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(config, devices)
   model = registry.from_config(config)
   tx = optimizer.make_optimizer(config)

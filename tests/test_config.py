@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configs import base
-from trainer import config_validation
+from trainer.robust import config_validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_PRESETS = sorted(os.path.basename(p)[:-3]

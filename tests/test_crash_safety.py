@@ -28,10 +28,10 @@ import pytest
 import trainer_runs as runs
 from data import real
 from models import registry
-from trainer import optimizer
+from trainer.robust import optimizer
 from trainer import sharding
 from trainer import train
-from trainer import train_state
+from trainer.robust import train_state
 
 STEPS = 16
 OVERRIDES = runs.tiny_overrides(STEPS)

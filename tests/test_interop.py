@@ -23,7 +23,7 @@ from trainer import checkpointing  # pylint: disable=wrong-import-position
 from trainer import evaluate  # pylint: disable=wrong-import-position
 from trainer import export  # pylint: disable=wrong-import-position
 from trainer import import_checkpoint  # pylint: disable=wrong-import-position
-from trainer import interop_layout  # pylint: disable=wrong-import-position
+from models.interop import robustbench as interop_layout  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATOL = 1e-4

@@ -23,7 +23,7 @@ from models.diffusion import schedule
 from models.diffusion import unet
 from trainer import ddpm_train
 from trainer import method
-from trainer import report
+from trainer.pipeline import report
 
 
 def _method(tmp_path, *overrides):

@@ -22,10 +22,10 @@ from data.input import pipeline
 from data import real
 from models import registry
 from trainer import checkpointing
-from trainer import optimizer
+from trainer.robust import optimizer
 from trainer import sharding
-from trainer import step as step_lib
-from trainer import train_state
+from trainer.robust import step as step_lib
+from trainer.robust import train_state
 
 STEPS = 16
 OVERRIDES = runs.tiny_overrides(STEPS, **{'checkpoint.every_steps': 4})

@@ -6,8 +6,8 @@ import optax
 
 from configs import base
 from models import registry
-from trainer import ema
-from trainer import optimizer
+from trainer.harness import ema
+from trainer.robust import optimizer
 
 
 def _config(batch=1024, epochs=400, warmup=10):

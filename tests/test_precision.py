@@ -17,9 +17,9 @@ import pytest
 from configs import base
 from data import real
 from models import registry
-from trainer import optimizer
-from trainer import step as step_lib
-from trainer import train_state
+from trainer.robust import optimizer
+from trainer.robust import step as step_lib
+from trainer.robust import train_state
 
 # Largest |bf16 - f32| logit difference as a share of the largest |f32| logit (measured 0.3-0.6%
 # on the models below; see the printed figures).

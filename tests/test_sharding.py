@@ -9,10 +9,10 @@ from jax.sharding import PartitionSpec as P
 
 from configs import base
 from models import registry
-from trainer import optimizer
+from trainer.robust import optimizer
 from trainer import sharding
-from trainer import step as step_lib
-from trainer import train_state
+from trainer.robust import step as step_lib
+from trainer.robust import train_state
 
 
 def _config(data, fsdp):

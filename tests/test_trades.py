@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from trainer import objectives
-from trainer import trades
+from trainer.robust import objectives
+from trainer.robust import trades
 from trainer.attacks import compositions
 from trainer.attacks import inits
 from trainer.attacks import losses

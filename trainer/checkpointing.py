@@ -190,8 +190,8 @@ def restore_for_eval(workdir, which='best'):
   """
   from models import registry  # pylint: disable=g-import-not-at-top
   from data import real  # pylint: disable=g-import-not-at-top
-  from trainer import optimizer  # pylint: disable=g-import-not-at-top
-  from trainer import train_state  # pylint: disable=g-import-not-at-top
+  from trainer.robust import optimizer  # pylint: disable=g-import-not-at-top
+  from trainer.robust import train_state  # pylint: disable=g-import-not-at-top
   config = load_config(workdir)
   info = real.info(config.dataset.name)
   model = registry.from_config(config)

@@ -2,10 +2,11 @@
 
 Ho et al. (2020), Alg. 1: x_0 from the training split (without the held-out images), t uniform in
 {0..T-1}, eps ~ N(0, I), minimise ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2
-(their L_simple). Adam with linear warm-up to a constant rate and gradient-norm clipping, dropout
-in the UNet, an EMA of the weights (trainer/ema.py's warm-started decay). The sharded jit step over
-the mesh of trainer/sharding.py; Orbax checkpoints (interval + preemption) with exact resume: the
-batch of step s and its noise are functions of (seed, s) alone, so no data-iterator state is needed.
+(their L_simple). Adam with linear warm-up to a constant rate and gradient-norm clipping, dropout in
+the UNet, an EMA of the weights (trainer/harness/ema.py's warm-started decay). The sharded jit step
+over the mesh of trainer/sharding.py; Orbax checkpoints (interval + preemption) with exact resume:
+the batch of step s and its noise are functions of (seed, s) alone, so no data-iterator state is
+needed.
 
 Every `train.eval_every_steps` (and at the last step) a grid of `train.grid_samples` EMA samples
 goes to TensorBoard as the image 'samples': the project's sampler (`train.grid_sampler`, e.g.
@@ -39,7 +40,7 @@ from models.diffusion import samplers
 from models.diffusion import schedule as schedule_lib
 from models.diffusion import unet as unet_lib
 from trainer import checkpointing
-from trainer import ema as ema_lib
+from trainer.harness import ema as ema_lib
 from trainer import sharding
 from trainer import train as train_lib
 

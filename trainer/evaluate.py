@@ -31,7 +31,7 @@ from data import images
 from data import real
 from models import registry
 from trainer import checkpointing
-from trainer import interop_layout
+from models.interop import robustbench as interop_layout
 from trainer import cli
 from trainer.attacks.autoattack import autoattack
 from trainer.attacks.autoattack import zero_gradient_share

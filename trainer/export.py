@@ -24,7 +24,7 @@ from data import real
 from trainer import checkpointing
 from trainer import cli
 from trainer import evaluate
-from trainer import interop_layout
+from models.interop import robustbench as interop_layout
 
 
 def check_image_shape(config: ml_collections.ConfigDict) -> None:

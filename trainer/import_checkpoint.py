@@ -38,10 +38,10 @@ from data.input import pipeline
 from models import registry
 from trainer import checkpointing
 from trainer import cli
-from trainer import interop_layout
-from trainer import optimizer
+from models.interop import robustbench as interop_layout
+from trainer.robust import optimizer
 from trainer import train
-from trainer import train_state
+from trainer.robust import train_state
 
 UNKNOWN_ACCURACY = -1.0
 TORCH_SUFFIXES = ('.pt', '.pth')

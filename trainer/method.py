@@ -46,9 +46,9 @@ from data.records import shards
 from models import features
 from trainer import checkpointing
 from trainer import cli
-from trainer import config_validation
+from trainer.robust import config_validation
 from trainer import pseudolabel
-from trainer import report
+from trainer.pipeline import report
 from trainer import sharding
 from trainer import train
 

@@ -23,12 +23,12 @@ from data.input import pipeline
 from data import real
 from models import registry
 from trainer import checkpointing
-from trainer import config_validation
-from trainer import optimizer
-from trainer import robust_accuracy
+from trainer.robust import config_validation
+from trainer.robust import optimizer
+from trainer.robust import robust_accuracy
 from trainer import sharding
-from trainer import step as step_lib
-from trainer import train_state
+from trainer.robust import step as step_lib
+from trainer.robust import train_state
 from trainer.attacks import compositions
 
 

@@ -114,7 +114,7 @@ def make_train_dataset(config, real_images, real_labels, real_ids, *,
         process_index)
     process_count = jax.process_count() if process_count is None else (
         process_count)
-  alpha = float(config.generated.alpha)  # validated in trainer/config_validation.py
+  alpha = float(config.generated.alpha)  # validated in trainer/robust/config_validation.py
   batch_size = config.train.batch_size
   repeats = config.dataset.real_repeats
   global_real = batch_mix.real_count(batch_size, alpha, repeats)

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import optax
 
 from data import images
-from trainer import ema
-from trainer import objectives
+from trainer.harness import ema
+from trainer.robust import objectives
 
 
 def make_train_step(config, model, tx, num_classes):

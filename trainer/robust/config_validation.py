@@ -5,7 +5,7 @@ import jax
 
 import configs
 from data import real
-from trainer import objectives
+from trainer.robust import objectives
 from trainer.attacks import compositions
 from trainer.attacks import projections
 

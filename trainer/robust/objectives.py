@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from trainer import madry
-from trainer import trades
+from trainer.robust import madry
+from trainer.robust import trades
 from trainer.attacks import compositions
 
 Objective = Callable[..., Any]

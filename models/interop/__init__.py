@@ -1,0 +1,1 @@
+"""Weight layouts of other frameworks' releases: RobustBench / DeepMind classifiers."""

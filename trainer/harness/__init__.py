@@ -1,0 +1,1 @@
+"""What every trainer shares: the training loop, Orbax checkpoints, the workdir, EMA."""

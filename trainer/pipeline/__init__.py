@@ -1,0 +1,1 @@
+"""The whole method in one command: its stages, console lines and report."""
