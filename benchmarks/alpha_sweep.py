@@ -32,20 +32,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import demo  # noqa: E402
 from data import real  # noqa: E402
-from trainer import checkpointing  # noqa: E402
 from trainer import cli  # noqa: E402
-from trainer import evaluate as evaluate_lib  # noqa: E402
-from trainer import method  # noqa: E402
+from trainer.evaluation import evaluate as evaluate_lib  # noqa: E402
+from trainer.pipeline import console as console_lib  # noqa: E402
+from trainer.pipeline import stages as method  # noqa: E402
 from trainer.robust import robust_accuracy  # noqa: E402
 from trainer import sharding  # noqa: E402
-from trainer import train  # noqa: E402
+from trainer.robust import classifier  # noqa: E402
+from trainer.robust import train  # noqa: E402
 from trainer.attacks.pgd import pgd_attack  # noqa: E402
 
 REAL_ONLY = 'real'  # the runs at α = 1, shared by every generator
 
 
 def pgd40(workdir, config):
-  _, model, variables = checkpointing.restore_for_eval(workdir, 'best')
+  _, model, variables = classifier.load(workdir, 'best')
   test = real.load(config.dataset.name, 'test')
   attack = pgd_attack(norm=config.threat.norm, eps=config.threat.eps, steps=40,
                           loss='margin')
@@ -182,7 +183,7 @@ def main():
   attacks = [a for a in args.attacks.split(',') if a]
   generators = args.generators.split(',')
   stages = os.path.join(workdir, 'method')
-  console = method.Console()
+  console = console_lib.Console()
   classifier = method.stage_classifier(base, stages, console)
   data = {g: generator_data(base, stages, classifier, g, cli.absolute(args.ddpm_checkpoint),
                             console) for g in generators}

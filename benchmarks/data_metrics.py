@@ -36,6 +36,7 @@ from data import real  # noqa: E402
 from data.generation import gaussian_fit  # noqa: E402
 from data.generation import metrics  # noqa: E402
 from data.input import augment  # noqa: E402
+from trainer.robust import classifier  # noqa: E402
 
 NUM_CLASSES = 10
 ROWS = ('crop, pad 1', 'crop + flip, pad 4', 'mixup', 'Gaussian fit', 'train (held out)',
@@ -50,8 +51,7 @@ def train_classifier(workdir, epochs):
                     f'--config.train.num_epochs={epochs}', '--config.generated.alpha=1.0',
                     f'--workdir={workdir}'], cwd=REPO, check=True)
   from models import features  # pylint: disable=g-import-not-at-top
-  from trainer import checkpointing  # pylint: disable=g-import-not-at-top
-  _, model, variables = checkpointing.restore_for_eval(workdir)
+  _, model, variables = classifier.load(workdir)
   fn = features.make_feature_fn(model, variables)
   return lambda images: metrics.batched_features(lambda x: fn(x / 255.0), images)
 

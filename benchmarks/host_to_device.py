@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import demo  # noqa: E402
 from trainer import sharding  # noqa: E402
-from trainer import train  # noqa: E402
+from trainer.robust import train  # noqa: E402
 
 
 def measure(config, steps):

@@ -29,10 +29,10 @@ def get_config():
   c.train.batch_size = 128
   c.train.num_steps = 800_000
   c.train.log_every_steps = 1000
-  c.train.eval_every_steps = 5000   # 5 log periods; 100 samples of 20 DPM-Solver++ steps each
+  c.eval.every_steps = 5000   # 5 log periods; 100 samples of 20 DPM-Solver++ steps each
   c.optim.lr = 2e-4
   c.optim.warmup_steps = 5000
   c.optim.grad_clip = 1.0
-  c.ema.decay = 0.9999
+  c.optim.ema_decay = 0.9999
   c.checkpoint.every_steps = 10_000
   return c

@@ -5,7 +5,9 @@
 Ho et al.'s objective and schedule (eps-prediction, uniform t, linear beta 1e-4..0.02 over 1000
 steps); Adam with linear warm-up and gradient-norm clipping; EMA of the weights. The EMA
 generator lands in DIR/generator (models/diffusion/checkpoint.py), ready for `trainer.sample`;
-TensorBoard shows a grid of its samples every `train.eval_every_steps`.
+TensorBoard shows a grid of its samples every `eval.every_steps`. Keys the classifier configs
+also have (optim.ema_decay, eval.every_steps, train.log_every_steps, checkpoint.*, mesh.*) mean
+the same thing here.
 """
 import ml_collections
 
@@ -46,19 +48,20 @@ def get_config():
   c.train.batch_size = 128
   c.train.num_steps = 3000
   c.train.log_every_steps = 100
-  # A TensorBoard grid of EMA samples ('samples') every eval period and at the end (0 = none):
-  # the same noise every time, one row per class when class-conditional (grid_samples must then
-  # be a multiple of the classes).
-  c.train.eval_every_steps = 500   # 5 log periods
-  c.train.grid_samples = 100       # 10 x 10: ten per class for digits
-  c.train.grid_sampler = 'dpm++2m'  # models/diffusion/samplers.py SAMPLERS
-  c.train.grid_sampler_steps = 20
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 200
   c.optim.grad_clip = 1.0
-  c.ema = ml_collections.ConfigDict()
-  c.ema.decay = 0.995            # shorter than Ho et al.'s 0.9999 for a run of 3000 steps
+  c.optim.ema_decay = 0.995      # shorter than Ho et al.'s 0.9999 for a run of 3000 steps
+
+  # --- A TensorBoard grid of EMA samples ('samples') every eval period and at the end ------------
+  # (every_steps 0 = none): the same noise every time, one row per class when class-conditional
+  # (grid_samples must then be a multiple of the classes).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 500         # 5 log periods
+  c.eval.grid_samples = 100        # 10 x 10: ten per class for digits
+  c.eval.grid_sampler = 'dpm++2m'  # models/diffusion/samplers.py SAMPLERS
+  c.eval.grid_sampler_steps = 20
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500

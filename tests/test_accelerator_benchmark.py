@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import trainer_runs
 from benchmarks import accelerator
 
@@ -29,6 +31,7 @@ def test_an_overrun_is_cut_at_its_timeout_and_its_log_kept(tmp_path):
   assert (tmp_path / 'slow.log').exists()
 
 
+@pytest.mark.integration
 def test_the_accelerator_only_attack_run_refuses_a_cpu():
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, '-m', 'benchmarks.attacks', '--accelerator_only'],

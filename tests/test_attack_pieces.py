@@ -109,6 +109,7 @@ def old_pgd(logits_fn, x, y, *, norm, eps, steps_, key, loss, optimizer, raw_gra
   return jnp.where(bcast(final > best_loss), z, best)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('norm,eps', NORMS)
 def test_compositions_equal_the_replaced_pgd_bitwise(data, norm, eps):
   logits_fn, x, y = data
@@ -210,6 +211,7 @@ def deepmind_pgd(logits_fn, x, y, key, *, eps, num_steps=40):
   return jax.lax.fori_loop(0, num_steps, body, (z, tx.init(z)))[0]
 
 
+@pytest.mark.integration
 def test_reference_selection_attack_matches_deepmind_transcription(data):
   logits_fn, x, y = data
   eps, key = 8 / 255, jax.random.PRNGKey(5)

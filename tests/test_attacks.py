@@ -134,6 +134,7 @@ def test_feasible_tolerates_rounding_only():
 # Attacks.
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.integration
 @pytest.mark.parametrize('norm', ['linf', 'l2'])
 @pytest.mark.parametrize('name', list(ATTACKS))
 def test_outputs_stay_in_threat_model(problem, attacked, name, norm):

@@ -123,6 +123,7 @@ def _digits_config(g):
   return c
 
 
+@pytest.mark.integration
 def test_model_with_groups_is_invariant_to_the_mesh():
   """A WRN with groups of 4 gives the same logits and running averages on 1, 2 and 8 devices."""
   ref_logits, ref_stats = _train_logits(_digits_config(4), 1)
@@ -185,6 +186,7 @@ def _step_metrics(config, devices):
   return float(metrics['loss']), jax.device_get(state.batch_stats)
 
 
+@pytest.mark.integration
 def test_train_step_with_groups_equals_single_device_on_a_data_fsdp_mesh():
   """The real TRADES step with groups of 2 on a 4 × 2 (data × fsdp) mesh and on one device."""
   config = _digits_config(2)

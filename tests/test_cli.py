@@ -11,6 +11,8 @@ import trainer_runs
 from data.records import shards
 from trainer import cli
 
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
+
 ROOT = trainer_runs.ROOT
 CONFIG = os.path.join(ROOT, 'configs', 'demo.py')
 TINY = [f'--config.{k}={v}' for k, v in trainer_runs.tiny_overrides(steps=2).items()]
@@ -76,8 +78,7 @@ def test_import_and_pseudolabel_with_relative_paths(trained):
   cwd, _ = trained
   images = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
   np.savez(os.path.join(cwd, 'set.npz'), image=images, label=np.zeros(40, np.int64))
-  proc = _run(cwd, 'data.generation.import_npz', 'set.npz', '--out', 'gen/imported',
-              '--shards', '2')
+  proc = _run(cwd, 'trainer.import_npz', '--npz=set.npz', '--out=gen/imported', '--shards=2')
   assert proc.returncode == 0, proc.stderr[-3000:]
   proc = _run(cwd, 'trainer.pseudolabel', '--classifier=runs/x', '--source=gen/imported.json',
               '--out=gen/labelled', '--shards=2', '--batch_size=16')

@@ -8,6 +8,8 @@ import sys
 import pytest
 
 from configs import base
+from trainer.diffusion import ddpm
+from trainer.diffusion import grid
 from trainer.robust import config_validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,22 +33,22 @@ def test_presets_differ_from_base_only_in_known_keys(name):
 
 @pytest.mark.parametrize('name', DDPM_PRESETS)
 def test_ddpm_presets_build_their_unet_and_schedule(name):
-  from trainer import ddpm_train  # pylint: disable=g-import-not-at-top
   preset = importlib.import_module(f'configs.{name}').get_config()
   assert set(_flat(preset)) == set(_flat(importlib.import_module(
       f'configs.{DDPM_PRESETS[0]}').get_config()))  # the DDPM presets share one set of keys
-  assert ddpm_train.unet_config(preset).image_shape[-1] in (1, 3)
-  assert ddpm_train.noise_schedule(preset).num_timesteps == 1000
+  assert ddpm.unet_config(preset).image_shape[-1] in (1, 3)
+  assert ddpm.noise_schedule(preset).num_timesteps == 1000
 
 
 @pytest.mark.parametrize('name', DDPM_PRESETS)
 def test_ddpm_presets_draw_a_sample_grid_every_few_log_periods(name):
-  from trainer import ddpm_train  # pylint: disable=g-import-not-at-top
   preset = importlib.import_module(f'configs.{name}').get_config()
   t = preset.train
-  assert t.eval_every_steps > 0 and t.eval_every_steps % t.log_every_steps == 0
-  assert t.num_steps // t.eval_every_steps >= 5   # a run shows its progress, not one end grid
-  ddpm_train.check_grid_config(preset, ddpm_train.unet_config(preset).num_class_embeds)
+  every = preset.eval.every_steps
+  assert every > 0 and every % t.log_every_steps == 0
+  assert t.num_steps // every >= 5   # a run shows its progress, not one end grid
+  grid.check_config(preset, ddpm.noise_schedule(preset).alphas_cumprod,
+                    ddpm.unet_config(preset).num_class_embeds)
 
 
 def _flat(d, prefix=''):
@@ -86,6 +88,7 @@ def test_generated_mix_without_shards_is_rejected():
     config_validation.validate(c, device_count=1, process_count=1)
 
 
+@pytest.mark.integration
 def test_unknown_command_line_key_stops_the_run(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'trainer.main', '--config=configs/demo.py',

@@ -30,8 +30,10 @@ from data import real
 from models import registry
 from trainer.robust import optimizer
 from trainer import sharding
-from trainer import train
+from trainer.robust import train
 from trainer.robust import train_state
+
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
 
 STEPS = 16
 OVERRIDES = runs.tiny_overrides(STEPS)
@@ -125,7 +127,6 @@ INTERRUPTIONS = (kill_during_save, kill_at_random_time, kill_at_random_step,
                  terminate_at_random_step, kill_during_save)
 
 
-@pytest.mark.slow
 def test_interrupted_run_equals_uninterrupted_run_bitwise(reference):
   rng = random.Random(SEED)
   root = reference['root']
@@ -196,7 +197,6 @@ def _abstract_state(config, mesh):
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('devices,data,fsdp', [(8, 8, 1), (8, 4, 2), (4, 4, 1), (4, 2, 2)])
 def test_restore_onto_another_mesh(reference, devices, data, fsdp):
   """A checkpoint written on 2 devices restores exactly onto other meshes, sharded as asked."""
@@ -221,7 +221,6 @@ def test_restore_onto_another_mesh(reference, devices, data, fsdp):
     assert big.addressable_shards[0].data.size == big.size // fsdp
 
 
-@pytest.mark.slow
 def test_resume_on_a_data_fsdp_mesh_continues_the_run(reference, tmp_path):
   """Saved on 2 devices, resumed on a (4, 2) data × fsdp mesh of 8 devices: the same run."""
   workdir = str(tmp_path / 'resumed')
@@ -240,7 +239,6 @@ def test_resume_on_a_data_fsdp_mesh_continues_the_run(reference, tmp_path):
     np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.slow
 def test_restart_on_a_finished_workdir_rewrites_done_json_without_training(reference, tmp_path):
   workdir = str(tmp_path / 'finished')
   shutil.copytree(reference['workdir'], workdir)

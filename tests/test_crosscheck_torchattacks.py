@@ -32,7 +32,7 @@ from trainer.attacks.apgd import apgd_targeted
 from trainer.attacks.pgd import pgd
 from trainer.attacks.square import square
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 EPS = 0.15
 N_TEST = 500

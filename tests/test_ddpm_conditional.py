@@ -8,8 +8,10 @@ from sklearn import svm
 from configs import ddpm_digits
 from data import real
 from data.records import shards
-from trainer import ddpm_train
-from trainer import sample
+from trainer.diffusion import ddpm
+from trainer.generation import sample
+
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
 
 STEPS = 600
 PER_CLASS = 20
@@ -28,9 +30,9 @@ def _config():
   c.train.log_every_steps = 100
   c.optim.lr = 3e-3
   c.optim.warmup_steps = 50
-  c.ema.decay = 0.99
+  c.optim.ema_decay = 0.99
   c.checkpoint.every_steps = STEPS
-  c.train.eval_every_steps = 0  # no TensorBoard sample grids
+  c.eval.every_steps = 0  # no TensorBoard sample grids
   return c
 
 
@@ -44,10 +46,9 @@ def _labeller(config):
   return lambda images: model.predict(flat(images)), test_accuracy
 
 
-@pytest.mark.slow
 def test_samples_are_of_the_asked_class(tmp_path):
   config = _config()
-  result = ddpm_train.train(config, str(tmp_path / 'ddpm'))
+  result = ddpm.train(config, str(tmp_path / 'ddpm'))
   out = sample.sample_to_shards(result['generator'], str(tmp_path / 'samples'),
                                 num=10 * PER_CLASS, num_shards=1, sampler='dpm++2m', steps=20,
                                 batch_size=10 * PER_CLASS, progress=False)

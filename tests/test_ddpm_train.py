@@ -2,6 +2,7 @@
 and TensorBoard gets a grid of EMA samples every eval period."""
 import dataclasses
 import glob
+import json
 import io
 import os
 import re
@@ -16,8 +17,10 @@ from PIL import Image
 from configs import ddpm_digits
 from models.diffusion import checkpoint
 from models.diffusion import unet as unet_lib
-from trainer import ddpm_train
 from trainer import sharding
+from trainer.diffusion import ddpm
+from trainer.diffusion import grid
+from trainer.harness import workdir as workdir_lib
 
 
 def _tiny(num_steps):
@@ -30,24 +33,25 @@ def _tiny(num_steps):
   c.optim.lr = 2e-3
   c.optim.warmup_steps = 10
   c.checkpoint.every_steps = num_steps // 2
-  c.train.eval_every_steps = 20
-  c.train.grid_samples = 20        # two per class
-  c.train.grid_sampler_steps = 2
+  c.eval.every_steps = 20
+  c.eval.grid_samples = 20        # two per class
+  c.eval.grid_sampler_steps = 2
   return c
 
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('ddpm')
-  return workdir, ddpm_train.train(_tiny(60), str(workdir))
+  return workdir, ddpm.train(_tiny(60), str(workdir))
 
 
+@pytest.mark.integration
 def test_loss_falls_and_writes_a_generator(run):
   _, result = run
-  losses = [loss for _, loss in result['losses']]
+  losses = [logged['loss'] for _, logged in result['history']]
   print('DDPM loss every 10 steps (digits, 16/32-channel UNet, batch 64):',
         ' '.join(f'{v:.3f}' for v in losses))
-  assert result['step'] == 60 and not result['preempted']
+  assert result['step'] == 60 and result['finished']
   assert np.mean(losses[-2:]) < 0.6 * losses[0]
   gen = checkpoint.load(result['generator'])
   assert gen.num_classes == 10 and gen.image_shape == (8, 8, 1)
@@ -64,15 +68,15 @@ def resumed_run(run, tmp_path_factory):
   again = tmp_path_factory.mktemp('ddpm_resumed')
   shutil.copy(workdir / 'config.json', again / 'config.json')
   shutil.copytree(workdir / 'checkpoints' / '30', again / 'checkpoints' / '30')
-  return again, ddpm_train.train(_tiny(60), str(again))
+  return again, ddpm.train(_tiny(60), str(again))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_resume_is_exact(run, resumed_run):
   """A run stopped after its step-30 checkpoint and restarted ends bitwise where one run does."""
   workdir, result = run
   _, resumed = resumed_run
-  assert resumed['losses'][0][0] == 40  # it started at step 31
+  assert resumed['history'][0][0] == 40  # it started at step 31
   a = checkpoint.flatten(checkpoint.load(result['generator']).params)
   b = checkpoint.flatten(checkpoint.load(resumed['generator']).params)
   for k in a:
@@ -80,11 +84,11 @@ def test_resume_is_exact(run, resumed_run):
 
 
 def test_batches_are_a_function_of_the_step():
-  a = ddpm_train.batch_indices(0, 17, 1000, 64)
-  np.testing.assert_array_equal(a, ddpm_train.batch_indices(0, 17, 1000, 64))
-  epoch = np.concatenate([ddpm_train.batch_indices(0, s, 1000, 64) for s in range(15)])
+  a = ddpm.batch_indices(0, 17, 1000, 64)
+  np.testing.assert_array_equal(a, ddpm.batch_indices(0, 17, 1000, 64))
+  epoch = np.concatenate([ddpm.batch_indices(0, s, 1000, 64) for s in range(15)])
   assert len(np.unique(epoch)) == len(epoch) == 960  # no image twice within an epoch
-  assert not np.array_equal(ddpm_train.batch_indices(0, 15, 1000, 64)[:64], epoch[:64])
+  assert not np.array_equal(ddpm.batch_indices(0, 15, 1000, 64)[:64], epoch[:64])
 
 
 def test_cifar10_preset_is_ho_et_al():
@@ -92,8 +96,8 @@ def test_cifar10_preset_is_ho_et_al():
   from configs import ddpm_cifar10  # pylint: disable=g-import-not-at-top
   from models.diffusion import unet  # pylint: disable=g-import-not-at-top
   config = ddpm_cifar10.get_config()
-  assert ddpm_train.unet_config(config) == dataclasses.replace(unet.CIFAR10_DDPM, dropout=0.1)
-  np.testing.assert_allclose(ddpm_train.noise_schedule(config).betas,
+  assert ddpm.unet_config(config) == dataclasses.replace(unet.CIFAR10_DDPM, dropout=0.1)
+  np.testing.assert_allclose(ddpm.noise_schedule(config).betas,
                              np.linspace(1e-4, 0.02, 1000))
 
 
@@ -115,6 +119,7 @@ def _tensorboard_images(workdir, tag='samples'):
   return images
 
 
+@pytest.mark.integration
 def test_a_grid_of_ema_samples_every_eval_period(run):
   workdir, _ = run
   images = _tensorboard_images(str(workdir))
@@ -127,7 +132,7 @@ def test_a_grid_of_ema_samples_every_eval_period(run):
   assert not np.array_equal(images[20], images[60])  # the model moved between the two
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_resumed_grids_equal_the_uninterrupted_ones(run, resumed_run):
   """Same noise at every grid, EMA bitwise equal after resume: the grids of steps 40 and 60 agree,
   and the restart wrote only those (it began after step 30)."""
@@ -137,33 +142,34 @@ def test_resumed_grids_equal_the_uninterrupted_ones(run, resumed_run):
     np.testing.assert_array_equal(again[step], first[step], err_msg=f'step {step}')
 
 
+@pytest.mark.integration
 def test_the_last_grid_is_the_ema_generator_from_the_fixed_grid_noise(run):
   """Step 60's grid is the saved EMA generator sampled again from the grid key: the grid shows
   the EMA weights, and the noise is the same at every call."""
   workdir, result = run
   c = _tiny(60)
-  model = unet_lib.UNet(ddpm_train.unet_config(c))
+  model = unet_lib.UNet(ddpm.unet_config(c))
   mesh = sharding.make_mesh(c)
-  sample = ddpm_train.make_grid_sampler(c, model, ddpm_train.noise_schedule(c).alphas_cumprod,
-                                        mesh, sharding.replicated(mesh))
+  sample = grid.make_sampler(c, model, ddpm.noise_schedule(c).alphas_cumprod, mesh,
+                             sharding.replicated(mesh))
   ema = checkpoint.load(result['generator']).params
   samples = sample(ema)   # 20 samples on 8 devices: padded to 24 and cut back
   assert samples.shape == (20, 8, 8, 1) and samples.dtype == np.uint8
   np.testing.assert_array_equal(samples, sample(ema))
   np.testing.assert_array_equal(_tensorboard_images(str(workdir))[60],
-                                ddpm_train.sample_grid(samples, 10))
+                                grid.tile(samples, 10))
 
 
 def test_grid_layout():
   images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 1), np.uint8)
-  conditional = ddpm_train.sample_grid(images, 5)   # classes 0 0 1 1 2 2 ...: 5 rows of 2
+  conditional = grid.tile(images, 5)   # classes 0 0 1 1 2 2 ...: 5 rows of 2
   assert conditional.shape == (4 * (5 * 9 + 1), 4 * (2 * 9 + 1), 3)
   assert conditional[4 * (1 + 9), 4 * (1 + 9), 0] == 3   # row 1, column 1: sample 3
-  np.testing.assert_array_equal(ddpm_train.grid_labels(10, 5), [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
-  plain = ddpm_train.sample_grid(images, None)   # 10 samples: 4 columns, 3 rows
+  np.testing.assert_array_equal(grid.labels(10, 5), [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+  plain = grid.tile(images, None)   # 10 samples: 4 columns, 3 rows
   assert plain.shape == (4 * (3 * 9 + 1), 4 * (4 * 9 + 1), 3)
   assert plain[4 * (1 + 9), 4 * 1, 0] == 4   # row 1, column 0: sample 4
-  cifar = ddpm_train.sample_grid(np.zeros((4, 32, 32, 3), np.uint8), None)
+  cifar = grid.tile(np.zeros((4, 32, 32, 3), np.uint8), None)
   assert cifar.shape == (2 * 33 + 1, 2 * 33 + 1, 3)   # 32-pixel tiles stay at scale 1
 
 
@@ -172,32 +178,71 @@ def test_grid_layout():
     ('grid_samples', 0, 'grid_samples=0 must be >= 1'),
     ('grid_sampler', 'euler', "grid_sampler='euler'"),
     ('grid_sampler_steps', 1, 'grid_sampler_steps=1 (dpm++2m): steps must be in [2, 999]'),
-    ('eval_every_steps', -1, 'eval_every_steps=-1'),
+    ('every_steps', -1, 'every_steps=-1'),
 ])
 def test_bad_grid_settings_are_named(key, value, message):
   c = _tiny(10)
-  c.train[key] = value
+  c.eval[key] = value
+  alphas_cumprod = ddpm.noise_schedule(c).alphas_cumprod
   with pytest.raises(ValueError, match=re.escape(message)):
-    ddpm_train.check_grid_config(c, 10)
-  c.train.eval_every_steps = 0
-  if key != 'eval_every_steps':
-    ddpm_train.check_grid_config(c, 10)   # no grids: the grid keys do not matter
+    grid.check_config(c, alphas_cumprod, 10)
+  c.eval.every_steps = 0
+  if key != 'every_steps':
+    grid.check_config(c, alphas_cumprod, 10)   # no grids: the grid keys do not matter
 
 
 def test_a_run_may_be_lengthened_but_not_changed(tmp_path):
   """train.num_steps and the reporting periods may change on resume (constant rate after
   warm-up, an EMA that ignores the total, batches a function of the step); the model may not."""
-  from trainer import checkpointing  # pylint: disable=g-import-not-at-top
   planned = _tiny(30)
   planned.checkpoint.every_steps = 15
-  checkpointing.save_config(str(tmp_path), planned)
+  workdir_lib.save_config(str(tmp_path), planned)
   longer = _tiny(60)
   longer.checkpoint.every_steps = 15
-  longer.train.log_every_steps, longer.train.eval_every_steps = 7, 0
-  resumable = ddpm_train.RESUMABLE
-  checkpointing.check_same_run(str(tmp_path), longer, resumable=resumable)
-  with pytest.raises(checkpointing.ConfigMismatchError, match='train.num_steps'):
-    checkpointing.check_same_run(str(tmp_path), longer)
+  longer.train.log_every_steps, longer.eval.every_steps = 7, 0
+  resumable = ddpm.RESUMABLE
+  workdir_lib.check_same_run(str(tmp_path), longer, resumable=resumable)
+  with pytest.raises(workdir_lib.ConfigMismatchError, match='train.num_steps'):
+    workdir_lib.check_same_run(str(tmp_path), longer)
   longer.unet.dropout = 0.3
-  with pytest.raises(checkpointing.ConfigMismatchError, match='unet.dropout'):
-    checkpointing.check_same_run(str(tmp_path), longer, resumable=resumable)
+  with pytest.raises(workdir_lib.ConfigMismatchError, match='unet.dropout'):
+    workdir_lib.check_same_run(str(tmp_path), longer, resumable=resumable)
+
+
+@pytest.mark.integration
+def test_sigterm_saves_and_stops_the_ddpm_and_the_rerun_finishes(tmp_path):
+  """`python -m trainer.ddpm_train` on the harness: a SIGTERM saves at the next step and exits 0
+  without the generator; the same command then resumes from that step to the end."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import trainer_runs  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'ddpm'
+  overrides = ['--config.unet.block_out_channels=(16,32)', '--config.train.batch_size=64',
+               '--config.train.num_steps=400', '--config.train.log_every_steps=1',
+               '--config.checkpoint.every_steps=1000', '--config.eval.every_steps=0']
+  command = [sys.executable, '-m', 'trainer.ddpm_train', '--config=configs/ddpm_digits.py',
+             f'--workdir={workdir}'] + overrides
+  env = trainer_runs.env(2, tmp_path / 'cache')
+  log = tmp_path / 'log.txt'
+  with open(log, 'wb') as out:
+    proc = subprocess.Popen(command, cwd=trainer_runs.ROOT, env=env, stdout=out,
+                            stderr=subprocess.STDOUT)
+  proc.log_path = log
+  events = lambda: glob.glob(str(workdir / 'events.out.tfevents.*'))  # noqa: E731
+  trainer_runs.wait_until(lambda: events() and os.path.getsize(events()[0]) > 2000, proc,
+                          timeout=300, poll=0.05)
+  time.sleep(0.5)
+  assert trainer_runs.signal_and_wait(proc, trainer_runs.SIGTERM) == 0, trainer_runs.log_tail(proc)
+  stopped = re.search(r'stopped at step (\d+) \(checkpoint saved\)', log.read_text())
+  assert stopped, trainer_runs.log_tail(proc)
+  step = int(stopped.group(1))
+  assert 0 < step < 400 and trainer_runs.committed_steps(str(workdir / 'checkpoints')) == [step]
+  assert not (workdir / 'generator').exists() and not (workdir / 'done.json').exists()
+  rerun = subprocess.run(command + ['--config.train.num_steps=' + str(step + 3)],
+                         cwd=trainer_runs.ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+  assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+  assert f'step {step + 3}: loss' in rerun.stdout
+  assert json.loads((workdir / 'done.json').read_text())['step'] == step + 3
+  assert (workdir / 'generator' / 'manifest.json').exists()

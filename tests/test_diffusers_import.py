@@ -6,6 +6,8 @@ output convs in places, which would hide a wrong mapping), so the equality tests
 import inspect
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -18,6 +20,8 @@ from models.diffusion import checkpoint
 from models.diffusion import diffusers_import
 from models.diffusion import schedule as schedule_lib
 from models.diffusion import unet as unet_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # google/ddpm-cifar10-32's config.json (see models/diffusion/unet.py for the sources).
 CIFAR10 = dict(
@@ -70,6 +74,7 @@ def _assert_equal_eps(gen, model, batch, y=None, seed=0):
     assert rel <= 1e-4, (t, rel)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('config,batch', [(SMALL, 3), (CIFAR10, 2)], ids=['small', 'cifar10'])
 def test_eps_equals_diffusers(tmp_path, config, batch):
   model = _diffusers_dir(tmp_path / 'hf', config)
@@ -173,11 +178,14 @@ def test_pickle_weights_are_refused(tmp_path):
     diffusers_import.read_pretrained(str(tmp_path / 'hf'))
 
 
-def test_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
+@pytest.mark.integration
+def test_the_command_writes_a_loadable_checkpoint(tmp_path):
   model = _diffusers_dir(tmp_path / 'hf', SMALL)
-  assert diffusers_import.main([f'--pretrained={tmp_path / "hf"}',
-                                f'--out={tmp_path / "ours"}', '--name=tiny']) == 0
-  assert 'parameters' in capsys.readouterr().out
+  proc = subprocess.run([sys.executable, '-m', 'trainer.import_generator', '--format=diffusers',
+                         f'--source={tmp_path / "hf"}', f'--out={tmp_path / "ours"}',
+                         '--name=tiny'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'parameters' in proc.stdout
   gen = checkpoint.load(str(tmp_path / 'ours'))
   assert gen.name == 'tiny'
   _assert_equal_eps(gen, model, 1)

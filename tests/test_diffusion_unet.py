@@ -106,6 +106,7 @@ def test_dropout_only_in_training(uncond):
   assert np.abs(eps_fn(params, x, t) - a).max() > 1e-3  # the eps_fn of the contract has none
 
 
+@pytest.mark.integration
 def test_gradients_reach_every_parameter(cond):
   cfg, model, params, _ = cond
   x, t = _inputs(cfg)

@@ -10,11 +10,15 @@ from absl import flags
 
 from configs import demo
 from models import registry
-from trainer import checkpointing
-from trainer import evaluate
+from trainer import evaluate as evaluate_command
+from trainer.evaluation import evaluate
+from trainer.harness import checkpoints
+from trainer.harness import workdir as workdir_lib
 from trainer_runs import read_scalars
 from trainer.attacks.autoattack import AutoAttackResult
 from trainer.attacks.autoattack import zero_gradient_share
+
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
 
 
 def tiny_config():
@@ -46,8 +50,8 @@ def workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('eval'))
   config = tiny_config()
   variables = random_variables(registry.from_config(config))
-  checkpointing.save_config(workdir, config)
-  ckpt = checkpointing.Checkpoints(workdir, config)
+  workdir_lib.save_config(workdir, config)
+  ckpt = checkpoints.Checkpoints(workdir, config, with_data=True, keeps_best=True)
   ckpt.maybe_save_best(7, variables, {'holdout/robust_accuracy': 0.5}, 'holdout/robust_accuracy')
   ckpt.close()
   return workdir
@@ -87,9 +91,8 @@ def test_config_overrides_from_the_command_line(workdir):
   others = {name: flags.FLAGS[name] for name in names if name in flags.FLAGS}
   for name in others:
     delattr(flags.FLAGS, name)
-  evaluate._define_flags()
   try:
-    evaluate._parse_flags(['evaluate', f'--workdir={workdir}', '--config.threat.eps=0.05',
+    evaluate_command._parse_flags(['evaluate', f'--workdir={workdir}', '--config.threat.eps=0.05',
                            '--num_examples=8'])
     assert flags.FLAGS.config.threat.eps == 0.05
     assert flags.FLAGS.config.model.name == 'wrn-10-1'

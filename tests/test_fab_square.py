@@ -160,6 +160,7 @@ def test_square_breaks_weak_points_and_never_robust_ones(norm):
   assert feasible(np.asarray(x_adv), x, norm=norm, eps=eps).all()
 
 
+@pytest.mark.integration
 def test_cascade_runs_both_stages_sharded():
   # Through the cascade the batch is split over the 8 test devices (L2: the more involved code).
   norm = 'l2'

@@ -134,6 +134,7 @@ def digits_features():
   return lambda x: metrics.batched_features(fn, x, batch_size=250), images[:1250], test_images
 
 
+@pytest.mark.integration
 def test_distance_grows_with_gaussian_noise_on_the_images(digits_features):
   """Heusel et al.'s sanity check (their Fig. 3, Gaussian noise): the test split's features
   against those of training digits with more and more pixel noise (one noise draw, scaled)."""

@@ -83,9 +83,9 @@ def test_command_line(source, tmp_path):
   d, images, labels = source
   out = str(tmp_path / 'cli' / 'ddpm')
   proc = subprocess.run(
-      [sys.executable, '-m', 'data.generation.import_npz', str(d / 'packed.npz'), '--out',
-       out, '--shards', '3', '--shuffle', '--seed', '1', '--source', 'ddpm',
-       '--no-progress'],
+      [sys.executable, '-m', 'trainer.import_npz', f'--npz={d / "packed.npz"}', '--out',
+       out, '--shards', '3', '--shuffle', '--seed', '1', '--generator', 'ddpm',
+       '--noprogress'],
       capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == out + '.json'

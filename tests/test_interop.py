@@ -19,10 +19,12 @@ import robustbench_models  # pylint: disable=g-import-not-at-top,wrong-import-po
 from configs import base  # pylint: disable=wrong-import-position
 from data import real  # pylint: disable=wrong-import-position
 from models import registry  # pylint: disable=wrong-import-position
-from trainer import checkpointing  # pylint: disable=wrong-import-position
-from trainer import evaluate  # pylint: disable=wrong-import-position
-from trainer import export  # pylint: disable=wrong-import-position
-from trainer import import_checkpoint  # pylint: disable=wrong-import-position
+from trainer.evaluation import evaluate  # pylint: disable=wrong-import-position
+from trainer.harness import checkpoints  # pylint: disable=wrong-import-position
+from trainer.harness import workdir as workdir_lib  # pylint: disable=wrong-import-position
+from trainer.interop import checkpoint_import as import_checkpoint  # pylint: disable=wrong-import-position
+from trainer.interop import export  # pylint: disable=wrong-import-position
+from trainer.robust import classifier  # pylint: disable=wrong-import-position
 from models.interop import robustbench as interop_layout  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +93,7 @@ def torch_logits(model, x):
 
 
 def our_logits(workdir, x):
-  _, model, variables = checkpointing.restore_for_eval(workdir)
+  _, model, variables = classifier.load(workdir)
   return np.asarray(model.apply(variables, x, train=False))
 
 
@@ -104,8 +106,8 @@ def assert_logits_equal(ours, theirs, what):
 
 def saved_workdir(path, config, variables, step=5):
   workdir = str(path)
-  checkpointing.save_config(workdir, config)
-  ckpt = checkpointing.Checkpoints(workdir, config)
+  workdir_lib.save_config(workdir, config)
+  ckpt = checkpoints.Checkpoints(workdir, config, with_data=True, keeps_best=True)
   ckpt.maybe_save_best(step, variables, {'holdout/robust_accuracy': 0.5},
                        'holdout/robust_accuracy')
   ckpt.close()
@@ -123,12 +125,12 @@ def _run(args, cwd, returncode=0):
 # --- Ours -> RobustBench -------------------------------------------------------------------------
 
 @pytest.mark.parametrize('model_name,command_line', [
-    pytest.param('wrn-16-2', True, marks=pytest.mark.slow),  # a command-line run
+    pytest.param('wrn-16-2', True, marks=pytest.mark.integration),  # a command-line run
     ('preact-resnet-18', False)])
 def test_export_loads_strictly_into_robustbench_with_equal_logits(dm, tmp_path, model_name,
                                                                    command_line):
   config = cifar_config(model_name)
-  variables = random_variables(import_checkpoint.abstract_variables(config))
+  variables = random_variables(classifier.abstract_state(config).ema_variables())
   workdir = saved_workdir(tmp_path / 'run', config, variables, step=5)
   (tmp_path / 'run' / 'robustbench.json').write_text(json.dumps(
       {'clean_acc': '91.5', 'autoattack_acc': '65.25'}))  # as trainer.evaluate writes it
@@ -190,7 +192,7 @@ def test_import_of_a_robustbench_state_dict_gives_equal_logits(dm, tmp_path, mod
   assert best['step'] == 0 and best['metrics'] == {'holdout/robust_accuracy': -1.0}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_wrn_28_10_round_trip_through_robustbench(dm, tmp_path):
   """Theirs -> ours -> theirs at WRN-28-10's real shapes (36.5M parameters), batch 2."""
   model = torch_model(dm, 'wrn-28-10')
@@ -220,7 +222,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_key(dm, tmp_path):
     config = cifar_config('wrn-16-2')
     interop_layout.from_torch({**torch_model(dm, 'wrn-16-2').state_dict(),
                                'init_conv.weight': torch.zeros(32, 3, 3, 3)},
-                              import_checkpoint.abstract_variables(config), 'wrn-16-2')
+                              classifier.abstract_state(config).ema_variables(), 'wrn-16-2')
   with pytest.raises(ValueError, match='unknown checkpoint format'):
     import_checkpoint.read_variables(str(tmp_path / 'model.safetensors'),
                                      cifar_config('wrn-16-2'))
@@ -297,7 +299,7 @@ def test_robustbench_record_of_an_evaluation():
 
 
 
-@pytest.mark.slow  # two command-line runs, each importing jax and TensorFlow
+@pytest.mark.integration
 def test_an_imported_model_evaluates_end_to_end_from_a_relative_workdir(dm, tmp_path):
   """DMWideResNet-10-2 for 8x8 grey digits, imported and attacked by the command-line tools."""
   info = real.info('digits')
@@ -330,7 +332,7 @@ def test_an_imported_model_evaluates_end_to_end_from_a_relative_workdir(dm, tmp_
   # digits, so the logits are compared at 32x32 in the tests above).
   imported = import_checkpoint.read_variables(str(tmp_path / 'digits_wrn10-2.pt'),
                                               _demo_config())[0]
-  stored = checkpointing.restore_for_eval(str(tmp_path / 'imported'))[2]
+  stored = classifier.load(str(tmp_path / 'imported'))[2]
   for a, b in zip(jax.tree_util.tree_leaves(imported), jax.tree_util.tree_leaves(stored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -342,11 +344,11 @@ def _demo_config():
   return c
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_train_state_lets_trainer_fine_tune_the_imported_weights(dm, tmp_path):
   """checkpoints/0 is where `train_and_evaluate` resumes: one step at learning rate 0 keeps the
   imported weights (and so their average; only the BatchNorm statistics move)."""
-  from trainer import train  # pylint: disable=g-import-not-at-top
+  from trainer.robust import train  # pylint: disable=g-import-not-at-top
   info = real.info('digits')
   model = torch_model(dm, 'wrn-10-2', mean=info.mean, std=info.std, channels=1)
   source = str(tmp_path / 'digits.pt')
@@ -366,7 +368,7 @@ def test_train_state_lets_trainer_fine_tune_the_imported_weights(dm, tmp_path):
   result = train.train_and_evaluate(config, workdir)
   assert result['step'] == 1 and result['finished']
   imported = import_checkpoint.read_variables(source, config)[0]
-  _, _, averaged = checkpointing.restore_for_eval(workdir, 'latest')  # the EMA of the weights
+  _, _, averaged = classifier.load(workdir, 'latest')  # the EMA of the weights
   for a, b in zip(jax.tree_util.tree_leaves(imported['params']),
                   jax.tree_util.tree_leaves(averaged['params'])):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'launch'
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
@@ -164,7 +166,6 @@ def test_options_from_the_environment():
       '--node-id=tpu1', '--accelerator-type=v6e-16', '--runtime-version=custom-runtime', '--spot']]
 
 
-@pytest.mark.slow
 def test_real_gcloud_parses_every_command(tmp_path):
   """Where the Cloud SDK is installed, every printed command gets past gcloud's argument parser
   (a fresh config has no account, so each stops at 'no active account' and nothing is sent)."""

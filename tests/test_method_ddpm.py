@@ -21,9 +21,12 @@ from data.records import shards
 from models.diffusion import checkpoint
 from models.diffusion import schedule
 from models.diffusion import unet
-from trainer import ddpm_train
-from trainer import method
+from trainer.diffusion import ddpm
+from trainer.pipeline import console as console_lib
+from trainer.pipeline import stages as method
 from trainer.pipeline import report
+
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
 
 
 def _method(tmp_path, *overrides):
@@ -37,7 +40,6 @@ def _method(tmp_path, *overrides):
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
 
 
-@pytest.mark.slow
 def test_method_runs_with_a_ddpm_generator(tmp_path):
   cfg = unet.digits_config()
   params = unet.init_params(unet.UNet(cfg), jax.random.PRNGKey(0))
@@ -73,20 +75,18 @@ def test_a_preempted_ddpm_stops_the_method(tmp_path, monkeypatch):
   def preempted(config, workdir, progress_name=None):
     del progress_name
     calls.append((config.train.num_steps, workdir))
-    return {'losses': [], 'generator': os.path.join(workdir, 'generator'), 'step': 2,
-            'preempted': True}
-  monkeypatch.setattr(ddpm_train, 'train', preempted)
+    return {'history': [], 'step': 2, 'finished': False}
+  monkeypatch.setattr(ddpm, 'train', preempted)
   c = demo.get_config()
   c.pipeline.generator, c.pipeline.ddpm_steps = 'ddpm', 5
   lines = []
   with pytest.raises(method.Stopped, match='generator'):
-    method.stage_generator(c, str(tmp_path), method.Console(lines.append))
+    method.stage_generator(c, str(tmp_path), console_lib.Console(lines.append))
   assert calls == [(5, str(tmp_path / 'generator'))]
   assert lines == [f'[2/6] generator    training a DDPM (ddpm_digits: 5 steps of 128) → '
                    f'{report.shown(str(tmp_path / "generator" / "generator"))}']
 
 
-@pytest.mark.slow
 def test_the_method_trains_its_ddpm_and_skips_it_when_run_again(tmp_path):
   proc = _method(tmp_path, '--config.pipeline.ddpm_steps=4')
   assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])

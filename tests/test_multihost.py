@@ -21,11 +21,13 @@ import trainer_runs as runs
 from data.input import pipeline
 from data import real
 from models import registry
-from trainer import checkpointing
+from trainer.robust import classifier
 from trainer.robust import optimizer
 from trainer import sharding
 from trainer.robust import step as step_lib
 from trainer.robust import train_state
+
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
 
 STEPS = 16
 OVERRIDES = runs.tiny_overrides(STEPS, **{'checkpoint.every_steps': 4})
@@ -77,7 +79,6 @@ def event_files_and_losses(workdir):
   return files, losses
 
 
-@pytest.mark.slow
 def test_two_processes_stop_together_resume_and_equal_one_process(tmp_path):
   workdir, cache = str(tmp_path / 'run'), tmp_path / 'jax_cache'
   environ = runs.env(4, cache)
@@ -125,6 +126,6 @@ def test_two_processes_stop_together_resume_and_equal_one_process(tmp_path):
     np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
   # The two-host checkpoint also loads for evaluation in this one process.
-  _, _, ema = checkpointing.restore_for_eval(workdir, 'best')
+  _, _, ema = classifier.load(workdir, 'best')
   for key, value in runs.flat(ema).items():
     np.testing.assert_array_equal(value, got[f'ema_{key}'], err_msg=key)

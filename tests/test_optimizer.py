@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from configs import base
 from models import registry
@@ -44,6 +45,7 @@ def test_ema_decay_values():
   np.testing.assert_allclose(avg['w'], 0.1 * 1 + 0.9 * 3, rtol=1e-6)
 
 
+@pytest.mark.integration
 def test_weight_decay_skips_batchnorm():
   model = registry.get_model('wrn-10-1', num_classes=10, mean=(0.5,), std=(0.25,))
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)['params']

@@ -239,6 +239,7 @@ def test_exactly_once_resume_in_a_fresh_process(gen_set, tmp_path):
   assert json.loads(proc.stdout.strip().splitlines()[-1]) == want
 
 
+@pytest.mark.integration
 def test_worker_processes_keep_counts_real_order_and_state(gen_set):
   path = gen_set[0]
   local = _take(_iterator(_config(path, alpha=0.5, pad=0, window=0)), 6)

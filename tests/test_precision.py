@@ -99,6 +99,7 @@ def _trades_losses(config, n_steps=8):
   return np.array(losses), state
 
 
+@pytest.mark.integration
 def test_bfloat16_trades_steps_reduce_the_loss_like_float32():
   """Eight TRADES steps (3-step inner attack, WRN-10-1) on digits, float32 and bfloat16."""
   f32, _ = _trades_losses(_config())
@@ -120,6 +121,7 @@ def _loss_and_grads(model, variables, x, labels):
   return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('name', ['wrn-10-2'])
 def test_remat_gradients_equal_plain_model(name):
   plain = registry.get_model(name, num_classes=10, mean=(0.4,), std=(0.3,))

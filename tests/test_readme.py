@@ -15,6 +15,8 @@ import pytest
 import trainer_runs
 from data.records import shards
 
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = ['--config.model.name=wrn-10-1', '--config.pipeline.classifier_model=wrn-10-1',
        '--config.dataset.holdout=32', '--config.dataset.test_size=64',
@@ -54,7 +56,6 @@ def test_the_readme_names_the_local_runner():
   assert readme_main_command() == 'bash launch/local.sh'
 
 
-@pytest.mark.slow
 def test_main_command_on_a_fresh_clone_runs_the_method_and_resumes(clone):
   proc = _run_main_command(clone)
   assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])

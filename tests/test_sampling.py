@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (4, 4, 1)
 CLASSES = 3
@@ -26,8 +28,8 @@ CLASSES = 3
 
 def toy_functions(devices, batch_size, sleep=0.0):
   """(sample_batch, label_batch) of the toy generator on a mesh of `devices`."""
-  from trainer import sample as sample_cli  # pylint: disable=g-import-not-at-top
   from trainer import sharding  # pylint: disable=g-import-not-at-top
+  from trainer.generation import sample as sample_cli  # pylint: disable=g-import-not-at-top
   mesh = jax.make_mesh((len(devices), 1), sharding.BATCH_AXES,
                        axis_types=(AxisType.Auto,) * 2, devices=devices)
   ac = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
@@ -136,8 +138,8 @@ def tiny_unet(num_classes=None):
 def unet_sample_batch(devices, batch_size):
   """The tiny UNet (random weights), DDIM with 2 steps, on a mesh of `devices`."""
   from models.diffusion import unet  # pylint: disable=g-import-not-at-top
-  from trainer import sample as sample_cli  # pylint: disable=g-import-not-at-top
   from trainer import sharding  # pylint: disable=g-import-not-at-top
+  from trainer.generation import sample as sample_cli  # pylint: disable=g-import-not-at-top
   mesh = jax.make_mesh((len(devices), 1), sharding.BATCH_AXES,
                        axis_types=(AxisType.Auto,) * 2, devices=devices)
   _, model, params = tiny_unet()
@@ -167,12 +169,13 @@ def test_eight_devices_give_the_same_images_as_one():
 
 def test_the_labeller_labels_images_on_the_mesh_with_the_classifiers_arg_max():
   from models import registry  # pylint: disable=g-import-not-at-top
-  from trainer import sample as sample_cli  # pylint: disable=g-import-not-at-top
+  from trainer.generation import labeller  # pylint: disable=g-import-not-at-top
+  from trainer.generation import sample as sample_cli  # pylint: disable=g-import-not-at-top
   model = registry.get_model('wrn-10-1', num_classes=CLASSES, mean=[0.5], std=[0.25])
   variables = model.init(jax.random.key(0), jnp.zeros((1,) + SHAPE), train=False)
   images, _ = toy_functions(jax.devices()[:8], 16)
   x = images(jax.random.key(7), 0)                 # uint8, sharded over 8 devices
-  labels, scores = sample_cli.make_label_batch(model, variables, sample_cli.local_mesh())(x)
+  labels, scores = labeller.on_mesh(model, variables, sample_cli.local_mesh())(x)
   probs = jax.nn.softmax(model.apply(variables, np.asarray(x) / 255.0, train=False))
   np.testing.assert_array_equal(labels, np.argmax(probs, -1))
   np.testing.assert_allclose(scores, np.max(probs, -1), rtol=1e-5)
@@ -242,7 +245,6 @@ def test_killed_and_rerun_ends_with_exactly_the_uninterrupted_set(tmp_path, top_
   assert sorted(os.listdir(tmp_path / 'killed')) == sorted(os.listdir(tmp_path / 'whole'))
 
 
-@pytest.mark.slow
 def test_two_processes_write_disjoint_ids_that_make_up_the_one_process_set(tmp_path):
   import trainer_runs  # pylint: disable=g-import-not-at-top
   port, out = trainer_runs.free_port(), str(tmp_path / 'two' / 'toy')

@@ -57,6 +57,7 @@ def single():
   return _run(_config(1, 1), jax.devices()[:1])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('data,fsdp', [(8, 1), (4, 2), (2, 4)])
 def test_step_on_mesh_equals_single_device(single, data, fsdp):
   ref_state, ref_metrics, _ = single

@@ -65,6 +65,7 @@ def _linear_model(k=5, d=3 * 4 * 4, seed=0):
   return lambda x: x.reshape(x.shape[0], -1) @ w
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('norm,eps', [('linf', 8 / 255), ('l2', 0.5)])
 def test_inner_maximisation_stays_feasible_and_raises_kl(norm, eps):
   logits_fn = _linear_model()
@@ -85,6 +86,7 @@ def test_inner_maximisation_stays_feasible_and_raises_kl(norm, eps):
   assert float(jnp.mean(kl_adv > kl_start)) > 0.9
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('keep', ['last', 'best'])
 def test_unrolled_attack_is_the_loop_written_out(keep):
   """unroll: the program loses the attack's loop and computes what the loop does (to float

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from configs import demo
-from trainer import train
+from trainer.harness import loop
+from trainer.robust import train
 from trainer_runs import read_scalars
+
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
 
 
 def tiny_config():
@@ -79,6 +82,6 @@ def test_non_finite_loss_stops_without_losing_checkpoints(full_run, tmp_path):
   shutil.rmtree(os.path.join(broken, 'checkpoints', '6'))
   c = tiny_config()
   c.optim.lr_per_256 = float('inf')  # the first update from step 3 makes the weights non-finite
-  with pytest.raises(train.NonFiniteLossError, match='step 5'):
+  with pytest.raises(loop.NonFiniteError, match='step 5'):
     train.train_and_evaluate(c, broken)
   assert sorted(os.listdir(os.path.join(broken, 'checkpoints'))) == ['3']

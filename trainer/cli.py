@@ -18,8 +18,9 @@ import socket
 import sys
 import tempfile
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
@@ -47,7 +48,6 @@ def initialize_distributed(enabled: bool, switch: str) -> None:
   (each process would otherwise run alone, all of them in the same workdir)."""
   cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if enabled:
-    import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(*cluster)
   elif any(v is not None for v in cluster):
     raise app.UsageError(f'--coordinator_address/--num_processes/--process_id need {switch}.')
@@ -132,6 +132,17 @@ def start(workdir: str) -> str:
   return directory
 
 
+def start_run(config, workdir: str) -> str:
+  """The start of a training command: jax.distributed when config.distributed, the workdir made
+  absolute and checked, the logs sent there; returns the workdir."""
+  initialize_distributed(config.distributed, '--config.distributed=True')
+  workdir = absolute(workdir)
+  start(workdir)
+  logging.info('Process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
+               jax.devices())
+  return workdir
+
+
 def _first_line(e: BaseException) -> str:
   text = str(e).strip() or type(e).__name__
   return text.splitlines()[0].strip('"\'')
@@ -171,12 +182,16 @@ def _fail(message: str, error: BaseException) -> None:
   sys.exit(1)
 
 
-def run(main: Callable, parser: Callable | None = None) -> None:
-  """app.run(main), with the errors a newcomer meets told in one line and nothing else lost."""
+def run(main: Callable[[], Any], parser: Callable | None = None) -> None:
+  """app.run(main) for a command whose flags are defined at module level: positional arguments
+  are refused, and the errors a newcomer meets are told in one line with nothing else lost."""
 
   def guarded(argv):
     try:
-      return main(argv)
+      if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])} (flags take the form '
+                             '--name=value)')
+      return main()
     except UserError as e:
       _fail(str(e), e)
     except ONE_LINE_ERRORS as e:

@@ -1,225 +1,26 @@
-"""Final evaluation of a training workdir: clean accuracy and the attack cascades, per stage.
+"""Final evaluation of a training workdir (trainer/evaluation/evaluate.py):
 
     python -m trainer.evaluate --workdir=DIR [--checkpoint=best|latest|STEP] [--num_examples=N]
         [--attacks=aa+mt,standard] [--config.key=value …]
 
-Loads the EMA weights of the chosen checkpoint, attacks the first N test images (default all)
-with each cascade of --attacks (default: config.eval.attacks), prints a table in the manner of
-the paper's Table 3, writes it to DIR/eval.json and to TensorBoard under eval/, and checks for
-signs of gradient masking. A cascade is 'standard', 'aa+mt', or a single stage name of
-`trainer.attacks.autoattack` (e.g. 'pgd-20' or 'square', to see one attack alone).
-
 The config is the run's own (DIR/config.json); --config.key=value overrides it, e.g.
---config.dataset.data_dir=… on another machine or --config.threat.eps=… for another radius. The
-model is always rebuilt as it was trained.
+--config.dataset.data_dir=… on another machine or --config.threat.eps=… for another radius.
 """
-import functools
-import json
-import os
-import time
-
-import jax
-import numpy as np
-from absl import app
 from absl import flags
-from absl import logging
-from clu import metric_writers
-from etils import epath
 from ml_collections import config_flags
 
-from data import images
-from data import real
-from models import registry
-from trainer import checkpointing
-from models.interop import robustbench as interop_layout
 from trainer import cli
-from trainer.attacks.autoattack import autoattack
-from trainer.attacks.autoattack import zero_gradient_share
-from trainer.attacks.stages import VERSIONS
+from trainer.evaluation import evaluate
+from trainer.harness import workdir as workdir_lib
 
-SQUARE_SHARE_THRESHOLD = 0.002  # as fra31/auto-attack's check: Square adding > 0.2 pp is suspect
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to evaluate.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
+_NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 0, 'First N test images (0: all).')
+_ATTACKS = flags.DEFINE_string('attacks', None,
+                               'Comma-separated cascades (default: config.eval.attacks).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 0,
+                                   'Points per attack call (0: config.eval.batch_size).')
 
-
-def checkpoint_step(workdir, which):
-  """The training step of checkpoint `which`, or None if it cannot be told."""
-  if which == 'best':
-    record = epath.Path(workdir, 'best.json')
-    return int(json.loads(record.read_text())['step']) if record.exists() else None
-  if which == 'latest':
-    steps = [int(p.name) for p in epath.Path(workdir, 'checkpoints').glob('*') if p.name.isdigit()]
-    return max(steps, default=None)
-  return int(which)
-
-
-def _architecture(config):
-  """config.model without what may differ from training: the compute dtype and remat."""
-  model = dict(config.model.to_dict())
-  for key in ('dtype', 'remat'):
-    model.pop(key, None)
-  model.setdefault('bn_group_size', 0)
-  return model
-
-
-def _cascades(spec):
-  names = [s.strip() for s in spec.split(',') if s.strip()]
-  if not names:
-    raise ValueError(f'No cascade in attacks={spec!r}.')
-  return names
-
-
-def _version(name):
-  """A version name as is; a single stage name as a one-stage cascade."""
-  return name if name in VERSIONS else [name]
-
-
-def _masking_report(results, zero_share, n):
-  """Counts that hint at gradient masking, and the warnings they raise."""
-  whitebox_robust = np.ones(n, bool)
-  square_broken = np.zeros(n, bool)
-  has_whitebox = False
-  for result in results.values():
-    stages = [name.split('#')[0] for name in result.stage_accuracy]
-    if any(s != 'square' for s in stages):
-      has_whitebox = True
-      whitebox_robust &= result.robust | (result.broken_by == 'square')
-    square_broken |= result.broken_by == 'square'
-  square_only = int(np.sum(square_broken & whitebox_robust)) if has_whitebox else 0
-  flags_raised = []
-  for loss, share in zero_share.items():
-    if share > 0:
-      flags_raised.append(f'{100 * share:.2f}% of the points have a zero input gradient of the '
-                          f'{loss.upper()} loss at the clean image.')
-  if square_only > SQUARE_SHARE_THRESHOLD * n:
-    flags_raised.append(f'Square broke {square_only} points ({100 * square_only / n:.2f}%) that '
-                        'every gradient-based attack missed.')
-  return {'zero_gradient_share': zero_share, 'square_only_points': square_only,
-          'square_only_share': square_only / n, 'flags': flags_raised}
-
-
-def format_table(summary):
-  """The per-stage table: one block per cascade, clean accuracy first."""
-  eps = summary['eps']
-  eps_text = f'{eps:.4g}' + (f' ({eps * 255:.3g}/255)' if summary['norm'] == 'linf' else '')
-  lines = [f"{summary['model']} on {summary['dataset']} test[:{summary['num_examples']}], "
-           f"checkpoint {summary['checkpoint']} (step {summary['step']}), {summary['norm']} "
-           f'ε = {eps_text}', '',
-           f"{'cascade':<12}{'stage':<12}{'accuracy':>10}{'broken':>9}{'seconds':>10}"]
-  for cascade, c in summary['cascades'].items():
-    lines.append(f"{cascade:<12}{'clean':<12}{100 * summary['clean_accuracy']:>9.2f}%")
-    for stage, acc in c['stage_accuracy'].items():
-      lines.append(f"{'':<12}{stage:<12}{100 * acc:>9.2f}%{c['broken'][stage]:>9d}"
-                   f"{c['seconds'][stage]:>10.1f}")
-  lines += ['', f"worst case over the cascades: {100 * summary['worst_case_robust_accuracy']:.2f}%"]
-  masking = summary['gradient_masking']
-  zero = ', '.join(f'{k.upper()} {100 * v:.2f}%' for k, v in masking['zero_gradient_share'].items())
-  lines.append(f'zero input gradient at the clean image: {zero}')
-  lines.append(f"points broken only by Square: {masking['square_only_points']}")
-  lines += [f'POSSIBLE GRADIENT MASKING: {f}' for f in masking['flags']]
-  return '\n'.join(lines)
-
-
-def _summarise(results, clean_accuracy, meta, zero_share):
-  n = meta['num_examples']
-  cascades = {}
-  for cascade, r in results.items():
-    cascades[cascade] = {
-        'stage_accuracy': dict(r.stage_accuracy),
-        'robust_accuracy': r.robust_accuracy,
-        'broken': {s: int(np.sum(r.broken_by == s)) for s in r.stage_accuracy},
-        'seconds': dict(r.stage_seconds)}
-  worst = np.logical_and.reduce([r.robust for r in results.values()])
-  return dict(meta, clean_accuracy=clean_accuracy, cascades=cascades,
-              worst_case_robust_accuracy=float(np.mean(worst)),
-              gradient_masking=_masking_report(results, zero_share, n))
-
-
-def robustbench_record(summary):
-  """The result in RobustBench's terms (its model-info fields; accuracies in percent, as strings
-  the way RobustBench writes them): AutoAttack is the first of the 'standard', 'plus' or 'rand'
-  cascades that ran, None if none did."""
-  version = next((v for v in ('standard', 'plus', 'rand') if v in summary['cascades']), None)
-  percent = lambda a: None if a is None else str(round(100 * a, 2))
-  return {'dataset': summary['dataset'],
-          'threat_model': {'linf': 'Linf', 'l2': 'L2'}.get(summary['norm'].lower()),
-          'eps': summary['eps'], 'clean_acc': percent(summary['clean_accuracy']),
-          'autoattack_acc': percent(version and summary['cascades'][version]['robust_accuracy']),
-          'autoattack_version': version, 'n_examples': summary['num_examples'],
-          'architecture': interop_layout.architecture_name(summary['model']),
-          'model': summary['model'], 'checkpoint': summary['checkpoint'], 'step': summary['step']}
-
-
-def _scalars(summary):
-  out = {'eval/clean_accuracy': summary['clean_accuracy'],
-         'eval/worst_case_robust_accuracy': summary['worst_case_robust_accuracy']}
-  for cascade, c in summary['cascades'].items():
-    out[f'eval/{cascade}/robust_accuracy'] = c['robust_accuracy']
-    for stage, acc in c['stage_accuracy'].items():
-      out[f'eval/{cascade}/{stage}'] = acc
-  for loss, share in summary['gradient_masking']['zero_gradient_share'].items():
-    out[f'eval/zero_gradient_share_{loss}'] = share
-  out['eval/square_only_share'] = summary['gradient_masking']['square_only_share']
-  return out
-
-
-def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None, batch_size=0):
-  """Runs the evaluation; writes eval.json and TensorBoard scalars; returns the summary dict."""
-  workdir = os.fspath(workdir)
-  attacks = attacks or config.eval.attacks
-  cascades = _cascades(attacks)
-  batch_size = batch_size or config.eval.batch_size
-  stored, _, variables = checkpointing.restore_for_eval(workdir, checkpoint)
-  if _architecture(stored) != _architecture(config):
-    raise ValueError('The model settings (config.model) cannot be overridden: the checkpoint '
-                     f'holds a {stored.model.name} as trained.')
-  # The attacks run in eval.dtype (float32 unless asked), whatever the training compute dtype.
-  model = registry.from_config(stored, dtype=config.eval.dtype)
-  step = checkpoint_step(workdir, checkpoint)
-
-  test = real.load(config.dataset.name, 'test', config.dataset.data_dir)
-  n = num_examples or len(test['label'])
-  if n > len(test['label']):
-    raise ValueError(f'num_examples={n} but the {config.dataset.name} test split has '
-                     f'{len(test["label"])} images.')
-  x = np.asarray(images.to_float(test['image'][:n]))
-  y = test['label'][:n].astype(np.int32)
-  logits_fn = jax.tree_util.Partial(functools.partial(model.apply, train=False), variables)
-  norm, eps = config.threat.norm, float(config.threat.eps)
-  logging.info('Evaluating %s checkpoint %s (step %s) on %d %s test images, %s eps=%g: %s',
-               workdir, checkpoint, step, n, config.dataset.name, norm, eps, cascades)
-
-  num_classes = real.info(config.dataset.name).num_classes
-  zero_share = {loss: zero_gradient_share(logits_fn, x, y, loss=loss, batch_size=batch_size)
-                for loss in ('ce', 'dlr') if loss == 'ce' or num_classes >= 3}
-
-  results, clean_accuracy = {}, None
-  for cascade in cascades:
-    start = time.time()
-    results[cascade] = autoattack(
-        logits_fn, x, y, norm=norm, eps=eps, version=_version(cascade), seed=config.seed,
-        batch_size=batch_size, progress=True)
-    clean_accuracy = results[cascade].clean_accuracy
-    logging.info('%s done in %.1f s: robust accuracy %.2f%%', cascade, time.time() - start,
-                 100 * results[cascade].robust_accuracy)
-
-  meta = {'workdir': workdir, 'checkpoint': checkpoint, 'step': step, 'model': stored.model.name,
-          'dataset': config.dataset.name, 'split': 'test', 'num_examples': n, 'norm': norm,
-          'eps': eps, 'seed': config.seed, 'attacks': cascades}
-  summary = _summarise(results, clean_accuracy, meta, zero_share)
-  print(format_table(summary), flush=True)
-  for message in summary['gradient_masking']['flags']:
-    logging.warning('Possible gradient masking: %s', message)
-
-  if jax.process_index() == 0:
-    epath.Path(workdir, 'eval.json').write_text(json.dumps(summary, indent=2))
-    epath.Path(workdir, 'robustbench.json').write_text(
-        json.dumps(robustbench_record(summary), indent=2))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  writer.write_scalars(step or 0, _scalars(summary))
-  writer.flush()
-  return summary
-
-
-# --- Command line ------------------------------------------------------------------------------
 
 def _peek_workdir(argv):
   for i, arg in enumerate(argv):
@@ -236,31 +37,19 @@ def _parse_flags(argv):
   workdir = _peek_workdir(argv)
   if workdir is None:
     raise cli.UserError('--workdir=DIR is required: the training workdir to evaluate.')
-  config_flags.DEFINE_config_dict('config', checkpointing.load_config(cli.absolute(workdir)),
+  config_flags.DEFINE_config_dict('config', workdir_lib.load_config(cli.absolute(workdir)),
                                   "The run's config (DIR/config.json), with overrides.",
                                   sys_argv=argv)
   return flags.FLAGS(argv)
 
 
-def _define_flags():
-  """Command-line flags, defined only when run as a program (trainer.method imports this)."""
-  flags.DEFINE_string('workdir', None, 'Training workdir to evaluate.')
-  flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
-  flags.DEFINE_integer('num_examples', 0, 'First N test images (0: all).')
-  flags.DEFINE_string('attacks', None, 'Comma-separated cascades (default: config.eval.attacks).')
-  flags.DEFINE_integer('batch_size', 0, 'Points per attack call (0: config.eval.batch_size).')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  workdir = cli.absolute(f.workdir)
+def main():
+  workdir = cli.absolute(_WORKDIR.value)
   cli.start(workdir)
-  evaluate(f.config, workdir, checkpoint=f.checkpoint, num_examples=f.num_examples,
-           attacks=f.attacks, batch_size=f.batch_size)
+  evaluate.evaluate(flags.FLAGS.config, workdir, checkpoint=_CHECKPOINT.value,
+                    num_examples=_NUM_EXAMPLES.value, attacks=_ATTACKS.value,
+                    batch_size=_BATCH_SIZE.value)
 
 
 if __name__ == '__main__':
-  _define_flags()
   cli.run(main, parser=_parse_flags)

@@ -1,4 +1,6 @@
-"""Entry point: python -m trainer.main --config=configs/X.py [--config.key=value …] --workdir=DIR
+"""Robust training (trainer/robust/train.py):
+
+  python -m trainer.main --config=configs/X.py [--config.key=value …] --workdir=DIR
 
 Multi-host: pass --config.distributed=True on every process. On Cloud TPU (and SLURM, Open MPI,
 Kubernetes) JAX finds the coordinator and the process ids itself; elsewhere give them:
@@ -9,14 +11,12 @@ Kubernetes) JAX finds the coordinator and the process ids itself; elsewhere give
 (the coordinator address may also come from $JAX_COORDINATOR_ADDRESS). Every process gets the
 same workdir: a disk they share, or a gs:// bucket.
 """
-import jax
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from trainer import cli
-from trainer import train
+from trainer.harness import progress
+from trainer.robust import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -27,18 +27,12 @@ _DEBUG_BATCH_IDS = flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+def main():
   config = _CONFIG.value
-  cli.initialize_distributed(config.distributed, '--config.distributed=True')
-  workdir = cli.absolute(_WORKDIR.value)
-  cli.start(workdir)
-  logging.info('Process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
-               jax.devices())
+  workdir = cli.start_run(config, _WORKDIR.value)
   result = train.train_and_evaluate(config, workdir, record_batch_ids=_DEBUG_BATCH_IDS.value,
                                     progress_name='train')
-  print(train.summary_line(result, workdir), flush=True)
+  print(progress.summary_line(result, workdir), flush=True)
 
 
 if __name__ == '__main__':

@@ -139,6 +139,14 @@ def batched_apply(fn: Callable, mesh, batch_size: int, with_params: bool = False
   return apply
 
 
+def host_copy(tree):
+  """Host numpy copies of a pytree's (possibly multi-host, replicated) arrays, e.g. to place them
+  on a mesh of this host's devices only."""
+  return jax.tree_util.tree_map(
+      lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else np.asarray(a),
+      tree)
+
+
 def _pad_rows(a, size):
   if len(a) == size:
     return a

@@ -1,8 +1,5 @@
-"""Converts a generated-image `.npz` into a shard set, with bounded memory.
-
-  python -m data.generation.import_npz SRC.npz --out DIR/NAME --shards N \
-      [--shuffle --seed S] [--source NAME] [--num-classes K] \
-      [--image-key image] [--label-key label]
+"""Converts a generated-image `.npz` into a shard set, with bounded memory (the command is
+`python -m trainer.import_npz`).
 
 Reads the published sets (DeepMind's `cifar10_ddpm.npz`, DM-Improves-AT's 1M-50M
 parts: keys `image` uint8 NHWC and `label`) without loading them: a member
@@ -11,25 +8,23 @@ compressed one is decompressed as a stream, a chunk of rows at a time. Mapped
 pages are released after each chunk, so resident memory stays near one chunk
 plus one shard's write buffer, whatever the file size.
 
-`--shuffle` writes the samples in a random order (a permutation seeded by
-`--seed`), spreading them across shards. It needs random access, so compressed
+`shuffle` writes the samples in a random order (a permutation seeded by
+`seed`), spreading them across shards. It needs random access, so compressed
 members are first decompressed (streamed) into an uncompressed temporary file
 beside the output (local output) or in the system temp directory, then
 memory-mapped; the file is unlinked at once and vanishes with the process.
 
 Each sample keeps its index in the file as its `id`, so any record can be traced
-back to the source. Scores are NaN (unknown) unless `--score-key` names one.
+back to the source. Scores are NaN (unknown) unless `score_key` names one.
 The output is atomic: shards appear under their final names only when
 complete, and the manifest (`DIR/NAME.json`) only after all of them.
 """
 from __future__ import annotations
 
-import argparse
 import mmap
 import os
 import posixpath
 import struct
-import sys
 import tempfile
 import zipfile
 
@@ -265,35 +260,3 @@ def _read(member, start, stop, ids, shuffled):
   if member is None:
     return None
   return member.take(ids) if shuffled else member.rows(start, stop)
-
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m data.generation.import_npz', description=__doc__.split('\n')[0])
-  parser.add_argument('src', help='the .npz file')
-  parser.add_argument('--out', required=True,
-                      help='output prefix DIR/NAME (local or gs://)')
-  parser.add_argument('--shards', type=int, required=True, help='shard files')
-  parser.add_argument('--shuffle', action='store_true',
-                      help='write samples in a random order across shards')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--source', default=None,
-                      help='generator name (default: the file name)')
-  parser.add_argument('--num-classes', type=int, default=None,
-                      help='default: largest label + 1')
-  parser.add_argument('--image-key', default='image')
-  parser.add_argument('--label-key', default='label')
-  parser.add_argument('--score-key', default=None)
-  parser.add_argument('--no-progress', action='store_true')
-  args = parser.parse_args(argv)
-  path = import_npz(
-      args.src, args.out, num_shards=args.shards, shuffle=args.shuffle,
-      seed=args.seed, source=args.source, num_classes=args.num_classes,
-      image_key=args.image_key, label_key=args.label_key,
-      score_key=args.score_key, progress=not args.no_progress)
-  print(path)
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

@@ -1,26 +1,23 @@
-"""Import a diffusers `UNet2DModel` + `DDPMScheduler` into our generator checkpoint.
+"""Import a diffusers `UNet2DModel` + `DDPMScheduler` into our generator checkpoint (the command
+is `python -m trainer.import_generator --format=diffusers`).
 
-    python -m models.diffusion.diffusers_import --pretrained=DIR --out=DIR [--scheduler=FILE]
-
-DIR is a `save_pretrained` directory: `config.json` and `diffusion_pytorch_model.safetensors`
+The source is a `save_pretrained` directory: `config.json` and `diffusion_pytorch_model.safetensors`
 (read with `safetensors`, never pickle: a directory with only a `.bin` is refused), and a
 `scheduler_config.json` beside them, or a pipeline directory with `unet/` and `scheduler/`
 sub-directories (as `DDPMPipeline.save_pretrained` writes; google/ddpm-cifar10-32 ships both
 layouts' files). The weights are renamed (`down_blocks.0.resnets.1.conv1.weight` ->
-`down_blocks_0/resnets_0/conv1/kernel`; the pre-0.12 attention names query/key/value/proj_attn
-as diffusers itself converts them) and transposed (conv OIHW -> HWIO, linear (out, in) -> (in,
-out)). Every weight must be used and every parameter found, with its shape; otherwise the error
-names the key.
+`down_blocks_0/resnets_0/conv1/kernel`; the pre-0.12 attention names query/key/value/proj_attn as
+diffusers itself converts them) and transposed (conv OIHW -> HWIO, linear (out, in) -> (in, out)).
+Every weight must be used and every parameter found, with its shape; otherwise the error names the
+key.
 
 A key missing from config.json means what it means to diffusers (`DIFFUSERS_DEFAULTS`). Note
 attention_head_dim: absent, diffusers (and we) split attention into 8-channel heads; the
 published google/ddpm-cifar10-32 config says null, one head over all channels, as Ho et al.
 """
 
-import argparse
 import json
 import os
-import sys
 from typing import Any, Optional
 
 import numpy as np
@@ -197,25 +194,3 @@ def import_pretrained(pretrained: str, out: str, *, scheduler: Optional[str] = N
   checkpoint.save(out, gen.unet, gen.schedule, gen.params, name=name,
                   source=f'diffusers:{os.path.basename(os.path.normpath(pretrained))}')
   return checkpoint.load(out)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m models.diffusion.diffusers_import',
-      description='Import a diffusers UNet2DModel (safetensors) and its DDPMScheduler config '
-                  'into a generator checkpoint.')
-  parser.add_argument('--pretrained', required=True, help='diffusers save_pretrained directory')
-  parser.add_argument('--out', required=True, help='generator checkpoint directory to write')
-  parser.add_argument('--scheduler', default=None,
-                      help='scheduler_config.json (default: the one in --pretrained)')
-  parser.add_argument('--name', default=None, help='generator name (default: directory name)')
-  args = parser.parse_args(argv)
-  gen = import_pretrained(args.pretrained, args.out, scheduler=args.scheduler, name=args.name)
-  print(f'{args.out}: {gen.name}, {gen.image_shape} images, '
-        f'{unet_lib.count_params(gen.params):,} parameters, {gen.schedule.num_timesteps} steps, '
-        f'classes: {gen.num_classes}')
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

@@ -1,0 +1,1 @@
+"""Final evaluation of a trained classifier under the attack cascades."""

@@ -1,0 +1,27 @@
+"""Samples identified by id: sample i is drawn from the noise fold_in(key, i), whatever the mesh.
+
+The one way generated images are made on the devices, for shards (trainer/generation/sample.py)
+and for the training grid (trainer/diffusion/grid.py): because a sample's noise depends on its
+id alone, a set does not change with the device count, the host count, padding or a restart.
+"""
+import jax
+import jax.numpy as jnp
+
+from models.diffusion import samplers
+from trainer import sharding
+
+
+def sample_ids(eps_fn, params, alphas_cumprod, key, ids, image_shape, *, sampler, steps, y=None,
+               mesh=None, **options):
+  """uint8 images of the samples `ids` (traced; split over `mesh`'s devices when given)."""
+  if mesh is not None:
+    ids = jax.lax.with_sharding_constraint(ids, sharding.batch_sharding(mesh))
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+  x = samplers.sample(eps_fn, params, alphas_cumprod, keys, (ids.shape[0],) + tuple(image_shape),
+                      sampler=sampler, steps=steps, y=y, **options)
+  return samplers.to_uint8(x)
+
+
+def class_of(ids, num_classes):
+  """The class a conditional generator draws sample `id` for: id mod classes, balanced."""
+  return (ids % num_classes).astype(jnp.int32)

@@ -1,0 +1,111 @@
+"""Samples a diffusion generator into a pseudo-labelled shard set, on every device of every host.
+
+The generator is a checkpoint (models/diffusion/checkpoint.py; e.g. google/ddpm-cifar10-32
+imported from diffusers). Each batch is sampled and, with --classifier (a training workdir),
+pseudo-labelled on the devices: label = arg-max class, score = its softmax probability. Without a
+classifier the generator must be class-conditional: sample i is drawn for class i mod classes.
+Sample i's noise is a function of (seed, i) alone, so the set does not depend on the device
+count, the host count or a restart: killed and run again with the same command, it finishes with
+exactly N samples, each once (data/generation/sampling.py).
+
+Multi-host: each host samples its own batches on its own devices and writes its own shards; the
+set's manifest lists them all.
+"""
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+
+from data import real
+from data.generation import sampling
+from models.diffusion import checkpoint as generator_checkpoint
+from trainer import sharding
+from trainer.generation import labeller
+from trainer.generation import mesh_sampler
+from trainer.robust import classifier as classifier_lib
+
+def local_mesh():
+  """A ('data', 'fsdp') mesh of this host's devices, the batch over all of them."""
+  return sharding.make_mesh(devices=jax.local_devices())
+
+
+def make_sample_batch(eps_fn: Callable, params: Any, alphas_cumprod, mesh, *, batch_size: int,
+                      image_shape, sampler: str, steps: int, num_classes: int | None = None,
+                      **options) -> Callable:
+  """`sample_batch(key, b) -> uint8 images` (and labels for a conditional generator), jitted.
+
+  Sample id = b * batch_size + row, drawn by mesh_sampler (noise fold_in(key, id)) and, when
+  conditional, for class id mod num_classes; the batch is split over the mesh's devices.
+  """
+  if batch_size % mesh.size:
+    raise ValueError(f'--batch_size={batch_size} must be a multiple of the {mesh.size} devices '
+                     f'of this host')
+  batch = sharding.batch_sharding(mesh)
+  params = jax.device_put(sharding.host_copy(params), sharding.replicated(mesh))
+
+  def fn(params, key, b):
+    ids = b.astype(jnp.uint32) * batch_size + jnp.arange(batch_size, dtype=jnp.uint32)
+    y = None if not num_classes else mesh_sampler.class_of(ids, num_classes)
+    images = mesh_sampler.sample_ids(eps_fn, params, alphas_cumprod, key, ids, image_shape,
+                                     sampler=sampler, steps=steps, y=y, mesh=mesh, **options)
+    return images if y is None else (images, y)
+
+  jitted = jax.jit(fn, out_shardings=batch if not num_classes else (batch, batch))
+  return lambda key, b: jitted(params, key, jnp.uint32(b))
+
+
+def sampler_options(generator, sampler: str) -> dict[str, Any]:
+  """The generator's own schedule settings: x_0 clipping, and DDPM's posterior variance."""
+  schedule = generator.schedule
+  if schedule.clip_sample and schedule.clip_sample_range != 1.0:
+    raise ValueError(f'schedule clip_sample_range={schedule.clip_sample_range}: the samplers '
+                     f'clip the predicted x_0 to [-1, 1] only')
+  options = {'clip_denoised': bool(schedule.clip_sample)}
+  if sampler == 'ddpm':
+    options['variance'] = schedule.variance_type
+  return options
+
+
+def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int, sampler: str,
+                     steps: int | None = None, seed: int = 0, classifier: str | None = None,
+                     checkpoint: str = 'best', top_k: int = 0, batch_size: int = 256,
+                     dtype: str = 'float32', progress: bool = True) -> sampling.SamplingResult:
+  """Loads the generator (and classifier), builds the jitted functions, writes the set."""
+  if not 1 <= num < 2 ** 32:
+    raise ValueError(f'--num={num}: sample ids are 32-bit, so 1 <= num < 2^32')
+  generator = generator_checkpoint.load(generator_path, dtype=dtype)
+  steps = steps or {'ddpm': generator.schedule.num_timesteps, 'ddim': 100, 'dpm++2m': 20}[sampler]
+  mesh = local_mesh()
+  num_classes, label_batch = generator.num_classes, None
+  if classifier:
+    config, model, variables = classifier_lib.load(classifier, checkpoint)
+    info = real.info(config.dataset.name)
+    if tuple(info.shape) != tuple(generator.image_shape):
+      raise ValueError(f'{generator_path}: generates images of shape {generator.image_shape}, '
+                       f'but the classifier in {classifier} was trained on '
+                       f'{config.dataset.name} images of shape {tuple(info.shape)}')
+    if num_classes and num_classes != info.num_classes:
+      raise ValueError(f'{generator_path}: a generator of {num_classes} classes, but the '
+                       f'classifier in {classifier} has {info.num_classes}')
+    label_batch, num_classes = labeller.on_mesh(model, variables, mesh), info.num_classes
+  elif not num_classes:
+    raise ValueError(f'{generator_path}: an unconditional generator needs --classifier to '
+                     f'label its samples')
+  # A conditional generator always needs its classes; with a classifier, its labels replace them.
+  sample_batch = make_sample_batch(
+      generator.eps_fn, generator.params, generator.alphas_cumprod, mesh, batch_size=batch_size,
+      image_shape=generator.image_shape, sampler=sampler, steps=steps,
+      num_classes=generator.num_classes, **sampler_options(generator, sampler))
+  if label_batch is not None and generator.num_classes:
+    conditioned = sample_batch
+    sample_batch = lambda key, b: conditioned(key, b)[0]  # noqa: E731
+  return sampling.write_samples(
+      sample_batch, label_batch, out, num=num, batch_size=batch_size, num_shards=num_shards,
+      image_shape=generator.image_shape, num_classes=num_classes, generator=generator.name,
+      sampler=sampler, steps=steps, seed=seed, top_k=top_k,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      barrier=lambda: multihost_utils.sync_global_devices('trainer.sample'), progress=progress,
+      metadata={'generator_checkpoint': generator_path, 'classifier': classifier or None,
+                'sampler': sampler, 'steps': steps, 'dtype': dtype})

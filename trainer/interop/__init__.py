@@ -1,0 +1,1 @@
+"""Classifier weights in and out: RobustBench export, released-checkpoint import."""

@@ -1,0 +1,348 @@
+"""The whole method's stages, each writing its output last and skipped when that output exists.
+
+  1. classifier/      non-robust classifier (train.loss='standard') on the real training set
+  2. generator/       class-conditional Gaussian fit of the real training set (App. D), or
+                      (pipeline.generator='ddpm') a diffusion model: the checkpoint given by
+                      pipeline.generator_checkpoint, or without one a DDPM trained here
+                      (trainer.ddpm_train with the preset pipeline.ddpm_preset; generator/generator)
+  3. generated/       N samples → pseudo-labelled by the classifier (optionally top-K per class)
+                      → shards
+  4. generated/       Algorithm 1's complementarity and coverage and the classifier-feature
+                      Fréchet distance (data_metrics.json, TensorBoard), samples.png
+  5. robust/          TRADES on batches of α real and 1 − α generated images
+  6. robust/eval.json final evaluation with the attack cascade(s) of config.eval.attacks
+     report.md        the stage table, the evaluation per attack stage, samples and curves
+
+An interrupted run resumes where it stopped (the training stages also resume from their
+checkpoints). A training stage stopped by a preemption notice stops the method too: `run` returns
+status 'stopped'.
+"""
+import copy
+import importlib
+import os
+
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+from clu import metric_writers
+from etils import epath
+
+from data import real
+from data.generation import frechet
+from data.generation import gaussian_fit
+from data.generation import metrics
+from data.records import shard_writer
+from data.records import shards
+from models import features
+from models.diffusion import checkpoint as generator_checkpoint
+from trainer import cli
+from trainer import sharding
+from trainer.diffusion import ddpm
+from trainer.evaluation import evaluate
+from trainer.generation import pseudolabel
+from trainer.generation import sample
+from trainer.harness import progress
+from trainer.harness import workdir as workdir_lib
+from trainer.pipeline import report
+from trainer.pipeline.console import Console
+from trainer.pipeline.console import STAGES  # noqa: F401  (the stage names, for callers)
+from trainer.robust import classifier as classifier_lib
+from trainer.robust import config_validation
+from trainer.robust import train
+
+GRID_WIDTH = 480  # pixels: small images are upscaled so a person can see them
+
+
+class Stopped(Exception):
+  """A training stage stopped before its last step (preemption); its checkpoint is saved."""
+
+
+def _done(path):
+  return epath.Path(path).exists()
+
+
+def classifier_config(config):
+  """The robust config turned into the pseudo-labeller's: no attack, real data only."""
+  c = copy.deepcopy(config)
+  c.train.loss = 'standard'
+  c.model.name = config.pipeline.classifier_model
+  c.train.num_epochs = config.pipeline.classifier_epochs
+  c.generated.alpha, c.generated.path = 1.0, ''
+  return c
+
+
+def _train(config, out, name):
+  """Trains to the end (or finds it done); raises Stopped when a preemption stopped it first."""
+  if not _done(os.path.join(out, 'done.json')):
+    if not train.train_and_evaluate(config, out, progress_name=name)['finished']:
+      raise Stopped(name)
+  return workdir_lib.read_done(out)['final']
+
+
+def _accuracies(final, keys):
+  return ', '.join(f'{label} {progress.percent(final[k])}' for k, label in keys if k in final)
+
+
+def stage_classifier(config, workdir, console):
+  out = os.path.join(workdir, 'classifier')
+  c = classifier_config(config)
+  with console.stage('classifier', f'training a non-robust {c.model.name} '
+                     f'({c.train.num_epochs:g} epochs)', out,
+                     _done(os.path.join(out, 'done.json'))) as stage:
+    final = _train(c, out, 'classifier')
+    stage['headline'] = _accuracies(final, (('holdout/clean_accuracy', 'held-out'),
+                                            ('test/clean_accuracy', 'test')))
+  return out
+
+
+def stage_generator(config, workdir, console):
+  """The Gaussian fit (made here), or a diffusion model: imported, or trained here."""
+  if config.pipeline.generator == 'ddpm' and config.pipeline.generator_checkpoint:
+    return _imported_ddpm(config, console)
+  if config.pipeline.generator == 'ddpm':
+    return _trained_ddpm(config, workdir, console)
+  path = os.path.join(workdir, 'generator', 'gaussian_fit.npz')
+  k = config.pipeline.gaussian_components
+  with console.stage('generator', f'class-conditional Gaussian fit ({k} components per class)',
+                     path, _done(path)) as stage:
+    if not _done(path):
+      train_data, _, _ = real.training_splits(config)
+      fit = gaussian_fit.fit(train_data['image'], train_data['label'],
+                             real.info(config.dataset.name).num_classes, n_components=k)
+      epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+      gaussian_fit.save(fit, path)
+    stage['headline'] = f'{k} PCA components per class'
+  return path
+
+
+def _describe_ddpm(config, path):
+  """The generator's kind and size, after checking it makes the dataset's images."""
+  generator = generator_checkpoint.load(path)
+  params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(generator.params))
+  shape = real.info(config.dataset.name).shape
+  if tuple(generator.image_shape) != tuple(shape):
+    raise ValueError(f'{path} generates images of shape {tuple(generator.image_shape)}, but '
+                     f'{config.dataset.name} images have shape {tuple(shape)}')
+  kind = (f'class-conditional ({generator.num_classes} classes)' if generator.num_classes
+          else 'unconditional')
+  return f'{generator.name}: {kind} DDPM, {params / 1e6:.2f}M parameters'
+
+
+def _imported_ddpm(config, console):
+  path = cli.absolute(config.pipeline.generator_checkpoint)
+  with console.stage('generator', 'diffusion model', path, done=True) as stage:
+    stage['headline'] = _describe_ddpm(config, path)
+  return path
+
+
+def ddpm_config(config):
+  """The DDPM's training config: the preset pipeline.ddpm_preset names, on the method's dataset
+  with its held-out size (so the generator never sees the images that select the robust
+  checkpoint) and seed; pipeline.ddpm_steps > 0 shortens (or lengthens) it."""
+  c = importlib.import_module(f'configs.{config.pipeline.ddpm_preset}').get_config()
+  c.dataset.name, c.dataset.data_dir = config.dataset.name, config.dataset.data_dir
+  c.dataset.holdout, c.seed = config.dataset.holdout, config.seed
+  if config.pipeline.ddpm_steps:
+    c.train.num_steps = config.pipeline.ddpm_steps
+  return c
+
+
+def _last_loss(ddpm_workdir):
+  """'S steps, final loss L' from the DDPM run's own TensorBoard records: the run that made the
+  generator, even when the config asks for other steps now (the stage is done)."""
+  points = report.read_scalars(ddpm_workdir).get('train/loss')
+  return f'{points[-1][0]:,} steps, final loss {points[-1][1]:.4f}' if points else 'no loss logged'
+
+
+def _trained_ddpm(config, workdir, console):
+  """trainer.ddpm_train in WORKDIR/generator (resumed from its checkpoints when rerun); its EMA
+  generator is WORKDIR/generator/generator, and its done.json marks the stage done."""
+  out = os.path.join(workdir, 'generator')
+  path = os.path.join(out, 'generator')
+  c = ddpm_config(config)
+  done = _done(os.path.join(out, 'done.json'))
+  with console.stage('generator', f'training a DDPM ({config.pipeline.ddpm_preset}: '
+                     f'{c.train.num_steps:,} steps of {c.train.batch_size})', path,
+                     done) as stage:
+    if not done and not ddpm.train(c, out, progress_name='ddpm')['finished']:
+      raise Stopped('generator')
+    stage['headline'] = f'{_last_loss(out)}; {_describe_ddpm(config, path)}'
+  return path
+
+
+def _sample_gaussian(config, fit_path, raw):
+  fit = gaussian_fit.load(fit_path)
+  n = config.pipeline.num_generated
+  with shard_writer.ShardWriter(raw, num_shards=config.pipeline.num_shards, total=n,
+                                image_shape=fit.image_shape, num_classes=fit.num_classes,
+                                source='gaussian_fit', seed=config.seed) as writer:
+    progress = tqdm.tqdm(total=n, unit='img', desc='sample', dynamic_ncols=True, mininterval=1.0)
+    for images, labels in gaussian_fit.sample(fit, n, seed=config.seed):
+      writer.write_batch(images, labels)
+      progress.update(len(labels))
+    progress.close()
+
+
+def stage_samples(config, workdir, generator, classifier, console):
+  """Samples the generator straight into shards pseudo-labelled by the classifier."""
+  kind = config.pipeline.generator
+  prefix = os.path.join(workdir, 'generated', kind)
+  raw = prefix + '-raw'
+  manifest = shards.manifest_path(prefix)
+  top_k, n = config.pipeline.top_k, config.pipeline.num_generated
+  how = f'{config.pipeline.sampler}-{config.pipeline.sampler_steps}, ' if kind == 'ddpm' else ''
+  with console.stage('samples', f'{n:,} samples, {how}pseudo-labelled'
+                     + (f', top-{top_k} per class' if top_k else ''), manifest,
+                     _done(manifest)) as stage:
+    if kind == 'ddpm' and not _done(manifest):
+      sample.sample_to_shards(generator, prefix, num=n, num_shards=config.pipeline.num_shards,
+                              sampler=config.pipeline.sampler,
+                              steps=config.pipeline.sampler_steps, seed=config.seed,
+                              classifier=classifier, top_k=top_k,
+                              batch_size=config.pipeline.sample_batch_size)
+    elif not _done(manifest):
+      if not _done(shards.manifest_path(raw)):
+        _sample_gaussian(config, generator, raw)
+      pseudolabel.label_with(classifier, shards.manifest_path(raw), prefix,
+                             num_shards=config.pipeline.num_shards, top_k=top_k,
+                             seed=config.seed, source_name='gaussian_fit')
+    count = shards.load_manifest(manifest)['count']
+    stage['headline'] = f'{count:,} pseudo-labelled samples in {config.pipeline.num_shards} shards'
+  return manifest
+
+
+def _feature_fn(classifier, batch_size):
+  _, model, variables = classifier_lib.load(classifier)
+  return sharding.batched_apply(features.make_feature_fn(model, variables), sharding.make_mesh(),
+                                batch_size)
+
+
+FD_LABEL = 'classifier-feature FD (not Inception FID)'
+
+
+def _balanced_features(feature_fn, images, labels, n, num_classes, seed):
+  """Features of the class-balanced N per set that `metrics.data_metrics` draws (same seeds)."""
+  feats = {}
+  for offset, key in enumerate(('train', 'test', 'generated')):
+    index = metrics.class_balanced_indices(labels[key], n, num_classes, seed=seed + offset,
+                                           name=key)
+    feats[key] = metrics.batched_features(feature_fn, np.asarray(images[key])[index])
+  return feats
+
+
+def _classifier_fd(feats, holdout_feats):
+  """The Fréchet distance of the generated set to the real test set, in the space Algorithm 1
+  uses (the test set is one of its two real sets), and of the real held-out images to the same
+  test set: how far two real sets lie apart, the scale the first number is read against."""
+  out = {'classifier_fd': frechet.frechet_distance(feats['generated'], feats['test']),
+         'classifier_fd_label': FD_LABEL,
+         'classifier_fd_sets': f"generated {len(feats['generated'])} vs test {len(feats['test'])}"}
+  if holdout_feats is not None:
+    out['classifier_fd_real'] = frechet.frechet_distance(holdout_feats, feats['test'])
+    out['classifier_fd_real_sets'] = f"held-out {len(holdout_feats)} vs test {len(feats['test'])}"
+  return out
+
+
+def _write_tensorboard(logdir, result):
+  """Algorithm 1's five numbers and the Fréchet distances as scalars at step 0."""
+  writer = metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
+  names = {**{k: k for k in metrics.KEYS}, 'classifier_fd': 'classifier_fd',
+           'classifier_fd_real': 'classifier_fd_real_heldout_vs_test'}
+  writer.write_scalars(0, {f'data/{name}': result[k] for k, name in names.items() if k in result})
+  writer.close()
+
+
+def _compute_data_metrics(config, manifest, classifier, n):
+  train_data, holdout, _ = real.training_splits(config)
+  test = real.load(config.dataset.name, 'test', config.dataset.data_dir)  # whole split
+  generated = next(shards.read_examples(manifest, batch_size=shards.load_manifest(
+      manifest)['count']))
+  num_classes = real.info(config.dataset.name).num_classes
+  images = {'train': train_data['image'], 'test': test['image'], 'generated': generated['image']}
+  labels = {'train': train_data['label'], 'test': test['label'], 'generated': generated['label']}
+  n = min(n, *(len(v) for v in labels.values()))  # a small top-K set bounds N
+  feature_fn = _feature_fn(classifier, config.eval.batch_size)
+  feats = _balanced_features(feature_fn, images, labels, n, num_classes, config.seed)
+  result = metrics.metrics_from_features(feats['train'], feats['test'], feats['generated'])
+  holdout_feats = (metrics.batched_features(feature_fn, holdout['image'])
+                   if len(holdout['label']) >= 2 else None)  # dataset.holdout=0: no reference
+  result.update(_classifier_fd(feats, holdout_feats))
+  return result, generated, num_classes
+
+
+def stage_data_metrics(config, workdir, manifest, classifier, console):
+  """Algorithm 1 (App. D) and the Fréchet distance in the classifier's penultimate feature space,
+  and the sample grid."""
+  out = os.path.join(workdir, 'generated', 'data_metrics.json')
+  grid = os.path.join(workdir, 'generated', 'samples.png')
+  n = config.pipeline.metrics_samples
+  with console.stage('data metrics', f'complementarity, coverage and {FD_LABEL} on {n} per set',
+                     out, _done(out)) as stage:
+    if not _done(out):
+      result, generated, num_classes = _compute_data_metrics(config, manifest, classifier, n)
+      width = generated['image'].shape[2] * 10
+      metrics.sample_grid(generated['image'], generated['label'], num_classes, path=grid,
+                          scale=max(1, GRID_WIDTH // width))
+      _write_tensorboard(os.path.dirname(out), result)
+      workdir_lib.write_json(out, result)
+    result = workdir_lib.read_json(out)
+    stage['headline'] = report.data_metrics_line(result)
+  return result
+
+
+def stage_robust(config, workdir, manifest, console):
+  out = os.path.join(workdir, 'robust')
+  c = copy.deepcopy(config)
+  c.generated.path = manifest
+  with console.stage('robust', f'TRADES on {c.model.name}, α = {c.generated.alpha:g} real '
+                     f'({c.train.num_epochs:g} epochs)', out,
+                     _done(os.path.join(out, 'done.json'))) as stage:
+    final = _train(c, out, 'robust')
+    stage['headline'] = _accuracies(final, (('holdout/robust_accuracy', 'held-out robust'),
+                                            ('test/clean_accuracy', 'test clean'),
+                                            ('test/robust_accuracy', 'test robust')))
+  return out
+
+
+def stage_evaluate(config, robust, console):
+  out = os.path.join(robust, 'eval.json')
+  n = config.pipeline.eval_examples
+  with console.stage('evaluation', f'{config.eval.attacks} on ' +
+                     (f'the first {n} test images' if n else 'the test set'), out,
+                     _done(out)) as stage:
+    if not _done(out):
+      evaluate.evaluate(workdir_lib.load_config(robust), robust, attacks=config.eval.attacks,
+                        num_examples=n)
+    evaluation = workdir_lib.read_json(out)
+    stage['headline'] = report.evaluation_line(evaluation)
+  return evaluation
+
+
+def run(config, workdir, console=None):
+  """Runs (or resumes) every stage; returns each stage's output and the status.
+
+  status is 'finished', or 'stopped' when a training stage was preempted (run the same command
+  again to resume).
+  """
+  workdir = cli.absolute(workdir)
+  console = console or Console()
+  out = {'workdir': workdir, 'status': 'finished'}
+  config_validation.validate_pipeline(config)  # a rerun may skip the stages that validate
+  try:
+    out['classifier'] = stage_classifier(config, workdir, console)
+    out['generator'] = stage_generator(config, workdir, console)
+    if config.pipeline.generator == 'ddpm' and not config.pipeline.generator_checkpoint:
+      out['generator_run'] = os.path.dirname(out['generator'])  # its curves go in the report
+    out['samples'] = stage_samples(config, workdir, out['generator'], out['classifier'], console)
+    out['data_metrics'] = stage_data_metrics(config, workdir, out['samples'], out['classifier'],
+                                             console)
+    out['robust'] = stage_robust(config, workdir, out['samples'], console)
+    out['evaluation'] = stage_evaluate(config, out['robust'], console)
+  except Stopped as e:
+    logging.warning('The %s stage stopped before its last step; the method stops too.', e)
+    out.update(status='stopped', stopped_at=str(e))
+  out['seconds'], out['headlines'] = console.seconds, console.headlines
+  if out['status'] == 'finished':
+    out['report'] = report.write(out, config)
+  return out
