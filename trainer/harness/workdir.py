@@ -49,11 +49,12 @@ def read_json(path):
                      'redo the step that writes it') from e
 
 
-def _flat(tree, prefix=''):
+def flat(tree, prefix=''):
+  """{'a.b': value} of a nested dict."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
+      out.update(flat(value, f'{prefix}{key}.'))
     else:
       out[f'{prefix}{key}'] = value
   return out
@@ -67,8 +68,8 @@ def check_same_run(workdir, config, resumable=()) -> None:
   path = epath.Path(workdir, 'config.json')
   if not path.exists():
     return
-  old = {RENAMED.get(k, k): v for k, v in _flat(read_json(path)).items()}
-  new = _flat(json.loads(config.to_json_best_effort()))
+  old = {RENAMED.get(k, k): v for k, v in flat(read_json(path)).items()}
+  new = flat(json.loads(config.to_json_best_effort()))
   allowed = RESUMABLE_CHANGES + tuple(resumable)
   changed = [k for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k) and not k.startswith(allowed)]

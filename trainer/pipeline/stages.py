@@ -46,7 +46,7 @@ from trainer.harness import progress
 from trainer.harness import workdir as workdir_lib
 from trainer.pipeline import report
 from trainer.pipeline.console import Console
-from trainer.pipeline.console import STAGES  # noqa: F401  (the stage names, for callers)
+from trainer.pipeline import stage_records
 from trainer.robust import classifier as classifier_lib
 from trainer.robust import config_validation
 from trainer.robust import train
@@ -319,26 +319,55 @@ def stage_evaluate(config, robust, console):
   return evaluation
 
 
-def run(config, workdir, console=None):
+def finished(config, workdir, stage):
+  """Whether `stage`'s output is in the workdir (what makes it "done before")."""
+  generated = os.path.join(workdir, 'generated')
+  kind = config.pipeline.generator
+  paths = {
+      'classifier': os.path.join(workdir, 'classifier', 'done.json'),
+      'generator': (os.path.join(workdir, 'generator', 'done.json') if kind == 'ddpm'
+                    else os.path.join(workdir, 'generator', 'gaussian_fit.npz')),
+      'samples': shards.manifest_path(os.path.join(generated, kind)),
+      'data metrics': os.path.join(generated, 'data_metrics.json'),
+      'robust': os.path.join(workdir, 'robust', 'done.json'),
+      'evaluation': os.path.join(workdir, 'robust', 'eval.json')}
+  if stage == 'generator' and kind == 'ddpm' and config.pipeline.generator_checkpoint:
+    return True
+  return _done(paths[stage])
+
+
+def run(config, workdir, console=None, redo=None):
   """Runs (or resumes) every stage; returns each stage's output and the status.
 
   status is 'finished', or 'stopped' when a training stage was preempted (run the same command
-  again to resume).
+  again to resume). A finished stage that ran under other settings stops the method before any
+  work (stage_records.py); `redo` names the stage to redo, with every stage after it.
   """
   workdir = cli.absolute(workdir)
   console = console or Console()
   out = {'workdir': workdir, 'status': 'finished'}
   config_validation.validate_pipeline(config)  # a rerun may skip the stages that validate
+  current = stage_records.settings(config, classifier_config)
+  if redo:
+    stage_records.redo(workdir, stage_records.stage_named(redo))
+  stage_records.check(workdir, current, lambda stage: finished(config, workdir, stage))
+  done = lambda stage: stage_records.record(workdir, stage, current)  # noqa: E731
   try:
     out['classifier'] = stage_classifier(config, workdir, console)
+    done('classifier')
     out['generator'] = stage_generator(config, workdir, console)
+    done('generator')
     if config.pipeline.generator == 'ddpm' and not config.pipeline.generator_checkpoint:
       out['generator_run'] = os.path.dirname(out['generator'])  # its curves go in the report
     out['samples'] = stage_samples(config, workdir, out['generator'], out['classifier'], console)
+    done('samples')
     out['data_metrics'] = stage_data_metrics(config, workdir, out['samples'], out['classifier'],
                                              console)
+    done('data metrics')
     out['robust'] = stage_robust(config, workdir, out['samples'], console)
+    done('robust')
     out['evaluation'] = stage_evaluate(config, out['robust'], console)
+    done('evaluation')
   except Stopped as e:
     logging.warning('The %s stage stopped before its last step; the method stops too.', e)
     out.update(status='stopped', stopped_at=str(e))
