@@ -177,3 +177,26 @@ def read_scalars(workdir):
         value = float(tf.make_ndarray(v.tensor)) if v.HasField('tensor') else v.simple_value
         scalars.setdefault(v.tag, {})[event.step] = value
   return scalars
+
+
+def run_command(cwd, module, *args, devices=2, timeout=900):
+  """`python -m module args` from `cwd` (the repository on PYTHONPATH), as a user runs it."""
+  environ = env(devices, os.path.join(cwd, 'jax-cache'))
+  environ['PYTHONPATH'] = ROOT
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=environ,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def console_lines(proc):
+  """The non-empty lines a person saw on the console (stdout and stderr)."""
+  return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+
+
+def one_line_error(proc, *fragments):
+  """The process failed, and the console shows exactly one line, `error: …`, naming each
+  fragment; returns that line."""
+  lines = console_lines(proc)
+  assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: '), lines[-30:]
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+  return lines[0]

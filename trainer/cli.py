@@ -149,13 +149,19 @@ def _first_line(e: BaseException) -> str:
 
 
 def unknown_key_message(argv: list[str], error: BaseException) -> str | None:
-  """The override that names a key the config does not have, if that is what `error` is."""
-  missing = _first_line(error).strip("'\"")
+  """The override that names a key the config does not have, if that is what `error` is, with
+  ml_collections' suggestion of the nearest key when it has one."""
+  text = str(error)
+  name = re.search(r"[\w.]+", text.replace('\\n', '\n').split('\n')[0])
+  suggestion = re.search(r'Did you mean "([\w.]+)"', text)
+  if name is None:
+    return None
   for arg in argv:
     match = re.match(r'--?config\.([\w.]+)(=|$)', arg)
-    if match and missing in match.group(1).split('.'):
-      return (f'unknown config key in {arg}: {missing!r} is not a key of the config (every key '
-              'is documented in configs/base.py)')
+    if match and name.group(0) in match.group(1).split('.'):
+      hint = f'did you mean {suggestion.group(1)!r}? ' if suggestion else ''
+      return (f'unknown config key in {arg}: {name.group(0)!r} is not a key of the config '
+              f'({hint}every key is documented in configs/base.py)')
   return None
 
 

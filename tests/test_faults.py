@@ -1,0 +1,100 @@
+"""Faults and mistakes (docs/reliability.md): each gets one console line and a non-zero exit, and
+nothing already saved is lost or changed."""
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import trainer_runs
+from trainer import cli
+from trainer.harness import checkpoints
+from trainer.harness import loop
+from trainer.harness import workdir as workdir_lib
+from trainer.robust import classifier
+
+CONFIG = os.path.join(trainer_runs.ROOT, 'configs', 'demo.py')
+
+
+def _tiny_config():
+  return trainer_runs.config(trainer_runs.tiny_overrides(steps=2))
+
+
+# --- Mistakes on the command line ----------------------------------------------------------------
+
+def test_a_near_typo_of_a_key_is_one_line_with_the_suggestion():
+  config = ml_collections.ConfigDict({'train': {'num_epochs': 1}})
+  with pytest.raises(AttributeError) as raised:
+    config.train.num_epoch  # pylint: disable=pointless-statement  (ml_collections' own error)
+  message = cli.unknown_key_message(['main', '--config.train.num_epoch=2'], raised.value)
+  assert message == ("unknown config key in --config.train.num_epoch=2: 'num_epoch' is not a key "
+                     "of the config (did you mean 'num_epochs'? every key is documented in "
+                     'configs/base.py)')
+
+
+@pytest.mark.integration
+def test_the_typo_on_the_command_line(tmp_path):
+  proc = trainer_runs.run_command(str(tmp_path), 'trainer.main', f'--config={CONFIG}',
+                                  '--config.train.num_epoch=2', '--workdir=runs/x')
+  trainer_runs.one_line_error(proc, "'num_epoch'", "did you mean 'num_epochs'?")
+  assert not (tmp_path / 'runs').exists()
+
+
+# --- Non-finite weights -------------------------------------------------------------------------
+
+def _workdir_with_nan_best(workdir):
+  config = _tiny_config()
+  abstract = classifier.abstract_state(config).ema_variables()
+  nan = jax.tree_util.tree_map(lambda a: jnp.full(a.shape, jnp.nan, a.dtype), abstract)
+  workdir_lib.save_config(workdir, config)
+  ckpt = checkpoints.Checkpoints(workdir, config, keeps_best=True)
+  ckpt.maybe_save_best(6, nan, {'holdout/robust_accuracy': 0.1}, 'holdout/robust_accuracy')
+  ckpt.close()
+  return config
+
+
+def test_non_finite_weights_are_refused_for_evaluation(tmp_path):
+  _workdir_with_nan_best(str(tmp_path))
+  with pytest.raises(loop.NonFiniteError, match="the 'best' checkpoint .* non-finite EMA weights"):
+    classifier.load(str(tmp_path))
+
+
+@pytest.mark.integration
+def test_evaluate_on_non_finite_weights_is_one_line(tmp_path):
+  _workdir_with_nan_best(str(tmp_path / 'nan'))
+  proc = trainer_runs.run_command(str(tmp_path), 'trainer.evaluate', '--workdir=nan',
+                                  '--num_examples=8')
+  trainer_runs.one_line_error(proc, 'non-finite EMA weights')
+  assert not (tmp_path / 'nan' / 'eval.json').exists()
+
+
+@pytest.mark.integration
+def test_diverging_training_never_saves_nan_weights_as_best(tmp_path):
+  """A learning rate of 1e6: the evaluation of step 6 came before the loss check of step 8 and
+  saved all-NaN weights as best/6; now the weights are checked first, and the run stops."""
+  overrides = trainer_runs.tiny_overrides(steps=12, **{
+      'optim.lr_per_256': 1e6, 'train.log_every_steps': 8, 'eval.every_steps': 3,
+      'checkpoint.every_steps': 3})
+  proc = trainer_runs.run_command(str(tmp_path), 'trainer.main', f'--config={CONFIG}',
+                                  '--workdir=runs/nan',
+                                  *[f'--config.{k}={v}' for k, v in overrides.items()])
+  trainer_runs.one_line_error(proc, 'Non-finite')
+  if (tmp_path / 'runs' / 'nan' / 'best.json').exists():  # an early evaluation may be finite
+    config = trainer_runs.config(overrides)
+    variables = checkpoints.read_best(str(tmp_path / 'runs' / 'nan'),
+                                      classifier.abstract_state(config).ema_variables())
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree_util.tree_leaves(variables))
+  assert not (tmp_path / 'runs' / 'nan' / 'done.json').exists()
+
+
+# --- Torn files ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['eval.json', 'done.json', 'config.json'])
+def test_a_torn_json_file_names_itself(tmp_path, name):
+  (tmp_path / name).write_text('{"final": {"test/clean_accuracy": 0.')
+  with pytest.raises(ValueError, match=f'{name} is not valid JSON .* delete it'):
+    {'eval.json': lambda: workdir_lib.read_json(tmp_path / name),
+     'done.json': lambda: workdir_lib.read_done(tmp_path),
+     'config.json': lambda: workdir_lib.load_config(tmp_path)}[name]()
