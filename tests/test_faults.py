@@ -98,3 +98,20 @@ def test_a_torn_json_file_names_itself(tmp_path, name):
     {'eval.json': lambda: workdir_lib.read_json(tmp_path / name),
      'done.json': lambda: workdir_lib.read_done(tmp_path),
      'config.json': lambda: workdir_lib.load_config(tmp_path)}[name]()
+
+
+# --- Two runs on one workdir ---------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_a_second_run_on_a_busy_workdir_is_refused_and_the_first_finishes(tmp_path):
+  overrides = [f'--config.{k}={v}' for k, v in trainer_runs.tiny_overrides(steps=30).items()]
+  first = trainer_runs.launch(str(tmp_path / 'runs' / 'x'), trainer_runs.tiny_overrides(steps=30),
+                              trainer_runs.env(2, tmp_path / 'cache'), str(tmp_path / 'log'))
+  trainer_runs.wait_until(lambda: trainer_runs.last_step_logged(str(tmp_path / 'runs' / 'x')) >= 1,
+                          first, timeout=600)
+  second = trainer_runs.run_command(str(tmp_path), 'trainer.main', f'--config={CONFIG}',
+                                    '--workdir=runs/x', *overrides)
+  trainer_runs.one_line_error(second, 'is in use by another run', f'pid {first.pid}')
+  assert trainer_runs.finish(first) == 0, trainer_runs.log_tail(first)
+  assert (tmp_path / 'runs' / 'x' / 'done.json').exists()
+  assert not (tmp_path / 'runs' / 'x' / 'lease.json').exists()

@@ -1,9 +1,14 @@
 """The training harness (trainer/harness/loop.py) on a toy task with no model: cadence, resume,
 the done marker, the finish hook, non-finite weights refused before evaluation and saving, the
-SIGTERM handler put back, and old config key names that still resume."""
+SIGTERM handler put back, old config key names that still resume, one run per workdir."""
 import itertools
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
+import time
 
 import flax
 import jax
@@ -13,6 +18,7 @@ import numpy as np
 import pytest
 
 from trainer.harness import checkpoints
+from trainer.harness import lease
 from trainer.harness import loop
 from trainer.harness import workdir as workdir_lib
 
@@ -136,3 +142,44 @@ def test_a_torn_json_file_is_named(tmp_path):
   path.write_text('{"clean": 0.5, "robust": ')
   with pytest.raises(ValueError, match='eval.json is not valid JSON'):
     workdir_lib.read_json(path)
+
+
+# --- One run per workdir -------------------------------------------------------------------------
+
+def _lease_file(tmp_path, **holder):
+  record = {'host': socket.gethostname(), 'pid': os.getpid(), 'heartbeat': time.time()}
+  record.update(holder)
+  (tmp_path / lease.NAME).write_text(json.dumps(record))
+
+
+def test_a_held_workdir_is_refused_and_given_back_at_the_end(tmp_path):
+  with lease.Lease(str(tmp_path)):
+    assert json.loads((tmp_path / lease.NAME).read_text())['pid'] == os.getpid()
+    with pytest.raises(lease.WorkdirBusyError, match=f'in use by another run .*pid {os.getpid()}'):
+      with lease.Lease(str(tmp_path)):
+        pass
+  assert not (tmp_path / lease.NAME).exists()
+
+
+def test_a_killed_runs_lease_is_taken_over(tmp_path):
+  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+  dead.wait()
+  _lease_file(tmp_path, pid=dead.pid)                           # this host, process gone
+  with lease.Lease(str(tmp_path)):
+    pass
+  _lease_file(tmp_path, pid_start=-1)                            # a reused pid: not the holder
+  with lease.Lease(str(tmp_path)):
+    pass
+  (tmp_path / lease.NAME).write_text('{"host": "a", "pi')         # cut short by a kill
+  with lease.Lease(str(tmp_path)):
+    pass
+
+
+def test_another_hosts_lease_holds_while_its_heartbeat_is_fresh(tmp_path):
+  _lease_file(tmp_path, host='tpu-worker-7', heartbeat=time.time() - 10)
+  with pytest.raises(lease.WorkdirBusyError, match='host tpu-worker-7'):
+    with lease.Lease(str(tmp_path)):
+      pass
+  _lease_file(tmp_path, host='tpu-worker-7', heartbeat=time.time() - lease.STALE_SECONDS - 1)
+  with lease.Lease(str(tmp_path)):
+    pass

@@ -1,13 +1,13 @@
 """The one training loop: `run(task, config, workdir)` for every trainer.
 
-A trainer is a `Task`: its state, its pure train step, its batches and a few hooks. The harness
-owns the rest, the same way for all of them: the config check against the workdir, the mesh, the
-state built in its sharded layout or restored (input position included), the jitted step, the
-cadence of logging and evaluation (`itstime`), the non-finite checks before anything is saved or
-evaluated, preemption, Orbax checkpoints, TensorBoard through clu, the progress bar, and done.json
-last. A rerun of the same command resumes from the newest checkpoint; a SIGTERM saves at the next
-step boundary and returns (on several hosts, all stop at the same step). Every process runs this
-same function on its own slice of each batch.
+A trainer is a `Task`: its state, its pure train step, its batches and a few hooks. The harness owns
+the rest, the same way for all of them: the config check against the workdir, the mesh, the state
+built in its sharded layout or restored (input position included), the jitted step, the cadence of
+logging and evaluation (`itstime`), the non-finite checks before anything is saved or evaluated,
+preemption, one run per workdir (harness/lease.py), Orbax checkpoints, TensorBoard through clu, the
+progress bar, and done.json last. A rerun of the same command resumes from the newest checkpoint; a
+SIGTERM saves at the next step boundary and returns (on several hosts, all stop at the same step).
+Every process runs this same function on its own slice of each batch.
 """
 import dataclasses
 import time
@@ -22,6 +22,7 @@ from etils import epath
 
 from trainer import sharding
 from trainer.harness import checkpoints as checkpoints_lib
+from trainer.harness import lease
 from trainer.harness import preemption
 from trainer.harness import progress
 from trainer.harness import workdir as workdir_lib
@@ -177,7 +178,7 @@ def run(task: Task, config, workdir, *, progress_name=None, record_batch_ids=Fal
   logged train metrics)], **the last evaluation, or the task's final results}. done.json is
   written last, and only for a finished run."""
   workdir = str(workdir)
-  with preemption.Notice() as notice:  # first, so a notice during set-up is honoured too
+  with preemption.Notice() as notice, lease.Lease(workdir):  # first: a notice during set-up too
     run_, state, latest = _start(task, config, workdir)
     data = task.data(int(state.step))
     if latest is not None and task.data_in_checkpoint:

@@ -42,6 +42,7 @@ from trainer.diffusion import ddpm
 from trainer.evaluation import evaluate
 from trainer.generation import pseudolabel
 from trainer.generation import sample
+from trainer.harness import lease
 from trainer.harness import progress
 from trainer.harness import workdir as workdir_lib
 from trainer.pipeline import report
@@ -347,6 +348,11 @@ def run(config, workdir, console=None, redo=None):
   console = console or Console()
   out = {'workdir': workdir, 'status': 'finished'}
   config_validation.validate_pipeline(config)  # a rerun may skip the stages that validate
+  with lease.Lease(workdir):  # one method per workdir; its training stages hold their own
+    return _run(config, workdir, console, redo, out)
+
+
+def _run(config, workdir, console, redo, out):
   current = stage_records.settings(config, classifier_config)
   if redo:
     stage_records.redo(workdir, stage_records.stage_named(redo))
