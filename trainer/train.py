@@ -5,6 +5,7 @@ preempted run is simply started again with the same command. A SIGTERM makes it 
 step boundary and return; on several hosts all of them stop at the same step. Every process runs
 this same function on its own slice of each batch (multi-host: see trainer/main.py).
 """
+import contextlib
 import datetime
 import functools
 import json
@@ -73,7 +74,9 @@ class BatchIdLog:
   def __init__(self, workdir):
     path = epath.Path(workdir, 'batch_ids')
     path.mkdir(parents=True, exist_ok=True)
-    self._file = (path / f'process_{jax.process_index()}.txt').open('a')
+    # A context manager for gs:// (etils opens those through TensorFlow), a file object locally.
+    self._open = contextlib.ExitStack()
+    self._file = self._open.enter_context((path / f'process_{jax.process_index()}.txt').open('a'))
 
   def write(self, step, ids):
     self._file.write(f'{step} {" ".join(map(str, np.asarray(ids).tolist()))}\n')
