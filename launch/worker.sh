@@ -12,6 +12,10 @@
 set -euo pipefail
 
 readonly LIBTPU_INDEX="https://storage.googleapis.com/jax-releases/libtpu_releases.html"
+readonly GCS_CHECK='import jax, tensorflow as tf
+from google.cloud import storage
+assert "gs" in tf.io.gfile.get_registered_schemes(), "TensorFlow has no gs:// filesystem"
+print(f"jax {jax.__version__}, gs:// with google-cloud-storage {storage.__version__}")'
 HOST=$(hostname)
 DIR="" MODULE="" PYTHON="" JAX="" ARCHIVE="" GIT_URL="" GIT_REF="" GRACE=300 DETACH=0 PID=""
 ENVS=()
@@ -98,7 +102,10 @@ cmd_setup() {
   make_venv
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r requirements.txt "jax[tpu]==$JAX" -f "$LIBTPU_INDEX"
-  echo "$HOST: jax $(.venv/bin/python -c 'import jax; print(jax.__version__)')"
+  # The workdir is a bucket: TensorFlow's gs:// filesystem (shards, events, JSON) and
+  # google-cloud-storage (Orbax lists checkpoint steps with it) come with requirements.txt. A
+  # worker without them fails its setup here rather than the run at its first checkpoint.
+  echo "$HOST: $(.venv/bin/python -c "$GCS_CHECK")"
 }
 
 # Runs in the background, ignoring the SIGHUP of a closing SSH session.

@@ -130,3 +130,21 @@ def test_tfds_dataset_not_prepared(tmp_path):
               '--config.dataset.pad=4')
   _one_line_error(proc, "'cifar10' is not prepared", 'download_and_prepare()',
                   '--config.dataset.data_dir=DIR')
+
+
+def _client_error(name, module):
+  return type(name, (Exception,), {'__module__': module})('failed')
+
+
+@pytest.mark.parametrize('name, module, hint', [
+    ('AbortedError', 'tensorflow.python.framework.errors_impl', cli.NETWORK_HINT),
+    ('UnavailableError', 'tensorflow.python.framework.errors_impl', cli.NETWORK_HINT),
+    ('ServiceUnavailable', 'google.api_core.exceptions', cli.NETWORK_HINT),
+    ('ConnectionError', 'requests.exceptions', cli.NETWORK_HINT),
+    ('PermissionDeniedError', 'tensorflow.python.framework.errors_impl',
+     cli.GCS_CREDENTIALS_HINT),
+    ('Forbidden', 'google.api_core.exceptions', cli.GCS_CREDENTIALS_HINT),
+    ('AbortedError', 'mypackage', None),  # a name alone is not a storage client's error
+    ('KeyError', 'builtins', None)])
+def test_storage_errors_get_a_hint(name, module, hint):
+  assert cli.storage_hint(_client_error(name, module)) == hint

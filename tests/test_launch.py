@@ -258,12 +258,26 @@ class Worker:
     return lines(self.root / 'python_calls.jsonl')
 
 
+WORKER_CHECK = re.search(r"^readonly GCS_CHECK='(.+?)'$", (LAUNCH / 'worker.sh').read_text(),
+                         re.M | re.S).group(1)
+
+
 def setup_calls(jax):
-  """The calls of python in a first setup: make the venv, install jax[tpu]==JAX, print it."""
+  """The calls of python in a first setup: make the venv, install requirements.txt and
+  jax[tpu]==JAX, check jax and gs:// (TensorFlow's filesystem, google-cloud-storage)."""
   return [['-m', 'venv', '.venv'], ['-m', 'pip', 'install', '--quiet', '--upgrade', 'pip'],
           ['-m', 'pip', 'install', '--quiet', '-r', 'requirements.txt', f'jax[tpu]=={jax}', '-f',
            'https://storage.googleapis.com/jax-releases/libtpu_releases.html'],
-          ['-c', 'import jax; print(jax.__version__)']]
+          ['-c', WORKER_CHECK]]
+
+
+def test_worker_setup_checks_gs_support():
+  """What the setup installs holds what gs:// needs, and the check names both clients."""
+  pins = (REPO / 'requirements.txt').read_text()
+  assert re.search(r'^google-cloud-storage==', pins, re.M)
+  assert re.search(r'^tensorflow-cpu==', pins, re.M)
+  assert 'from google.cloud import storage' in WORKER_CHECK
+  assert 'get_registered_schemes()' in WORKER_CHECK
 
 
 def test_worker_setup_from_archive(tmp_path):
@@ -276,7 +290,7 @@ def test_worker_setup_from_archive(tmp_path):
   subprocess.run(['tar', '-czf', str(w.home / 'robust-code.tar.gz'), '-C', str(src), '.'],
                  check=True)
   setup = ('setup', '--python', '3.11', '--jax', '9.9', '--archive', 'robust-code.tar.gz')
-  assert w(*setup).stdout.strip() == f'{HOST}: jax fake'
+  assert w(*setup).stdout.strip() == f'{HOST}: jax fake, gs:// with google-cloud-storage fake'
   assert not (w.code / 'stale.txt').exists() and (w.code / 'logs' / 'trainer.log').exists()
   assert (w.code / 'requirements.txt').exists() and not (w.home / 'robust-code.tar.gz').exists()
   assert w.python_calls() == setup_calls('9.9')

@@ -7,7 +7,10 @@ through `run(main)` and, once it knows its workdir, calls `start(workdir)`. From
   every absl record (ours, Orbax's, Grain's, clu's) goes to `WORKDIR/logs/`; `--verbose` brings
   the records back to the console as well;
 - an error that names what is wrong (an unknown config key, a dataset that is not prepared, a
-  workdir that cannot be written or holds another run) prints as one line, its traceback in the log.
+  workdir that cannot be written or holds another run) prints as one line, its traceback in the log;
+  so do the errors met at a gs:// edge once the clients' own retries are spent: a package that is
+  not installed (ImportError), credentials refused (401/403), a bucket out of reach (connection
+  refused or reset, 429/503) — each with what to do (docs/reliability.md).
 
 Local paths become absolute here, once: Orbax refuses relative checkpoint paths, and a command that
 changes its working directory must not lose its workdir. URLs (gs://…) pass through untouched.
@@ -81,6 +84,33 @@ GCS_CREDENTIALS_HINT = ('give Google Cloud credentials (`gcloud auth application
                         'bucket')
 
 
+NETWORK_HINT = ('Google Cloud Storage could not be reached, after retrying (network, proxy or '
+                'service outage); what is saved is intact: run the same command again to resume')
+INSTALL_HINT = ('install the pinned requirements: pip install --no-deps -r requirements.lock '
+                '(or pip install -r requirements.txt)')
+# Errors of the storage clients (TensorFlow's GCS filesystem, google-cloud-storage / requests),
+# by class name: their retries are spent when one reaches us.
+_CREDENTIAL_ERRORS = {'PermissionDeniedError', 'UnauthenticatedError', 'Forbidden', 'Unauthorized',
+                      'RefreshError', 'DefaultCredentialsError'}
+_NETWORK_ERRORS = {'UnavailableError', 'AbortedError', 'DeadlineExceededError',
+                   'ServiceUnavailable', 'TooManyRequests', 'RetryError', 'ConnectionError',
+                   'ConnectTimeout', 'ReadTimeout', 'ProxyError', 'SSLError'}
+_CLIENT_MODULES = ('tensorflow', 'google.', 'requests', 'urllib3')
+
+
+def storage_hint(error: BaseException) -> str | None:
+  """What to do about an error of a storage client (credentials, network), or None when it is
+  not one."""
+  for cls in type(error).__mro__:
+    if not cls.__module__.startswith(_CLIENT_MODULES):
+      continue
+    if cls.__name__ in _CREDENTIAL_ERRORS:
+      return GCS_CREDENTIALS_HINT
+    if cls.__name__ in _NETWORK_ERRORS:
+      return NETWORK_HINT
+  return None
+
+
 def has_gcs_credentials() -> bool:
   """Whether Google Cloud credentials can be found: a key file, gcloud's application-default
   credentials, or a metadata server (on GCE and TPU VMs). Checked before the first gs:// call,
@@ -110,8 +140,8 @@ def check_writable(workdir: str) -> None:
     probe.unlink()
   except Exception as e:  # pylint: disable=broad-except
     if is_url(workdir):
-      raise UserError(
-          f'cannot write to {workdir}: {_first_line(e)}; {GCS_CREDENTIALS_HINT}.') from e
+      raise UserError(f'cannot write to {workdir}: {_first_line(e)}; '
+                      f'{storage_hint(e) or GCS_CREDENTIALS_HINT}.') from e
     raise UserError(f'cannot write to workdir {workdir}: {_first_line(e)}') from e
 
 
@@ -202,5 +232,15 @@ def run(main: Callable[[], Any], parser: Callable | None = None) -> None:
       _fail(str(e), e)
     except ONE_LINE_ERRORS as e:
       _fail(_first_line(e), e)
+    except ImportError as e:  # ours say what to install; a library's says which module
+      message = _first_line(e)
+      _fail(message if 'pip install' in message else
+            f'{message}: a package is missing; {INSTALL_HINT}', e)
+    except Exception as e:  # pylint: disable=broad-except
+      hint = storage_hint(e)
+      if hint is None:
+        raise
+      # TensorFlow names the gs:// object on the message's last line.
+      _fail(f'{" ".join(str(e).split())}; {hint}', e)
 
   app.run(guarded, flags_parser=lambda argv: parse_flags(argv, parser))

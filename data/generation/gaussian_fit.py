@@ -16,11 +16,14 @@ in expectation as with uniform class draws; the order inside each batch is shuff
 Storage is a plain .npz of numeric arrays (no pickle), read back with allow_pickle=False.
 """
 import dataclasses
+import io
 import os
-import tempfile
+import uuid
 from typing import Iterator
 
 import numpy as np
+
+from data.records import tfrecord
 
 _FORMAT_VERSION = 1
 _FIELDS = ('image_shape', 'centres', 'components', 'num_components', 'mean', 'covariance',
@@ -207,26 +210,29 @@ def _stack(per_class, image_shape):
 # ------------------------------------------------------------------------------------------------
 
 def save(gaussian_fit: GaussianFit, path) -> None:
-  """Writes the fit as an .npz of plain arrays, atomically (a crash leaves no half file)."""
+  """Writes the fit as an .npz of plain arrays, atomically (a crash leaves no half file); local
+  or gs://."""
   path = os.fspath(path)
   arrays = {name: np.asarray(getattr(gaussian_fit, name)) for name in _FIELDS}
   arrays['format_version'] = np.array(_FORMAT_VERSION)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
   try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
+    with tfrecord.open_file(tmp, 'wb') as f:
+      f.write(buffer.getvalue())
+    tfrecord.rename(tmp, path)
   except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    tfrecord.remove(tmp)
     raise
 
 
 def load(path) -> GaussianFit:
   """Reads a fit written by `save`; never unpickles."""
   path = os.fspath(path)
-  with np.load(path, allow_pickle=False) as data:
+  with tfrecord.open_file(path, 'rb') as f:
+    raw = f.read()
+  with np.load(io.BytesIO(raw), allow_pickle=False) as data:
     missing = [k for k in _FIELDS + ('format_version',) if k not in data.files]
     if missing:
       raise ValueError(f'{path}: not a Gaussian fit, missing key(s) {missing}')

@@ -54,12 +54,14 @@ penultimate activations, `models/features.py`), reduced to 100 principal compone
 2N real feature vectors (`FeaturePCA`), Euclidean distance.
 """
 import dataclasses
+import io
 import os
 from typing import Callable, Optional
 
 import numpy as np
 
 from data.generation import gaussian_fit
+from data.records import tfrecord
 
 _BLOCK = 2048
 KEYS = ('c_train', 'c_test', 'c_self', 'v_train', 'v_test')
@@ -311,5 +313,8 @@ def _write_png(grid, path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   directory = os.path.dirname(os.fspath(path))
   if directory:
-    os.makedirs(directory, exist_ok=True)
-  Image.fromarray(grid).save(path, format='PNG')
+    tfrecord.makedirs(directory)
+  buffer = io.BytesIO()  # PIL writes local files only; the path may be gs://
+  Image.fromarray(grid).save(buffer, format='PNG')
+  with tfrecord.open_file(os.fspath(path), 'wb') as f:
+    f.write(buffer.getvalue())

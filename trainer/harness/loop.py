@@ -9,6 +9,7 @@ progress bar, and done.json last. A rerun of the same command resumes from the n
 SIGTERM saves at the next step boundary and returns (on several hosts, all stop at the same step).
 Every process runs this same function on its own slice of each batch.
 """
+import contextlib
 import dataclasses
 import time
 from typing import Any, Iterator
@@ -146,7 +147,9 @@ class BatchIdLog:
   def __init__(self, workdir):
     path = epath.Path(workdir, 'batch_ids')
     path.mkdir(parents=True, exist_ok=True)
-    self._file = (path / f'process_{jax.process_index()}.txt').open('a')
+    # A context manager for gs:// (etils opens those through TensorFlow), a file object locally.
+    self._open = contextlib.ExitStack()
+    self._file = self._open.enter_context((path / f'process_{jax.process_index()}.txt').open('a'))
 
   def write(self, step, ids):
     self._file.write(f'{step} {" ".join(map(str, np.asarray(ids).tolist()))}\n')

@@ -7,6 +7,7 @@ the model-info record RobustBench keeps in `model_info/<dataset>/<threat>/<name>
 from DIR/robustbench.json when `trainer.evaluate` has written one. The console shows the
 constructor call that rebuilds the model.
 """
+import io
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -65,8 +66,9 @@ def export(workdir: str, out: str, checkpoint: str = 'best') -> Tuple[str, Dict[
   variables = jax.tree_util.tree_map(np.asarray, jax.device_get(variables))
   state_dict = robustbench.to_torch(variables, name, num_batches_tracked=step)
   epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
-  with epath.Path(out).open('wb') as f:
-    torch.save({k: torch.tensor(v) for k, v in state_dict.items()}, f)
+  buffer = io.BytesIO()  # torch writes memoryviews, which a gs:// file (TensorFlow's) refuses
+  torch.save({k: torch.tensor(v) for k, v in state_dict.items()}, buffer)
+  epath.Path(out).write_bytes(buffer.getvalue())
   record_path = epath.Path(workdir, 'robustbench.json')
   record = workdir_lib.read_json(record_path) if record_path.exists() else None
   workdir_lib.write_json(os.path.splitext(out)[0] + '.json', model_info(config, name, record))

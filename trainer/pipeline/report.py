@@ -5,7 +5,7 @@ distance, the evaluation per attack stage, the sample grid and one plot per trai
 clean / robust accuracy (held-out and test) and loss against the step, drawn from the run's own
 TensorBoard records.
 """
-import glob
+import io
 import os
 
 from etils import epath
@@ -68,7 +68,7 @@ def read_scalars(workdir):
   """{tag: [(step, value), …]} of the scalars in the TensorBoard event files of one workdir."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   scalars = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+  for path in sorted(tf.io.gfile.glob(os.path.join(workdir, 'events.out.tfevents.*'))):  # or gs://
     for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
       event = tf.compat.v1.Event.FromString(record)
       for v in event.summary.value:
@@ -117,8 +117,10 @@ def _plot_loss(axes, scalars, title):
 def _save(fig, path):
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  buffer = io.BytesIO()  # matplotlib writes local files only; the path may be gs://
+  fig.savefig(buffer, format='png', dpi=110)
   plt.close(fig)
+  epath.Path(path).write_bytes(buffer.getvalue())
   return path
 
 
