@@ -83,6 +83,9 @@ def get_config():
                                      # code, Adam (eps 1e-9) lr 0.1, x0.1 at half, x0.01 more at
                                      # 3/4 of pgd_steps (40: steps 20, 30), last iterate
   c.eval.batch_size = 512
+  c.eval.chunk_size = 2048           # trainer.evaluate attacks the test points in chunks of this
+                                     # many, each saved as it ends: a killed evaluation resumes at
+                                     # the first unfinished chunk, hosts split the chunks
   c.eval.dtype = 'float32'           # compute dtype of evaluation attacks: float32 | bfloat16
   c.eval.attacks = 'aa+mt,standard'  # cascades run by trainer.evaluate after training
 

@@ -61,7 +61,7 @@ def test_samples_are_of_the_asked_class(tmp_path):
   confusion = np.zeros((10, 10), int)
   np.add.at(confusion, (asked, seen), 1)
   plurality = np.argmax(confusion, axis=1) == np.arange(10)  # the class seen most is the asked
-  print(f'{STEPS} DDPM steps (final loss {result["losses"][-1][1]:.3f}): the labeller '
+  print(f'{STEPS} DDPM steps (final loss {result["history"][-1][1]["loss"]:.3f}): the labeller '
         f'({100 * test_accuracy:.1f}% on real test digits) agrees with the asked class on '
         f'{100 * np.mean(per_class):.1f}% of {10 * PER_CLASS} samples; per class '
         + ' '.join(f'{100 * a:.0f}%' for a in per_class)

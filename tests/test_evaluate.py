@@ -1,6 +1,10 @@
 """The evaluation command on a tiny digits model saved as the workdir's best checkpoint."""
+import glob
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +18,7 @@ from trainer import evaluate as evaluate_command
 from trainer.evaluation import evaluate
 from trainer.harness import checkpoints
 from trainer.harness import workdir as workdir_lib
+import trainer_runs as runs
 from trainer_runs import read_scalars
 from trainer.attacks.autoattack import AutoAttackResult
 from trainer.attacks.autoattack import zero_gradient_share
@@ -85,24 +90,22 @@ def test_evaluate_writes_table_json_and_scalars(workdir, capsys):
 
 
 def test_config_overrides_from_the_command_line(workdir):
-  names = ('config', 'workdir', 'checkpoint', 'num_examples', 'attacks', 'batch_size')
-  # Entry points that other test modules import (trainer.sample) define some of these names at
-  # import: set them aside so that evaluate's own flags are the ones defined and parsed.
-  others = {name: flags.FLAGS[name] for name in names if name in flags.FLAGS}
-  for name in others:
-    delattr(flags.FLAGS, name)
+  # trainer.evaluate defines its other flags at import; --config comes from the workdir at parse
+  # time. Another command imported into this process may hold a --config: set it aside.
+  other = flags.FLAGS['config'] if 'config' in flags.FLAGS else None
+  if other is not None:
+    delattr(flags.FLAGS, 'config')
   try:
     evaluate_command._parse_flags(['evaluate', f'--workdir={workdir}', '--config.threat.eps=0.05',
-                           '--num_examples=8'])
+                                   '--num_examples=8'])
     assert flags.FLAGS.config.threat.eps == 0.05
     assert flags.FLAGS.config.model.name == 'wrn-10-1'
     assert flags.FLAGS.num_examples == 8
   finally:
     flags.FLAGS.unparse_flags()
-    for name in names:
-      delattr(flags.FLAGS, name)
-    for name, flag in others.items():
-      flags.FLAGS[name] = flag
+    delattr(flags.FLAGS, 'config')
+    if other is not None:
+      flags.FLAGS['config'] = other
   config = tiny_config()
   config.model.name = 'wrn-16-1'
   with pytest.raises(ValueError, match='cannot be overridden'):
@@ -131,3 +134,72 @@ def test_zero_gradient_share_of_a_constant_model():
   y = np.zeros(16, np.int32)
   constant = lambda z: jnp.zeros((z.shape[0], 3)).at[:, 0].set(1.0) + 0.0 * jnp.sum(z)
   assert zero_gradient_share(constant, x, y, batch_size=8) == 1.0
+
+
+# --- Resume and hosts ----------------------------------------------------------------------------
+
+EVAL_ARGS = ('--num_examples=40', '--attacks=pgd-5,apgd-ce', '--config.eval.chunk_size=8')
+
+
+def _points(workdir):
+  with np.load(os.path.join(workdir, 'eval_points.npz')) as data:
+    return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(workdir, tmp_path_factory):
+  """eval_points.npz of the evaluation of EVAL_ARGS, run whole in one process."""
+  copy = str(tmp_path_factory.mktemp('whole') / 'w')
+  shutil.copytree(workdir, copy)
+  proc = runs.run_command(os.path.dirname(copy), 'trainer.evaluate', '--workdir=w', *EVAL_ARGS)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return _points(copy), json.loads(open(os.path.join(copy, 'eval.json')).read())
+
+
+def test_a_killed_evaluation_resumes_to_the_same_points(workdir, uninterrupted, tmp_path):
+  copy = str(tmp_path / 'w')
+  shutil.copytree(workdir, copy)
+  command = [sys.executable, '-m', 'trainer.evaluate', '--workdir=w', *EVAL_ARGS]
+  environ = runs.env(2, tmp_path / 'cache')
+  with open(tmp_path / 'log', 'wb') as log:
+    proc = subprocess.Popen(command, cwd=str(tmp_path), env=dict(environ, PYTHONPATH=runs.ROOT),
+                            stdout=log, stderr=subprocess.STDOUT)
+  proc.log_path = str(tmp_path / 'log')
+  done = lambda: glob.glob(os.path.join(copy, 'eval_chunks', 'apgd-ce', '0000[0-9].npz'))  # noqa: E731
+  runs.wait_until(lambda: len(done()) >= 2, proc, timeout=600, poll=0.01)
+  runs.signal_and_wait(proc, runs.SIGKILL)          # mid-cascade: some chunks done, not all
+  assert len(done()) < 5
+  rerun = runs.run_command(str(tmp_path), 'trainer.evaluate', '--workdir=w', *EVAL_ARGS)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  want, summary = uninterrupted
+  got = _points(copy)
+  assert sorted(got) == sorted(want)
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  stored = json.loads(open(os.path.join(copy, 'eval.json')).read())
+  assert stored['cascades'].keys() == summary['cascades'].keys()
+  for name, cascade in summary['cascades'].items():
+    assert stored['cascades'][name]['stage_accuracy'] == cascade['stage_accuracy']
+
+
+def test_two_processes_evaluate_like_one(workdir, uninterrupted, tmp_path):
+  """Two processes (4 CPU devices each) split the 5 chunks of each cascade: the same points."""
+  copy = str(tmp_path / 'w')
+  shutil.copytree(workdir, copy)
+  port = runs.free_port()
+  environ = dict(runs.env(4, tmp_path / 'cache'), PYTHONPATH=runs.ROOT)
+  procs = []
+  for i in range(2):
+    log = open(tmp_path / f'log{i}', 'wb')
+    procs.append(subprocess.Popen(
+        [sys.executable, '-m', 'trainer.evaluate', '--workdir=w', *EVAL_ARGS, '--distributed',
+         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+        cwd=str(tmp_path), env=environ, stdout=log, stderr=subprocess.STDOUT))
+    procs[-1].log_path = str(tmp_path / f'log{i}')
+    log.close()
+  for proc in procs:
+    assert runs.finish(proc) == 0, runs.log_tail(proc)
+  want, _ = uninterrupted
+  got = _points(copy)
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -5,6 +5,9 @@
 
 The config is the run's own (DIR/config.json); --config.key=value overrides it, e.g.
 --config.dataset.data_dir=… on another machine or --config.threat.eps=… for another radius.
+The test points are attacked in chunks of eval.chunk_size, each saved as it ends: run the same
+command again after a kill and it resumes; with --distributed, every host takes its share of the
+chunks, with the result of one process.
 """
 from absl import flags
 from ml_collections import config_flags
@@ -20,6 +23,9 @@ _ATTACKS = flags.DEFINE_string('attacks', None,
                                'Comma-separated cascades (default: config.eval.attacks).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 0,
                                    'Points per attack call (0: config.eval.batch_size).')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize(): the '
+                                 'hosts split the chunks of test points (coordinator flags as in '
+                                 'trainer.main).')
 
 
 def _peek_workdir(argv):
@@ -44,6 +50,7 @@ def _parse_flags(argv):
 
 
 def main():
+  cli.initialize_distributed(_DISTRIBUTED.value, '--distributed')
   workdir = cli.absolute(_WORKDIR.value)
   cli.start(workdir)
   evaluate.evaluate(flags.FLAGS.config, workdir, checkpoint=_CHECKPOINT.value,

@@ -8,10 +8,12 @@ gradient masking. A cascade is 'standard', 'aa+mt', or a single stage name of
 always rebuilt as it was trained; the config may change the data's place, ε or the attacks.
 """
 import functools
+import io
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metric_writers
@@ -23,7 +25,9 @@ from models import registry
 from models.interop import robustbench
 from trainer.attacks.autoattack import autoattack
 from trainer.attacks.autoattack import zero_gradient_share
+from trainer import sharding
 from trainer.attacks.stages import VERSIONS
+from trainer.evaluation import chunks
 from trainer.harness import workdir as workdir_lib
 from trainer.robust import classifier
 
@@ -151,6 +155,38 @@ def _scalars(summary):
   return out
 
 
+@jax.jit
+def _labels(logits_fn, x):
+  return jnp.argmax(logits_fn(x), axis=-1)
+
+
+def _zero_gradient_shares(workdir, plan, x, y, losses, logits_fn, mesh, batch_size, chunk):
+  """{loss: share of the correctly classified points with a zero input gradient}, chunked."""
+  def check(a, b, seed):
+    del seed
+    predicted = sharding.map_batches(lambda xb: _labels(logits_fn, xb), mesh, batch_size,
+                                     [x[a:b]], ladder=True)
+    correct = int(np.sum(predicted == y[a:b]))
+    return {'correct': np.asarray(correct),
+            **{loss: np.asarray(round(correct * zero_gradient_share(
+                logits_fn, x[a:b], y[a:b], loss=loss, batch_size=batch_size, mesh=mesh)))
+               for loss in losses}}
+  parts = chunks.run(workdir, 'gradients', plan, len(y), chunk, check)
+  correct = sum(int(p['correct']) for p in parts)
+  return {loss: sum(int(p[loss]) for p in parts) / correct if correct else 0.0 for loss in losses}
+
+
+def _write_points(workdir, results):
+  """WORKDIR/eval_points.npz: per cascade, each point's robust flag and the stage that broke it."""
+  arrays = {}
+  for cascade, result in results.items():
+    arrays[f'{cascade}/robust'] = result.robust
+    arrays[f'{cascade}/broken_by'] = result.broken_by.astype('U32')
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  workdir_lib.write_atomic(epath.Path(workdir, 'eval_points.npz'), buffer.getvalue())
+
+
 def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None, batch_size=0):
   """Runs the evaluation; writes eval.json and TensorBoard scalars; returns the summary dict."""
   workdir = os.fspath(workdir)
@@ -172,24 +208,35 @@ def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None
                      f'{len(test["label"])} images.')
   x = np.asarray(images.to_float(test['image'][:n]))
   y = test['label'][:n].astype(np.int32)
-  logits_fn = jax.tree_util.Partial(functools.partial(model.apply, train=False), variables)
+  # On this host's devices: several hosts split the chunks between them (chunks.py).
+  mesh = sharding.make_mesh(devices=jax.local_devices())
+  logits_fn = jax.device_put(
+      jax.tree_util.Partial(functools.partial(model.apply, train=False),
+                            sharding.host_copy(variables)), sharding.replicated(mesh))
   norm, eps = config.threat.norm, float(config.threat.eps)
   logging.info('Evaluating %s checkpoint %s (step %s) on %d %s test images, %s eps=%g: %s',
                workdir, checkpoint, step, n, config.dataset.name, norm, eps, cascades)
+  plan = {'checkpoint': checkpoint, 'step': step, 'model': stored.model.name, 'norm': norm,
+          'eps': eps, 'seed': config.seed, 'dtype': config.eval.dtype,
+          'dataset': config.dataset.name}
+  chunk = config.eval.chunk_size
 
   num_classes = real.info(config.dataset.name).num_classes
-  zero_share = {loss: zero_gradient_share(logits_fn, x, y, loss=loss, batch_size=batch_size)
-                for loss in ('ce', 'dlr') if loss == 'ce' or num_classes >= 3}
-
-  results, clean_accuracy = {}, None
+  losses = [loss for loss in ('ce', 'dlr') if loss == 'ce' or num_classes >= 3]
+  zero_share = _zero_gradient_shares(workdir, plan, x, y, losses, logits_fn, mesh, batch_size,
+                                     chunk)
+  results = {}
   for cascade in cascades:
     start = time.time()
-    results[cascade] = autoattack(
-        logits_fn, x, y, norm=norm, eps=eps, version=_version(cascade), seed=config.seed,
-        batch_size=batch_size, progress=True)
-    clean_accuracy = results[cascade].clean_accuracy
+
+    def attack(a, b, seed, cascade=cascade):
+      return chunks.result_arrays(autoattack(
+          logits_fn, x[a:b], y[a:b], norm=norm, eps=eps, version=_version(cascade), seed=seed,
+          batch_size=batch_size, mesh=mesh, progress=True))
+    results[cascade] = chunks.merge(chunks.run(workdir, cascade, plan, n, chunk, attack))
     logging.info('%s done in %.1f s: robust accuracy %.2f%%', cascade, time.time() - start,
                  100 * results[cascade].robust_accuracy)
+  clean_accuracy = results[cascades[-1]].clean_accuracy
 
   meta = {'workdir': workdir, 'checkpoint': checkpoint, 'step': step, 'model': stored.model.name,
           'dataset': config.dataset.name, 'split': 'test', 'num_examples': n, 'norm': norm,
@@ -200,6 +247,7 @@ def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None
     logging.warning('Possible gradient masking: %s', message)
 
   if jax.process_index() == 0:
+    _write_points(workdir, results)
     workdir_lib.write_json(epath.Path(workdir, 'eval.json'), summary)
     workdir_lib.write_json(epath.Path(workdir, 'robustbench.json'), robustbench_record(summary))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

@@ -16,7 +16,8 @@ from etils import epath
 # Keys that may change between the starts of one run: where it runs and how fast, not what it
 # computes (a run saved on one mesh resumes on another; evaluation settings apply afterwards).
 RESUMABLE_CHANGES = ('distributed', 'mesh.', 'loader.', 'dataset.data_dir', 'eval.attacks',
-                     'eval.batch_size', 'pipeline.eval_examples', 'checkpoint.keep')
+                     'eval.batch_size', 'eval.chunk_size', 'pipeline.eval_examples',
+                     'checkpoint.keep')
 # Keys renamed when the two trainers took one vocabulary: a run started under the old name
 # resumes under the new one.
 RENAMED = {'ema.decay': 'optim.ema_decay', 'train.eval_every_steps': 'eval.every_steps',
@@ -28,12 +29,20 @@ class ConfigMismatchError(ValueError):
   """The workdir holds a run of another config; resuming it would mix two experiments."""
 
 
-def write_atomic(path, text: str) -> None:
-  """Writes `text` whole or not at all: a reader never sees half a file, even after a crash."""
+def write_atomic(path, data: str | bytes) -> None:
+  """Writes `data` whole or not at all: a reader never sees half a file, even after a crash (and
+  a failed write, e.g. a full disk, leaves no temporary file behind)."""
   path = epath.Path(path)
   tmp = path.parent / f'{path.name}.tmp-{os.getpid()}'
-  tmp.write_text(text)
-  tmp.replace(path)
+  try:
+    if isinstance(data, bytes):
+      tmp.write_bytes(data)
+    else:
+      tmp.write_text(data)
+    tmp.replace(path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
 
 
 def write_json(path, value) -> None:
