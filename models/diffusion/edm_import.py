@@ -173,7 +173,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   except pickle.UnpicklingError as e:
     raise ValueError(
         f'{path} is not a plain state_dict (torch.load with weights_only=True refused it: '
-        f'{str(e).splitlines()[0]}). A released .pkl runs the code it carries: pass it as '
+        f'{str(e).split(". ")[0]}). A released .pkl runs the code it carries: pass it as '
         '--pkl with --trust_pickle if you trust it, or save its state_dict first (see '
         '--help).') from None
   except (RuntimeError, EOFError) as e:
@@ -277,8 +277,11 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument('--out', required=True, help='EDM generator checkpoint directory to write')
   parser.add_argument('--name', default=None, help='generator name (default: the file name)')
   args = parser.parse_args(argv)
-  gen = read(state_dict=args.state_dict, pkl=args.pkl, precond=args.precond,
-             trust_pickle=args.trust_pickle, edm_source=args.edm_source, name=args.name)
+  try:
+    gen = read(state_dict=args.state_dict, pkl=args.pkl, precond=args.precond,
+               trust_pickle=args.trust_pickle, edm_source=args.edm_source, name=args.name)
+  except (ValueError, FileNotFoundError) as e:   # they name the file and what is wrong
+    parser.exit(1, f'error: {e}\n')
   edm_checkpoint.save(args.out, gen.network, gen.precond, gen.params, name=gen.name,
                       source=f'NVlabs/edm:{os.path.basename(args.pkl or args.state_dict)}')
   print(f'{args.out}: {gen.name}, {gen.image_shape} images, '
