@@ -35,7 +35,7 @@ def imported(tmp_path_factory):
   """The fixture's state_dict saved as a user would (torch.save), imported by the command."""
   d = tmp_path_factory.mktemp('edm')
   torch.save(_torch_state(), d / 'edm.pt')
-  assert edm_import.main([f'--state_dict={d / "edm.pt"}', '--precond=vp',
+  assert edm_import.main([f'--state_dict={d / "edm.pt"}', '--precond=vp', '--dropout=0.13',
                           f'--out={d / "gen"}']) == 0
   return d
 
@@ -43,7 +43,7 @@ def imported(tmp_path_factory):
 def test_imported_checkpoint_denoises_as_the_reference(imported):
   gen = edm_checkpoint.load(str(imported / 'gen'))
   assert gen.precond == edm_precond.Precond('vp') and gen.name == 'edm'
-  assert gen.num_classes == 4 and gen.image_shape == (8, 8, 3)
+  assert gen.num_classes == 4 and gen.image_shape == (8, 8, 3) and gen.network.dropout == 0.13
   np.testing.assert_allclose(gen.sigma_range, (gen.precond.sigma_min, gen.precond.sigma_max))
   ref = ref_lib.reference()
   d = jax.jit(gen.denoiser)(gen.params, nhwc(ref['in_x']), ref['in_sigma'], ref['in_labels'])

@@ -235,9 +235,13 @@ def read_pickle(path: str, *, trust_pickle: bool = False,
 
 def read(*, state_dict: Optional[str] = None, pkl: Optional[str] = None,
          precond: Optional[str] = None, trust_pickle: bool = False,
-         edm_source: Optional[str] = None, name: Optional[str] = None
-         ) -> edm_checkpoint.EDMGenerator:
-  """The generator of a reference state_dict (with `precond` 'vp' or 'edm') or `.pkl`."""
+         edm_source: Optional[str] = None, name: Optional[str] = None,
+         dropout: Optional[float] = None) -> edm_checkpoint.EDMGenerator:
+  """The generator of a reference state_dict (with `precond` 'vp' or 'edm') or `.pkl`.
+
+  `dropout` (training only) replaces what the file says or, for a state_dict, which says
+  nothing, SongUNet's default 0.10 (the released CIFAR-10 networks trained with 0.13).
+  """
   if (state_dict is None) == (pkl is None):
     raise ValueError('give exactly one of --state_dict and --pkl.')
   if pkl is not None:
@@ -249,6 +253,8 @@ def read(*, state_dict: Optional[str] = None, pkl: Optional[str] = None,
                        f'not say which preconditioning trained it), got {precond!r}.')
     pre, state, overrides, source = edm_precond.Precond(kind=precond), read_state_dict(
         state_dict), {}, state_dict
+  if dropout is not None:
+    overrides = dict(overrides, dropout=dropout)
   network = infer_network(state, source=source, **overrides)
   flat = convert_weights(state, network, source=source)
   default = os.path.splitext(os.path.basename(source))[0] or 'edm'
@@ -276,10 +282,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                       help='an NVlabs/edm checkout, put on sys.path to unpickle --pkl')
   parser.add_argument('--out', required=True, help='EDM generator checkpoint directory to write')
   parser.add_argument('--name', default=None, help='generator name (default: the file name)')
+  parser.add_argument('--dropout', type=float, default=None,
+                      help='dropout for fine-tuning (default: the .pkl\'s, or 0.10)')
   args = parser.parse_args(argv)
   try:
     gen = read(state_dict=args.state_dict, pkl=args.pkl, precond=args.precond,
-               trust_pickle=args.trust_pickle, edm_source=args.edm_source, name=args.name)
+               trust_pickle=args.trust_pickle, edm_source=args.edm_source, name=args.name,
+               dropout=args.dropout)
   except (ValueError, FileNotFoundError) as e:   # they name the file and what is wrong
     parser.exit(1, f'error: {e}\n')
   edm_checkpoint.save(args.out, gen.network, gen.precond, gen.params, name=gen.name,
