@@ -223,6 +223,6 @@ def test_checkpoint_errors_name_the_file(imported, tmp_path):
   assert not (tmp_path / 'h' / 'manifest.json').exists()
 
 
-def test_edm_precond_round_trips_infinite_sigma_max(tmp_path):
+def test_edm_precond_round_trips_infinite_sigma_max():
   p = edm_precond.Precond('edm', sigma_data=0.6)
   assert edm_precond.Precond.from_dict(json.loads(json.dumps(p.to_dict()))) == p

@@ -160,6 +160,7 @@ def test_dropout_only_with_a_dropout_key(small):
   # Without a key there is none: the reference comparisons run networks of dropout 0.1.
 
 
+@pytest.mark.integration
 def test_gradients_reach_every_parameter(small):
   network, params, model, (x, sigma, y) = small
   aug = np.ones((4, network.augment_dim), np.float32)
@@ -185,3 +186,26 @@ def test_config_errors(kwargs, match):
 
 def test_group_count_is_the_reference_rule():
   assert [song_unet.group_count(c) for c in (8, 16, 96, 128, 256, 512)] == [2, 4, 24, 32, 32, 32]
+
+
+@pytest.mark.integration
+def test_initialisation_is_the_references(small):
+  """xavier_uniform everywhere, x 1e-5 on conv1 / proj / the output conv, x sqrt(0.2) on qkv;
+  zero biases, unit GroupNorm scales: checked by range and spread of each fresh kernel."""
+  network, _, model, _ = small
+  params = song_unet.init_params(model, jax.random.key(0))
+  for key, value in checkpoint.flatten(params).items():
+    module, leaf = key.rsplit('/', 1)
+    if leaf == 'bias':
+      assert not value.any(), key
+    elif leaf == 'scale':
+      np.testing.assert_array_equal(value, 1.0, err_msg=key)
+    else:
+      area = np.prod(value.shape[:-2]) if value.ndim == 4 else 1
+      limit = np.sqrt(6 / (area * (value.shape[-2] + value.shape[-1])))
+      name = module.rsplit('/', 1)[-1]
+      limit *= 1e-5 if name in ('conv1', 'proj') or name.endswith('aux_conv') else (
+          np.sqrt(0.2) if name == 'qkv' else 1.0)
+      assert np.abs(value).max() <= limit * (1 + 1e-6), key
+      if value.size >= 256:   # a uniform's std is limit / sqrt(3)
+        assert abs(value.std() / (limit / np.sqrt(3)) - 1) < 0.15, (key, value.std(), limit)

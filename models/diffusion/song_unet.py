@@ -157,10 +157,28 @@ def _norm(channels: int, dtype, name: str) -> nn.GroupNorm:
                       use_fast_variance=False, name=name)
 
 
-def _conv(features: int, kernel: int, dtype, name: str) -> nn.Conv:
+def xavier_uniform(weight: float = 1.0) -> nn.initializers.Initializer:
+  """The reference's init: `weight` x U(+-sqrt(6 / (fan_in + fan_out))), fans with the kernel's
+  area as torch counts them (flax's variance_scaling counts them the same way)."""
+  return nn.initializers.variance_scaling(weight ** 2, 'fan_avg', 'uniform')
+
+
+# The reference's DDPM++ initialisers: xavier_uniform; the last conv of each residual branch,
+# of each attention and of the network scaled by 1e-5 ('init_zero'); qkv by sqrt(0.2); biases 0.
+INIT = xavier_uniform()
+INIT_ZERO = xavier_uniform(1e-5)
+INIT_ATTN = xavier_uniform(math.sqrt(0.2))
+
+
+def _conv(features: int, kernel: int, dtype, name: str, init=INIT) -> nn.Conv:
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype,
-                 name=name)
+                 kernel_init=init, name=name)
+
+
+def _dense(features: int, name: str, use_bias: bool = True) -> nn.Dense:
+  """A float32 Dense with the reference's init (the mapping network and `affine`)."""
+  return nn.Dense(features, use_bias=use_bias, dtype=jnp.float32, kernel_init=INIT, name=name)
 
 
 def resample(x: jax.Array, up: bool, down: bool) -> jax.Array:
@@ -189,10 +207,10 @@ class UNetBlock(nn.Module):
     orig = x
     h = nn.silu(_norm(x.shape[-1], dt, 'norm0')(x))
     h = _conv(c, 3, dt, 'conv0')(resample(h, self.up, self.down))
-    bias = nn.Dense(c, dtype=jnp.float32, name='affine')(emb)  # float32, as the reference
+    bias = _dense(c, 'affine')(emb)  # float32, as the reference
     h = nn.silu(_norm(c, dt, 'norm1')(h + bias[:, None, None, :].astype(h.dtype)))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = _conv(c, 3, dt, 'conv1')(h)
+    h = _conv(c, 3, dt, 'conv1', INIT_ZERO)(h)
     if c != x.shape[-1] or self.up or self.down:
       orig = _conv(c, 1, dt, 'skip')(resample(orig, self.up, self.down))
     x = (h + orig) * SKIP_SCALE
@@ -203,14 +221,14 @@ class UNetBlock(nn.Module):
   def _attention(self, x):
     """One head over all channels; qkv's 3C outputs are (C, 3) interleaved, as the reference's."""
     b, hgt, wid, c = x.shape
-    qkv = _conv(3 * c, 1, self.dtype, 'qkv')(_norm(c, self.dtype, 'norm2')(x))
+    qkv = _conv(3 * c, 1, self.dtype, 'qkv', INIT_ATTN)(_norm(c, self.dtype, 'norm2')(x))
     qkv = qkv.reshape(b, hgt * wid, c, 3)
     q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
     k = (k / math.sqrt(c)).astype(jnp.float32)
     logits = jnp.einsum('bqc,bkc->bqk', q.astype(jnp.float32), k)
     w = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     a = jnp.einsum('bqk,bkc->bqc', w, v).reshape(b, hgt, wid, c)
-    return _conv(c, 1, self.dtype, 'proj')(a)
+    return _conv(c, 1, self.dtype, 'proj', INIT_ZERO)(a)
 
 
 class SongUNet(nn.Module):
@@ -254,7 +272,8 @@ class SongUNet(nn.Module):
                         attention=attn)(h, emb, train)
     res = cfg.img_resolution
     h = nn.silu(_norm(h.shape[-1], dt, f'dec_{res}x{res}_aux_norm')(h))
-    return _conv(cfg.out_channels, 3, dt, f'dec_{res}x{res}_aux_conv')(h).astype(jnp.float32)
+    h = _conv(cfg.out_channels, 3, dt, f'dec_{res}x{res}_aux_conv', INIT_ZERO)(h)
+    return h.astype(jnp.float32)
 
   def _block(self, out_channels, name, **kwargs) -> UNetBlock:
     return UNetBlock(out_channels, dropout=self.cfg.dropout, dtype=self.dtype, name=name,
@@ -277,13 +296,13 @@ class SongUNet(nn.Module):
       if train and cfg.label_dropout:
         keep = jax.random.uniform(self.make_rng('dropout'), (batch, 1)) >= cfg.label_dropout
         vectors = vectors * keep
-      emb = emb + nn.Dense(noise_channels, name='map_label')(
+      emb = emb + _dense(noise_channels, 'map_label')(
           vectors * math.sqrt(cfg.label_dim))
     if cfg.augment_dim and augment_labels is not None:
-      emb = emb + nn.Dense(noise_channels, use_bias=False, name='map_augment')(
+      emb = emb + _dense(noise_channels, 'map_augment', use_bias=False)(
           jnp.asarray(augment_labels, jnp.float32))
-    emb = nn.silu(nn.Dense(cfg.model_channels * cfg.channel_mult_emb, name='map_layer0')(emb))
-    return nn.silu(nn.Dense(cfg.model_channels * cfg.channel_mult_emb, name='map_layer1')(emb))
+    emb = nn.silu(_dense(cfg.model_channels * cfg.channel_mult_emb, 'map_layer0')(emb))
+    return nn.silu(_dense(cfg.model_channels * cfg.channel_mult_emb, 'map_layer1')(emb))
 
 
 def label_vectors(labels, label_dim: int) -> jax.Array:
@@ -298,7 +317,7 @@ def label_vectors(labels, label_dim: int) -> jax.Array:
 
 
 def init_params(model: SongUNet, rng: jax.Array) -> Any:
-  """Fresh float32 parameters (flax's default initialisers; the reference's differ) for `model`.
+  """Fresh float32 parameters for `model`, drawn as the reference's DDPM++ initialises them.
 
   The augmentation embedding is created when `augment_dim` > 0, as in the reference.
   """
