@@ -15,9 +15,13 @@ DIR/NAME.log as it runs, and the table of each is printed at the end.
    runs to the end on every point), cold.
 3. sampling: `benchmarks.sampling`, the 35.7M-parameter CIFAR-10 UNet in bfloat16 at batch 256:
    time per network evaluation, images/s per sampler and FLOPs.
+4. edm_sampling: `benchmarks.sampling --edm_models=cifar10`, EDM's 55.7M-parameter DDPM++ in
+   bfloat16 at batch 256: the same per NFE, images/s for Heun-18/20 (35/39 NFE) and the
+   device-days of 50M and 100M images against the DDPM's 1,000 NFE.
 
---quick runs the same three at toy sizes (a WRN-10-1, 4 points on the CPU columns of
-`benchmarks.attacks`, the digits UNet) to check the script itself on a CPU.
+The shares of the budget, as written, are scaled to sum to 1. --quick runs the same at toy sizes
+(a WRN-10-1, 4 points on the CPU columns of `benchmarks.attacks`, the digits UNet and DDPM++)
+to check the script itself on a CPU.
 """
 import argparse
 import os
@@ -27,7 +31,26 @@ import time
 
 
 def measurements(peak, quick):
-  """(name, share of the budget, module arguments)."""
+  """(name, share of the budget, module arguments); the shares, as written, scaled to sum to 1."""
+  items = _paper_measurements(peak, quick) + edm_measurements(peak, quick)
+  total = sum(share for _, share, _ in items)
+  return [(name, share / total, args) for name, share, args in items]
+
+
+def edm_measurements(peak, quick):
+  """EDM's CIFAR-10 DDPM++ (the released cond-vp network's size) in bfloat16: its denoiser per
+  NFE, images/s for Heun-18/20 and the device-days of 50M/100M images (benchmarks.sampling)."""
+  peak_flag = [f'--peak_tflops={peak}'] if peak else []
+  if quick:
+    return [('edm_sampling', 0.3, ['benchmarks.sampling', '--models=', '--edm_models=digits',
+                                   '--edm_batch=digits:8', '--evals=1', *peak_flag])]
+  return [('edm_sampling', 0.2, ['benchmarks.sampling', '--models=', '--edm_models=cifar10',
+                                 '--edm_batch=cifar10:256', '--dtype=bfloat16', '--evals=5',
+                                 *peak_flag])]
+
+
+def _paper_measurements(peak, quick):
+  """The paper's figures: TRADES steps, AutoAttack, the DDPM UNet's sampling."""
   peak_flag = [f'--peak_tflops={peak}'] if peak else []
   if quick:
     return [
@@ -66,7 +89,7 @@ def main():
                       help="one device's dense bfloat16 peak, for MFU (H100 SXM, H200: 989)")
   parser.add_argument('--out', default='accelerator_results', help='folder for the logs')
   parser.add_argument('--budget_s', type=float, default=780.0,
-                      help='seconds for all three together, shared out as timeouts')
+                      help='seconds for all of them together, shared out as timeouts')
   parser.add_argument('--quick', action='store_true', help='toy sizes, to check on a CPU')
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)

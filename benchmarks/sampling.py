@@ -18,6 +18,14 @@ For each UNet (models/diffusion/unet.py: `digits_config()`, and `CIFAR10_DDPM`, 
 
 The CPU rows are measured; the accelerator rows are arithmetic from the XLA FLOP count, not
 measurements.
+
+--edm_models=digits,cifar10 adds EDM's DDPM++ (models/diffusion/song_unet.py: a digits
+configuration, and `CIFAR10_DDPMPP`, the 55.7M-parameter network of the released
+edm-cifar10-32x32-cond-vp) as its denoiser D(x, sigma, y) under VP preconditioning: the same
+columns per NFE, images/s for Heun with 18 and 20 steps (35 and 39 NFE: EDM's CIFAR-10 setting
+and DM-Improves-AT's), and device-days for 50M and 100M CIFAR-10 images at those NFE against
+the DDPM UNet at 1,000 (`--models=` with no DDPM skips the DDPM's timing; its FLOPs are then
+counted from its compilation alone).
 """
 import argparse
 import time
@@ -27,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from models.diffusion import edm_precond
+from models.diffusion import song_unet
 from models.diffusion import unet as unet_lib
 
 PEAKS_TFLOPS = {'H100 (989 TFLOP/s bf16)': 989.0, 'TPU v4 (275 TFLOP/s bf16)': 275.0}
@@ -80,6 +90,10 @@ def main(argv=None):
   parser.add_argument('--utilisation', type=float, default=0.5, help='share of the peak')
   parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help="this device's peak for --dtype, to print MFU (0: no MFU)")
+  parser.add_argument('--edm_models', default='',
+                      help='EDM DDPM++ networks to measure too: digits,cifar10 (see edm_report)')
+  parser.add_argument('--edm_batch', default='digits:256,cifar10:8',
+                      help='images per NFE call, per EDM network')
   args = parser.parse_args(argv)
   batches = dict((k, int(v)) for k, v in (kv.split(':') for kv in args.batch.split(',')))
   configs = _configs()
@@ -87,8 +101,12 @@ def main(argv=None):
   print(f'devices: {n_dev} x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         f'dtype {args.dtype}')
   results = {}
-  for name in args.models.split(','):
+  for name in filter(None, args.models.split(',')):
     results[name] = measure(name, configs[name], batches[name], args.evals, args.dtype)
+  if args.edm_models:
+    edm_report(args, results.get('cifar10'))
+  if not results:
+    return
 
   print('\n| UNet | params | GFLOPs / image / NFE | batch | s / NFE call | images/s/device '
         '/ NFE | achieved GFLOP/s/device | ' + ' | '.join(f'images/s/device {s}'
@@ -117,6 +135,108 @@ def main(argv=None):
               for peak in PEAKS_TFLOPS.values()]
       days.append(args.num * nfe / cpu_rate / 86400)
       print(f'| {sampler} | {nfe} | ' + ' | '.join(f'{d:,.3g}' for d in days) + ' |')
+
+
+# ------------------------------------------------------------------------------------------------
+# EDM's DDPM++ (models/diffusion/song_unet.py) under its preconditioning, sampled with Heun.
+# ------------------------------------------------------------------------------------------------
+
+EDM_SAMPLERS = (('EDM Heun-18', 35), ('EDM Heun-20 (DM-Improves-AT)', 39))
+EDM_NUMS = (5e7, 1e8)
+
+
+def _edm_configs():
+  return {'digits': song_unet.digits_config(label_dim=10),
+          'cifar10': song_unet.CIFAR10_DDPMPP}
+
+
+def _batches(flag):
+  """{'name': images per NFE call} of a 'name:B,name:B' flag."""
+  return dict((k, int(v)) for k, v in (kv.split(':') for kv in flag.split(',')))
+
+
+def measure_edm(name, cfg, batch, evals, dtype):
+  """(params, FLOPs per image per NFE, seconds per NFE call) of one EDM denoiser D(x, sigma, y).
+
+  Parameters are drawn in numpy from the abstract tree (an init of the 55.7M-parameter network
+  would compile for minutes on a CPU); the timing does not depend on their values.
+  """
+  model = song_unet.SongUNet(cfg, dtype=jnp.dtype(dtype))
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map(
+      lambda s: (0.02 * rng.standard_normal(s.shape)).astype(np.float32),
+      song_unet.param_shapes(cfg))
+  denoise = edm_precond.make_denoiser(model, edm_precond.Precond('vp'))
+  devices = jax.local_devices()
+  mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,), devices=devices)
+  rows = NamedSharding(mesh, P('data'))
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  x = jax.device_put(jax.random.normal(jax.random.key(1), (batch,) + cfg.image_shape), rows)
+  sigma = jax.device_put(jnp.geomspace(0.002, 80.0, batch), rows)
+  y = jax.device_put(jnp.arange(batch, dtype=jnp.int32) % max(cfg.label_dim, 1), rows)
+  start = time.perf_counter()
+  compiled = jax.jit(denoise, out_shardings=rows).lower(params, x, sigma, y).compile()
+  compile_s = time.perf_counter() - start
+  flops = _flops(compiled) * len(devices) / batch
+  compiled(params, x, sigma, y).block_until_ready()
+  times = []
+  for _ in range(evals):
+    start = time.perf_counter()
+    compiled(params, x, sigma, y).block_until_ready()
+    times.append(time.perf_counter() - start)
+  print(f'  edm-{name}: {song_unet.count_params(params) / 1e6:.2f}M params, compiled in '
+        f'{compile_s:.1f}s, NFE times {[round(s, 3) for s in times]}', flush=True)
+  return song_unet.count_params(params), flops, float(np.mean(times))
+
+
+def _ddpm_flops():
+  """FLOPs per image per NFE of the paper's CIFAR-10 DDPM UNet, from compiling it alone."""
+  model = unet_lib.UNet(unet_lib.CIFAR10_DDPM)
+  params = unet_lib.param_shapes(model)
+  x = jax.ShapeDtypeStruct((1,) + unet_lib.CIFAR10_DDPM.image_shape, jnp.float32)
+  t = jax.ShapeDtypeStruct((1,), jnp.int32)
+  return _flops(jax.jit(unet_lib.make_eps_fn(model)).lower(params, x, t).compile())
+
+
+def edm_report(args, ddpm=None):
+  """The EDM networks' table and the cost of 50M / 100M images at 35-39 NFE against the
+  DDPM's 1,000 (`ddpm`: the CIFAR-10 DDPM's measured (params, flops, seconds), if any)."""
+  batches = _batches(args.edm_batch)
+  configs, n_dev = _edm_configs(), jax.local_device_count()
+  results = {name: measure_edm(name, configs[name], batches[name], args.evals, args.dtype)
+             for name in args.edm_models.split(',')}
+  print('\n| EDM DDPM++ | params | GFLOPs / image / NFE | batch | s / NFE call | images/s/device '
+        '/ NFE | achieved GFLOP/s/device | ' + ' | '.join(f'images/s/device {s} ({n} NFE)'
+                                                        for s, n in EDM_SAMPLERS) + ' |')
+  print('|' + '---|' * (7 + len(EDM_SAMPLERS)))
+  for name, (params, flops, seconds) in results.items():
+    per_nfe = batches[name] / seconds / n_dev
+    print(f'| {name} | {params / 1e6:.2f}M | {flops / 1e9:.3f} | {batches[name]} | '
+          f'{seconds:.3f} | {per_nfe:.1f} | {flops * per_nfe / 1e9:.1f} | '
+          + ' | '.join(f'{per_nfe / nfe:.3g}' for _, nfe in EDM_SAMPLERS) + ' |')
+    if args.peak_tflops:
+      print(f'  edm-{name}: MFU {flops * per_nfe / (args.peak_tflops * 1e12):.1%} of '
+            f'{args.peak_tflops} TFLOP/s')
+  if 'cifar10' not in results:
+    return
+  ddpm_flops = ddpm[1] if ddpm else _ddpm_flops()
+  edm_flops, edm_seconds = results['cifar10'][1], results['cifar10'][2]
+  rows = [(f'{s}, EDM DDPM++', nfe, edm_flops, batches['cifar10'] / edm_seconds / n_dev)
+          for s, nfe in EDM_SAMPLERS]
+  ddpm_rate = _batches(args.batch)['cifar10'] / ddpm[2] / n_dev if ddpm else None
+  rows.append(('DDPM-1000 (the paper\'s), Ho et al. UNet', 1000, ddpm_flops, ddpm_rate))
+  print(f'\nCIFAR-10 generation cost: device-days at {args.utilisation:.0%} of peak (from the XLA '
+        f'FLOP counts; EDM {edm_flops / 1e9:.3f}, DDPM {ddpm_flops / 1e9:.3f} GFLOPs / image / '
+        'NFE)\n')
+  cols = [f'{num / 1e6:.0f}M on {dev.split(" (")[0]}' for num in EDM_NUMS for dev in PEAKS_TFLOPS]
+  cols += [f'{num / 1e6:.0f}M on this CPU device (measured)' for num in EDM_NUMS]
+  print('| sampler | NFE | ' + ' | '.join(cols) + ' |')
+  print('|' + '---|' * (2 + len(cols)))
+  for label, nfe, flops, rate in rows:
+    days = [num * nfe * flops / (args.utilisation * peak * 1e12) / 86400
+            for num in EDM_NUMS for peak in PEAKS_TFLOPS.values()]
+    days += [num * nfe / rate / 86400 if rate else float('nan') for num in EDM_NUMS]
+    print(f'| {label} | {nfe} | ' + ' | '.join(f'{d:,.3g}' for d in days) + ' |')
 
 
 if __name__ == '__main__':
