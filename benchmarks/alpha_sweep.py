@@ -6,16 +6,16 @@ small scale.
       [--classifier_epochs=15] [--generators=gaussian[,ddpm] --ddpm_checkpoint=DIR]
       [--attacks=aa+mt]
 
-On digits (the demo config, with the ε and pseudo-labeller epochs of the recorded Fig. 3(a) sweep
-as defaults): one non-robust classifier; per generator (the class-conditional Gaussian fit, and/or
-a diffusion model's checkpoint, e.g. one made by `trainer.ddpm_train`) N pseudo-labelled samples
+On digits (the demo config, with the ε and pseudo-labeller epochs of the recorded Fig. 3(a) sweep as
+defaults): one non-robust classifier; per generator (the class-conditional Gaussian fit, and/or a
+diffusion model's checkpoint, e.g. one made by `trainer.train_generator`) N pseudo-labelled samples
 and their Algorithm-1 numbers; then TRADES for every (α, seed), the same model and budget for all,
 each evaluated on the whole digits test split on its best EMA checkpoint (held-out PGD selection)
 with PGD-40 (margin loss, sign steps of 2.5ε/40, uniform start) and, with --attacks, the named
 cascades of `trainer.evaluate`. α = 1 uses no generated data, so its runs are shared by the
 generators. Prints mean ± std per (generator, α) and each run's seconds; writes alpha_sweep.json,
-alpha_sweep.png and the generators' sample grids side by side (samples.png) into the workdir.
-Every finished run is skipped when the script is started again.
+alpha_sweep.png and the generators' sample grids side by side (samples.png) into the workdir. Every
+finished run is skipped when the script is started again.
 """
 import argparse
 import copy
@@ -168,7 +168,7 @@ def main():
                       help='epochs of the non-robust pseudo-labeller (demo: 12)')
   parser.add_argument('--generators', default='gaussian', help='gaussian and/or ddpm')
   parser.add_argument('--ddpm_checkpoint', default='',
-                      help="generator checkpoint directory for 'ddpm' (trainer.ddpm_train's "
+                      help="generator checkpoint directory for 'ddpm' (trainer.train_generator's "
                       'WORKDIR/generator)')
   parser.add_argument('--attacks', default='',
                       help='cascades of trainer.evaluate to run as well, e.g. aa+mt')

@@ -1,6 +1,6 @@
 """Ho et al.'s CIFAR-10 DDPM setting (their App. B), for CIFAR-10, CIFAR-100 and SVHN.
 
-    python -m trainer.ddpm_train --config=configs/ddpm_cifar10.py --workdir=DIR
+    python -m trainer.train_generator --config=configs/ddpm_cifar10.py --workdir=DIR
     (--config.dataset.name=cifar100 or svhn for the paper's other two datasets; for SVHN
     also --config.dataset.flip=False)
 

@@ -1,6 +1,6 @@
 """DDPM training on scikit-learn's 8x8 digits: a tiny class-conditional UNet, minutes on a CPU.
 
-    python -m trainer.ddpm_train --config=configs/ddpm_digits.py --workdir=DIR
+    python -m trainer.train_generator --config=configs/ddpm_digits.py --workdir=DIR
 
 Ho et al.'s objective and schedule (eps-prediction, uniform t, linear beta 1e-4..0.02 over 1000
 steps); Adam with linear warm-up and gradient-norm clipping; EMA of the weights. The EMA
@@ -14,6 +14,7 @@ import ml_collections
 
 def get_config():
   c = ml_collections.ConfigDict()
+  c.objective = 'ddpm'           # trainer/diffusion/ddpm.py
   c.seed = 0
   c.distributed = False
 

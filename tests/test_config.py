@@ -1,4 +1,5 @@
 """Configs: every preset loads and validates; bad values and unknown keys fail clearly."""
+import dataclasses
 import glob
 import importlib
 import os
@@ -9,6 +10,8 @@ import pytest
 
 from configs import base
 from trainer.diffusion import ddpm
+from trainer.diffusion import edm
+from trainer.diffusion import generator
 from trainer.diffusion import grid
 from trainer.robust import config_validation
 
@@ -16,9 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_PRESETS = sorted(os.path.basename(p)[:-3]
                      for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                      if not p.endswith(('__init__.py', 'base.py')))
-# Generator training (trainer.ddpm_train) has a config of its own; the rest extend base.py.
+# Generator training (trainer.train_generator) has configs of its own; the rest extend base.py.
 DDPM_PRESETS = [p for p in ALL_PRESETS if p.startswith('ddpm_')]
-PRESETS = [p for p in ALL_PRESETS if p not in DDPM_PRESETS]
+EDM_PRESETS = [p for p in ALL_PRESETS if p.startswith('edm_')]
+PRESETS = [p for p in ALL_PRESETS if p not in DDPM_PRESETS + EDM_PRESETS]
 
 
 @pytest.mark.parametrize('name', PRESETS)
@@ -40,15 +44,38 @@ def test_ddpm_presets_build_their_unet_and_schedule(name):
   assert ddpm.noise_schedule(preset).num_timesteps == 1000
 
 
-@pytest.mark.parametrize('name', DDPM_PRESETS)
-def test_ddpm_presets_draw_a_sample_grid_every_few_log_periods(name):
+@pytest.mark.parametrize('name', DDPM_PRESETS + EDM_PRESETS)
+def test_generator_presets_draw_a_sample_grid_every_few_log_periods(name):
   preset = importlib.import_module(f'configs.{name}').get_config()
   t = preset.train
   every = preset.eval.every_steps
   assert every > 0 and every % t.log_every_steps == 0
   assert t.num_steps // every >= 5   # a run shows its progress, not one end grid
-  grid.check_config(preset, ddpm.noise_schedule(preset).alphas_cumprod,
-                    ddpm.unet_config(preset).num_class_embeds)
+  objective = generator.objective(preset)
+  objective.check_grid(preset)
+  grid.check_config(preset, objective.num_classes)
+
+
+@pytest.mark.parametrize('name', EDM_PRESETS)
+def test_edm_presets_build_their_network(name):
+  preset = importlib.import_module(f'configs.{name}').get_config()
+  assert set(_flat(preset)) == set(_flat(importlib.import_module(
+      f'configs.{EDM_PRESETS[0]}').get_config()))  # the EDM presets share one set of keys
+  objective = generator.objective(preset)
+  assert objective.name == 'edm' and objective.precond.kind == 'edm'
+
+
+def test_edm_cifar10_is_the_reference_setting():
+  """NVlabs/edm train.py --cond=1 --arch=ddpmpp with its defaults, less the augmentation pipe."""
+  from configs import edm_cifar10  # pylint: disable=g-import-not-at-top
+  from models.diffusion import song_unet  # pylint: disable=g-import-not-at-top
+  c = edm_cifar10.get_config()
+  network = edm.network_config(c)
+  assert network == dataclasses.replace(song_unet.CIFAR10_DDPMPP, augment_dim=0)
+  assert (c.train.batch_size, c.train.num_steps * c.train.batch_size) == (512, 200_000_000)
+  assert (c.optim.lr, c.optim.lr_rampup_kimg, c.optim.ema_halflife_kimg,
+          c.optim.ema_rampup_ratio) == (1e-3, 10_000, 500, 0.05)
+  assert (c.loss.p_mean, c.loss.p_std, c.precond.sigma_data) == (-1.2, 1.2, 0.5)
 
 
 def _flat(d, prefix=''):

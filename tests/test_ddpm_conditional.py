@@ -1,6 +1,6 @@
 """Class-conditional sampling draws the asked classes: a small digits DDPM trained briefly by
-trainer.ddpm_train, sampled by trainer.sample (sample i asks for class i mod 10), and its samples
-read by a pseudo-labeller trained here on the real training digits."""
+trainer.train_generator, sampled by trainer.sample (sample i asks for class i mod 10), and its
+samples read by a pseudo-labeller trained here on the real training digits."""
 import numpy as np
 import pytest
 from sklearn import svm
@@ -8,7 +8,7 @@ from sklearn import svm
 from configs import ddpm_digits
 from data import real
 from data.records import shards
-from trainer.diffusion import ddpm
+from trainer.diffusion import generator
 from trainer.generation import sample
 
 pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
@@ -48,7 +48,7 @@ def _labeller(config):
 
 def test_samples_are_of_the_asked_class(tmp_path):
   config = _config()
-  result = ddpm.train(config, str(tmp_path / 'ddpm'))
+  result = generator.train(config, str(tmp_path / 'ddpm'))
   out = sample.sample_to_shards(result['generator'], str(tmp_path / 'samples'),
                                 num=10 * PER_CLASS, num_shards=1, sampler='dpm++2m', steps=20,
                                 batch_size=10 * PER_CLASS, progress=False)

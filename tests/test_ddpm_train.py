@@ -7,6 +7,9 @@ import io
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -14,11 +17,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import trainer_runs
 from configs import ddpm_digits
 from models.diffusion import checkpoint
-from models.diffusion import unet as unet_lib
 from trainer import sharding
 from trainer.diffusion import ddpm
+from trainer.diffusion import generator
 from trainer.diffusion import grid
 from trainer.harness import workdir as workdir_lib
 
@@ -42,7 +46,7 @@ def _tiny(num_steps):
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('ddpm')
-  return workdir, ddpm.train(_tiny(60), str(workdir))
+  return workdir, generator.train(_tiny(60), str(workdir))
 
 
 @pytest.mark.integration
@@ -68,7 +72,7 @@ def resumed_run(run, tmp_path_factory):
   again = tmp_path_factory.mktemp('ddpm_resumed')
   shutil.copy(workdir / 'config.json', again / 'config.json')
   shutil.copytree(workdir / 'checkpoints' / '30', again / 'checkpoints' / '30')
-  return again, ddpm.train(_tiny(60), str(again))
+  return again, generator.train(_tiny(60), str(again))
 
 
 @pytest.mark.integration
@@ -84,11 +88,11 @@ def test_resume_is_exact(run, resumed_run):
 
 
 def test_batches_are_a_function_of_the_step():
-  a = ddpm.batch_indices(0, 17, 1000, 64)
-  np.testing.assert_array_equal(a, ddpm.batch_indices(0, 17, 1000, 64))
-  epoch = np.concatenate([ddpm.batch_indices(0, s, 1000, 64) for s in range(15)])
+  a = generator.batch_indices(0, 17, 1000, 64)
+  np.testing.assert_array_equal(a, generator.batch_indices(0, 17, 1000, 64))
+  epoch = np.concatenate([generator.batch_indices(0, s, 1000, 64) for s in range(15)])
   assert len(np.unique(epoch)) == len(epoch) == 960  # no image twice within an epoch
-  assert not np.array_equal(ddpm.batch_indices(0, 15, 1000, 64)[:64], epoch[:64])
+  assert not np.array_equal(generator.batch_indices(0, 15, 1000, 64)[:64], epoch[:64])
 
 
 def test_cifar10_preset_is_ho_et_al():
@@ -148,9 +152,8 @@ def test_the_last_grid_is_the_ema_generator_from_the_fixed_grid_noise(run):
   the EMA weights, and the noise is the same at every call."""
   workdir, result = run
   c = _tiny(60)
-  model = unet_lib.UNet(ddpm.unet_config(c))
   mesh = sharding.make_mesh(c)
-  sample = grid.make_sampler(c, model, ddpm.noise_schedule(c).alphas_cumprod, mesh,
+  sample = grid.make_sampler(c, ddpm.DDPMObjective(c), mesh,
                              sharding.replicated(mesh))
   ema = checkpoint.load(result['generator']).params
   samples = sample(ema)   # 20 samples on 8 devices: padded to 24 and cut back
@@ -183,12 +186,14 @@ def test_grid_layout():
 def test_bad_grid_settings_are_named(key, value, message):
   c = _tiny(10)
   c.eval[key] = value
-  alphas_cumprod = ddpm.noise_schedule(c).alphas_cumprod
+  def check():
+    ddpm.DDPMObjective(c).check_grid(c)
+    grid.check_config(c, 10)
   with pytest.raises(ValueError, match=re.escape(message)):
-    grid.check_config(c, alphas_cumprod, 10)
+    check()
   c.eval.every_steps = 0
   if key != 'every_steps':
-    grid.check_config(c, alphas_cumprod, 10)   # no grids: the grid keys do not matter
+    check()   # no grids: the grid keys do not matter
 
 
 def test_a_run_may_be_lengthened_but_not_changed(tmp_path):
@@ -200,7 +205,7 @@ def test_a_run_may_be_lengthened_but_not_changed(tmp_path):
   longer = _tiny(60)
   longer.checkpoint.every_steps = 15
   longer.train.log_every_steps, longer.eval.every_steps = 7, 0
-  resumable = ddpm.RESUMABLE
+  resumable = generator.RESUMABLE
   workdir_lib.check_same_run(str(tmp_path), longer, resumable=resumable)
   with pytest.raises(workdir_lib.ConfigMismatchError, match='train.num_steps'):
     workdir_lib.check_same_run(str(tmp_path), longer)
@@ -211,17 +216,13 @@ def test_a_run_may_be_lengthened_but_not_changed(tmp_path):
 
 @pytest.mark.integration
 def test_sigterm_saves_and_stops_the_ddpm_and_the_rerun_finishes(tmp_path):
-  """`python -m trainer.ddpm_train` on the harness: a SIGTERM saves at the next step and exits 0
-  without the generator; the same command then resumes from that step to the end."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  import trainer_runs  # pylint: disable=g-import-not-at-top
+  """`python -m trainer.train_generator` on the harness: a SIGTERM saves at the next step and
+  exits 0 without the generator; the same command then resumes from that step to the end."""
   workdir = tmp_path / 'ddpm'
   overrides = ['--config.unet.block_out_channels=(16,32)', '--config.train.batch_size=64',
                '--config.train.num_steps=400', '--config.train.log_every_steps=1',
                '--config.checkpoint.every_steps=1000', '--config.eval.every_steps=0']
-  command = [sys.executable, '-m', 'trainer.ddpm_train', '--config=configs/ddpm_digits.py',
+  command = [sys.executable, '-m', 'trainer.train_generator', '--config=configs/ddpm_digits.py',
              f'--workdir={workdir}'] + overrides
   env = trainer_runs.env(2, tmp_path / 'cache')
   log = tmp_path / 'log.txt'

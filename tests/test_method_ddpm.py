@@ -21,7 +21,7 @@ from data.records import shards
 from models.diffusion import checkpoint
 from models.diffusion import schedule
 from models.diffusion import unet
-from trainer.diffusion import ddpm
+from trainer.diffusion import generator
 from trainer.pipeline import console as console_lib
 from trainer.pipeline import stages as method
 from trainer.pipeline import report
@@ -76,7 +76,7 @@ def test_a_preempted_ddpm_stops_the_method(tmp_path, monkeypatch):
     del progress_name
     calls.append((config.train.num_steps, workdir))
     return {'history': [], 'step': 2, 'finished': False}
-  monkeypatch.setattr(ddpm, 'train', preempted)
+  monkeypatch.setattr(generator, 'train', preempted)
   c = demo.get_config()
   c.pipeline.generator, c.pipeline.ddpm_steps = 'ddpm', 5
   lines = []

@@ -1,45 +1,26 @@
-"""DDPM training as a harness task (Ho et al. 2020, Alg. 1).
+"""The DDPM objective of the generator task (Ho et al. 2020, Alg. 1; `config.objective='ddpm'`).
 
-x_0 from the training split (without the held-out images), t uniform in {0..T-1}, eps ~ N(0, I),
-minimise ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2 (their L_simple). Adam
-with linear warm-up to a constant rate and gradient-norm clipping, dropout in the UNet, an EMA of
-the weights (trainer/harness/ema.py's warm-started decay, `optim.ema_decay`). The batch of step s
-and its noise are functions of (seed, s) alone, so a restart needs no input-iterator state and
-resumes bitwise. Every `eval.every_steps` a sample grid goes to TensorBoard (trainer/diffusion/
-grid.py); at the end the EMA weights become WORKDIR/generator (models/diffusion/checkpoint.py).
+t uniform in {0..T-1}, eps ~ N(0, I), minimise ||eps - eps_theta(sqrt(abar_t) x_0 +
+sqrt(1 - abar_t) eps, t)||^2 (their L_simple), with the UNet of `config.unet` and the noise
+schedule of `config.diffusion`. Adam with linear warm-up to a constant rate and gradient-norm
+clipping (`optim.*`), dropout in the UNet, and the EMA of trainer/harness/ema.py (warm-started
+decay min(`optim.ema_decay`, (1+t)/(10+t))). The grid uses the project's samplers
+(`eval.grid_sampler`: ddpm | ddim | dpm++2m); the generator is a models/diffusion/checkpoint.py
+directory.
 """
-import itertools
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-from etils import epath
 
 from data import real
 from models import dtypes
 from models.diffusion import checkpoint as generator_checkpoint
+from models.diffusion import samplers
 from models.diffusion import schedule as schedule_lib
 from models.diffusion import unet as unet_lib
-from trainer.diffusion import grid
+from trainer.diffusion import objective
 from trainer.harness import ema as ema_lib
-from trainer.harness import loop
-
-# The rate is constant after warm-up, the EMA ignores the total, batches are a function of the
-# step and the log and grid periods touch no state: a run may be lengthened or shortened and
-# resume (its generator is written at the new last step), or change how often it reports.
-RESUMABLE = ('train.num_steps', 'train.log_every', 'eval.every', 'eval.grid_')
-
-
-@flax.struct.dataclass
-class DiffusionState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  ema: Any
 
 
 def unet_config(config: ml_collections.ConfigDict) -> unet_lib.UNetConfig:
@@ -61,111 +42,60 @@ def noise_schedule(config: ml_collections.ConfigDict) -> schedule_lib.Schedule:
       betas=schedule_lib.betas_for(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end))
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Clip the global gradient norm, then Adam at a rate warmed up linearly from 0."""
-  lr = optax.linear_schedule(0.0, config.optim.lr, max(1, config.optim.warmup_steps))
-  return optax.chain(optax.clip_by_global_norm(config.optim.grad_clip), optax.adam(lr))
-
-
-def to_model_scale(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1], the scale the model and samplers work in."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def diffusion_loss(params, model, alphas_cumprod, batch, rng, *, flip: bool):
-  """Ho et al.'s L_simple on one batch: mean squared error of the predicted noise."""
-  x0 = to_model_scale(batch['image'])
-  k_flip, k_t, k_eps, k_drop = jax.random.split(rng, 4)
-  if flip:
-    mirror = jax.random.bernoulli(k_flip, 0.5, (x0.shape[0], 1, 1, 1))
-    x0 = jnp.where(mirror, x0[:, :, ::-1], x0)
-  t = jax.random.randint(k_t, (x0.shape[0],), 0, alphas_cumprod.shape[0])
-  eps = jax.random.normal(k_eps, x0.shape)
-  a = alphas_cumprod[t][:, None, None, None]
-  x_t = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
-  y = batch.get('label') if model.cfg.num_class_embeds is not None else None
-  pred = model.apply({'params': params}, x_t, t, y, train=True, rngs={'dropout': k_drop})
-  return jnp.mean((pred - eps) ** 2)
-
-
-def make_train_step(config, model, tx, alphas_cumprod):
-  """(state, batch) -> (state, metrics); the step's randomness is fold_in(seed key, step)."""
-  alphas_cumprod = jnp.asarray(alphas_cumprod, jnp.float32)
-  base_key = jax.random.key(config.seed + 1)
-
-  def train_step(state, batch):
-    rng = jax.random.fold_in(base_key, state.step)
-    loss, grads = jax.value_and_grad(diffusion_loss)(
-        state.params, model, alphas_cumprod, batch, rng, flip=config.dataset.flip)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = ema_lib.update(state.ema, params, state.step, config.optim.ema_decay)
-    new = DiffusionState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
-    return new, {'loss': loss, 'grad_norm': optax.global_norm(grads)}
-  return train_step
-
-
-def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
-  """The global batch of step `step` (0-based): epoch-wise permutations, dropping the remainder."""
-  per_epoch = num_examples // batch_size
-  if per_epoch == 0:
-    raise ValueError(f'config.train.batch_size={batch_size} exceeds the {num_examples} training '
-                     'images.')
-  epoch, pos = divmod(step, per_epoch)
-  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  return order[pos * batch_size:(pos + 1) * batch_size]
-
-
-class DDPMTraining(loop.Task):
-  """The state is a DiffusionState; no best checkpoint (the generator is the last EMA)."""
-  resumable = RESUMABLE
+class DDPMObjective(objective.Objective):
+  name = 'ddpm'
 
   def __init__(self, config):
     self.config = config
-    self.train_data, _, _ = real.training_splits(config)
     self.unet, self.schedule = unet_config(config), noise_schedule(config)
     self.model = unet_lib.UNet(self.unet, dtype=dtypes.get(config.unet.dtype, 'unet.dtype'))
-    grid.check_config(config, self.schedule.alphas_cumprod, self.unet.num_class_embeds)
-    self.tx = make_optimizer(config)
-    self.total_steps = config.train.num_steps
-    self.train_step = make_train_step(config, self.model, self.tx, self.schedule.alphas_cumprod)
+    self.num_classes, self.image_shape = self.unet.num_class_embeds, self.unet.image_shape
+    self.alphas_cumprod = jnp.asarray(self.schedule.alphas_cumprod, jnp.float32)
 
-  def init_state(self):
-    params = unet_lib.init_params(self.model, jax.random.key(self.config.seed))
-    return DiffusionState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=self.tx.init(params), ema=params)
+  def init_params(self, key):
+    return unet_lib.init_params(self.model, key)
 
-  def data(self, first_step):
-    n, rows = len(self.train_data['label']), self.config.train.batch_size // jax.process_count()
-    for s in itertools.count(first_step):
-      indices = batch_indices(self.config.seed, s, n, self.config.train.batch_size)
-      mine = indices[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-      yield {'image': self.train_data['image'][mine], 'label': self.train_data['label'][mine]}
+  def optimizer(self):
+    """Clip the global gradient norm, then Adam at a rate warmed up linearly from 0."""
+    o = self.config.optim
+    lr = optax.linear_schedule(0.0, o.lr, max(1, o.warmup_steps))
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip), optax.adam(lr))
 
-  def setup(self, run):
-    self.writer = run.writer
-    if self.config.eval.every_steps:
-      self.sample_grid = grid.make_sampler(self.config, self.model, self.schedule.alphas_cumprod,
-                                           run.mesh, run.state_shardings.ema)
-    self.generator = str(epath.Path(run.workdir, 'generator'))
+  def loss(self, params, x0, y, key):
+    """Ho et al.'s L_simple on one batch: mean squared error of the predicted noise."""
+    k_t, k_eps, k_drop = jax.random.split(key, 3)
+    t = jax.random.randint(k_t, (x0.shape[0],), 0, self.alphas_cumprod.shape[0])
+    eps = jax.random.normal(k_eps, x0.shape)
+    a = self.alphas_cumprod[t][:, None, None, None]
+    x_t = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
+    pred = self.model.apply({'params': params}, x_t, t, y, train=True, rngs={'dropout': k_drop})
+    return jnp.mean((pred - eps) ** 2)
 
-  def evaluate(self, step, state):
-    if self.config.eval.every_steps:
-      images = grid.tile(self.sample_grid(state.ema), self.unet.num_class_embeds)
-      if jax.process_index() == 0:
-        self.writer.write_images(step, {'samples': images[None]})
-    return {}
+  def ema(self, ema, params, step):
+    return ema_lib.update(ema, params, step, self.config.optim.ema_decay)
 
-  def finish(self, state, results):
-    if jax.process_index() == 0:
-      generator_checkpoint.save(
-          self.generator, self.unet, self.schedule, jax.device_get(state.ema),
-          name=f'ddpm-{self.config.dataset.name}',
-          source=f'trainer.ddpm_train step {self.total_steps}')
-    return {**results, 'generator': self.generator}
+  def grid_sampler(self, params):
+    e, eps_fn = self.config.eval, unet_lib.make_eps_fn(self.model)
+    return lambda keys, shape, y: samplers.sample(
+        eps_fn, params, self.alphas_cumprod, keys, shape, sampler=e.grid_sampler,
+        steps=e.grid_sampler_steps, y=y)
 
+  def check_grid(self, config):
+    e = config.eval
+    if not e.every_steps:
+      return
+    if e.grid_sampler not in samplers.SAMPLERS:
+      raise ValueError(f'config.eval.grid_sampler={e.grid_sampler!r}; use one of '
+                       f'{samplers.SAMPLERS}.')
+    try:   # the sampler's own timestep rule says which step counts it can take
+      if e.grid_sampler == 'dpm++2m':
+        samplers.dpm_timesteps(self.schedule.alphas_cumprod, e.grid_sampler_steps)
+      else:
+        samplers.timesteps(self.schedule.alphas_cumprod.size, e.grid_sampler_steps)
+    except ValueError as err:
+      raise ValueError(f'config.eval.grid_sampler_steps={e.grid_sampler_steps} '
+                       f'({e.grid_sampler}): {err}') from err
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, progress_name: str | None = None):
-  """Trains (or resumes) in `workdir`; returns {'step', 'finished', 'history', 'generator' (once
-  finished)}. `progress_name` names the console progress bar (None: none)."""
-  return loop.run(DDPMTraining(config), config, workdir, progress_name=progress_name)
+  def save(self, path, params, source):
+    generator_checkpoint.save(path, self.unet, self.schedule, params,
+                              name=f'ddpm-{self.config.dataset.name}', source=source)

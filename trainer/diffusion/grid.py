@@ -1,9 +1,10 @@
 """The sample grid a generator run writes to TensorBoard at every evaluation.
 
-`eval.grid_samples` EMA samples of the project's sampler (`eval.grid_sampler`, e.g. DPM-Solver++
-with `eval.grid_sampler_steps` evaluations) from the same noise at every step, so the grids of one
-run are comparable, one row per class for a class-conditional UNet. The noise is a stream of its
-own, never the training key, and the state is only read, so resume stays bitwise exact.
+`eval.grid_samples` EMA samples of the objective's sampler (`eval.grid_sampler` with
+`eval.grid_sampler_steps`: e.g. DPM-Solver++ for a DDPM, Heun for EDM) from the same noise at every
+step, so the grids of one run are comparable, one row per class for a class-conditional UNet. The
+noise is a stream of its own, never the training key, and the state is only read, so resume stays
+bitwise exact.
 """
 import math
 
@@ -13,8 +14,6 @@ import ml_collections
 import numpy as np
 
 from data.generation import metrics as grid_lib
-from models.diffusion import samplers
-from models.diffusion import unet as unet_lib
 from trainer import sharding
 from trainer.generation import mesh_sampler
 
@@ -23,8 +22,9 @@ from trainer.generation import mesh_sampler
 _GRID_STREAM = 0x67726964
 
 
-def check_config(config: ml_collections.ConfigDict, alphas_cumprod, num_classes) -> None:
-  """Refuses grid settings that cannot make a grid, by key, before any training."""
+def check_config(config: ml_collections.ConfigDict, num_classes) -> None:
+  """Refuses grid settings that cannot make a grid, by key, before any training (the sampler's
+  own settings are the objective's to check)."""
   e = config.eval
   if e.every_steps < 0:
     raise ValueError(f'config.eval.every_steps={e.every_steps}: use 0 for no grids.')
@@ -36,17 +36,6 @@ def check_config(config: ml_collections.ConfigDict, alphas_cumprod, num_classes)
   if num_classes and e.grid_samples % num_classes:
     raise ValueError(f'config.eval.grid_samples={e.grid_samples} must be a multiple of the '
                      f'{num_classes} classes: the grid has one row per class.')
-  if e.grid_sampler not in samplers.SAMPLERS:
-    raise ValueError(f'config.eval.grid_sampler={e.grid_sampler!r}; use one of '
-                     f'{samplers.SAMPLERS}.')
-  try:   # the sampler's own timestep rule says which step counts it can take
-    if e.grid_sampler == 'dpm++2m':
-      samplers.dpm_timesteps(alphas_cumprod, e.grid_sampler_steps)
-    else:
-      samplers.timesteps(alphas_cumprod.size, e.grid_sampler_steps)
-  except ValueError as err:
-    raise ValueError(f'config.eval.grid_sampler_steps={e.grid_sampler_steps} '
-                     f'({e.grid_sampler}): {err}') from err
 
 
 def labels(n: int, num_classes: int | None) -> np.ndarray | None:
@@ -54,13 +43,13 @@ def labels(n: int, num_classes: int | None) -> np.ndarray | None:
   return None if not num_classes else np.arange(n) // (n // num_classes)
 
 
-def make_sampler(config, model, alphas_cumprod, mesh, ema_shardings):
+def make_sampler(config, objective, mesh, ema_shardings):
   """`sample(ema) -> (n, H, W, C) uint8` from fixed noise, one jit over the whole mesh.
 
   Every process takes part (the EMA may be sharded over hosts); the samples come back replicated.
   Padding n to the device count changes no sample (mesh_sampler draws by id).
   """
-  n, num_classes = config.eval.grid_samples, model.cfg.num_class_embeds
+  n, num_classes = config.eval.grid_samples, objective.num_classes
   padded = math.ceil(n / mesh.size) * mesh.size
   y = labels(n, num_classes)
   y = None if y is None else np.concatenate([y, np.zeros(padded - n, np.int64)])
@@ -68,9 +57,7 @@ def make_sampler(config, model, alphas_cumprod, mesh, ema_shardings):
 
   def sample(ema):
     return mesh_sampler.sample_ids(
-        unet_lib.make_eps_fn(model), ema, alphas_cumprod, key, jnp.arange(padded),
-        model.cfg.image_shape, sampler=config.eval.grid_sampler,
-        steps=config.eval.grid_sampler_steps, mesh=mesh,
+        objective.grid_sampler(ema), key, jnp.arange(padded), objective.image_shape, mesh=mesh,
         y=None if y is None else jnp.asarray(y, jnp.int32))
 
   jitted = jax.jit(sample, in_shardings=(ema_shardings,), out_shardings=sharding.replicated(mesh))

@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from data import real
 from data.generation import sampling
 from models.diffusion import checkpoint as generator_checkpoint
+from models.diffusion import samplers
 from trainer import sharding
 from trainer.generation import labeller
 from trainer.generation import mesh_sampler
@@ -48,8 +49,9 @@ def make_sample_batch(eps_fn: Callable, params: Any, alphas_cumprod, mesh, *, ba
   def fn(params, key, b):
     ids = b.astype(jnp.uint32) * batch_size + jnp.arange(batch_size, dtype=jnp.uint32)
     y = None if not num_classes else mesh_sampler.class_of(ids, num_classes)
-    images = mesh_sampler.sample_ids(eps_fn, params, alphas_cumprod, key, ids, image_shape,
-                                     sampler=sampler, steps=steps, y=y, mesh=mesh, **options)
+    draw = lambda keys, shape, y: samplers.sample(  # noqa: E731
+        eps_fn, params, alphas_cumprod, keys, shape, sampler=sampler, steps=steps, y=y, **options)
+    images = mesh_sampler.sample_ids(draw, key, ids, image_shape, y=y, mesh=mesh)
     return images if y is None else (images, y)
 
   jitted = jax.jit(fn, out_shardings=batch if not num_classes else (batch, batch))

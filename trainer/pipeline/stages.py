@@ -4,7 +4,8 @@
   2. generator/       class-conditional Gaussian fit of the real training set (App. D), or
                       (pipeline.generator='ddpm') a diffusion model: the checkpoint given by
                       pipeline.generator_checkpoint, or without one a DDPM trained here
-                      (trainer.ddpm_train with the preset pipeline.ddpm_preset; generator/generator)
+                      (trainer.train_generator with the preset pipeline.ddpm_preset;
+                      generator/generator)
   3. generated/       N samples → pseudo-labelled by the classifier (optionally top-K per class)
                       → shards
   4. generated/       Algorithm 1's complementarity and coverage and the classifier-feature
@@ -38,7 +39,7 @@ from models import features
 from models.diffusion import checkpoint as generator_checkpoint
 from trainer import cli
 from trainer import sharding
-from trainer.diffusion import ddpm
+from trainer.diffusion import generator as generator_lib
 from trainer.evaluation import evaluate
 from trainer.generation import pseudolabel
 from trainer.generation import sample
@@ -157,7 +158,7 @@ def _last_loss(ddpm_workdir):
 
 
 def _trained_ddpm(config, workdir, console):
-  """trainer.ddpm_train in WORKDIR/generator (resumed from its checkpoints when rerun); its EMA
+  """trainer.train_generator in WORKDIR/generator (resumed from its checkpoints when rerun); its EMA
   generator is WORKDIR/generator/generator, and its done.json marks the stage done."""
   out = os.path.join(workdir, 'generator')
   path = os.path.join(out, 'generator')
@@ -166,7 +167,7 @@ def _trained_ddpm(config, workdir, console):
   with console.stage('generator', f'training a DDPM ({config.pipeline.ddpm_preset}: '
                      f'{c.train.num_steps:,} steps of {c.train.batch_size})', path,
                      done) as stage:
-    if not done and not ddpm.train(c, out, progress_name='ddpm')['finished']:
+    if not done and not generator_lib.train(c, out, progress_name='ddpm')['finished']:
       raise Stopped('generator')
     stage['headline'] = f'{_last_loss(out)}; {_describe_ddpm(config, path)}'
   return path

@@ -60,7 +60,7 @@ def validate(config, device_count=None, process_count=None):
 
 
 def ddpm_presets():
-  """The DDPM training presets in configs/ (trainer.ddpm_train configs: ddpm_*.py)."""
+  """The DDPM training presets in configs/ (trainer.train_generator configs: ddpm_*.py)."""
   return sorted(m.name for m in pkgutil.iter_modules(configs.__path__)
                 if m.name.startswith('ddpm_'))
 
