@@ -1,6 +1,8 @@
 """Faults and mistakes (docs/reliability.md): each gets one console line and a non-zero exit, and
 nothing already saved is lost or changed."""
+import json
 import os
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -115,3 +117,55 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_the_first_finishes(tmp_pa
   assert trainer_runs.finish(first) == 0, trainer_runs.log_tail(first)
   assert (tmp_path / 'runs' / 'x' / 'done.json').exists()
   assert not (tmp_path / 'runs' / 'x' / 'lease.json').exists()
+
+
+# --- A full disk ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 3 MB tmpfs (root only; skipped with the reason where mounting is not allowed)."""
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(mount)],
+                        capture_output=True, text=True)
+  if proc.returncode:
+    pytest.skip(f'cannot mount a small tmpfs here: {proc.stderr.strip()}')
+  yield mount
+  subprocess.run(['umount', '-l', str(mount)], check=False)
+
+
+def _grow(disk, megabytes):
+  subprocess.run(['mount', '-o', f'remount,size={megabytes}m', str(disk)], check=True)
+
+
+@pytest.mark.integration
+def test_a_disk_full_at_the_start_is_one_line_and_leaves_nothing(small_disk, tmp_path):
+  subprocess.run(['dd', 'if=/dev/zero', f'of={small_disk / "filler"}', 'bs=64k'],
+                 capture_output=True, check=False)                      # until the disk is full
+  proc = trainer_runs.run_command(str(tmp_path), 'trainer.main', f'--config={CONFIG}',
+                                  f'--workdir={small_disk / "x"}', *_tiny_args(4))
+  trainer_runs.one_line_error(proc, 'No space left on device', 'the disk is full')
+  leftovers = [p.name for p in (small_disk / 'x').iterdir() if p.name != 'logs']
+  assert leftovers == [], leftovers      # no lease, no config.json.tmp-PID
+
+
+@pytest.mark.integration
+def test_a_disk_that_fills_mid_run_keeps_the_last_checkpoint(small_disk, tmp_path):
+  """The disk fills during a checkpoint save: one line, the checkpoints before it intact; with
+  room again, the same command resumes from the last of them and finishes."""
+  workdir = small_disk / 'x'
+  proc = trainer_runs.run_command(str(tmp_path), 'trainer.main', f'--config={CONFIG}',
+                                  f'--workdir={workdir}', *_tiny_args(18))
+  trainer_runs.one_line_error(proc, 'No space left on device', 'the disk is full')
+  saved = trainer_runs.committed_steps(str(workdir / 'checkpoints'))
+  assert saved and max(saved) < 18
+  _grow(small_disk, 64)
+  rerun = trainer_runs.run_command(str(tmp_path), 'trainer.main', f'--config={CONFIG}',
+                                   f'--workdir={workdir}', *_tiny_args(18))
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert json.loads((workdir / 'done.json').read_text())['step'] == 18
+  assert not list(workdir.glob('**/*.orbax-checkpoint-tmp*'))
+
+
+def _tiny_args(steps):
+  return [f'--config.{k}={v}' for k, v in trainer_runs.tiny_overrides(steps).items()]

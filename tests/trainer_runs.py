@@ -187,9 +187,14 @@ def run_command(cwd, module, *args, devices=2, timeout=900):
                         capture_output=True, text=True, timeout=timeout)
 
 
+# A frame of a console progress bar ("train:  42%|████▎     | 5/12 steps [...]").
+PROGRESS_FRAME = re.compile(r'^[\w -]+: +\d+%\|')
+
+
 def console_lines(proc):
-  """The non-empty lines a person saw on the console (stdout and stderr)."""
-  return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+  """The non-empty lines a person saw on the console (stdout and stderr), progress bars aside."""
+  return [line for line in (proc.stdout + proc.stderr).splitlines()
+          if line.strip() and not PROGRESS_FRAME.match(line)]
 
 
 def one_line_error(proc, *fragments):

@@ -3,9 +3,9 @@
 Each entry point (`trainer.main`, `trainer.method`, `trainer.evaluate`, `trainer.sample`, …) starts
 through `run(main)` and, once it knows its workdir, calls `start(workdir)`. From then on:
 
-- the console carries what a person reads (stage lines, progress bars, warnings, the report);
-  every absl record (ours, Orbax's, Grain's, clu's) goes to `WORKDIR/logs/`; `--verbose` brings
-  the records back to the console as well;
+- the console carries what a person reads (stage lines, progress bars, this project's warnings,
+  the report); every absl record (ours, Orbax's, Grain's, clu's) goes to `WORKDIR/logs/`;
+  `--verbose` brings the records back to the console as well;
 - an error that names what is wrong (an unknown config key, a dataset that is not prepared, a
   workdir that cannot be written or holds another run) prints as one line, its traceback in the log;
   so do the errors met at a gs:// edge once the clients' own retries are spent: a package that is
@@ -15,11 +15,14 @@ through `run(main)` and, once it knows its workdir, calls `start(workdir)`. From
 Local paths become absolute here, once: Orbax refuses relative checkpoint paths, and a command that
 changes its working directory must not lose its workdir. URLs (gs://…) pass through untouched.
 """
+import errno
+import logging as std_logging
 import os
 import re
 import socket
 import sys
 import tempfile
+import threading
 import traceback
 from typing import Any, Callable
 
@@ -86,6 +89,27 @@ GCS_CREDENTIALS_HINT = ('give Google Cloud credentials (`gcloud auth application
 
 NETWORK_HINT = ('Google Cloud Storage could not be reached, after retrying (network, proxy or '
                 'service outage); what is saved is intact: run the same command again to resume')
+# A disk that cannot take more: what was saved before is intact (every write is atomic).
+DISK_HINTS = {
+    errno.ENOSPC: 'the disk is full: free space (or pass another --workdir), then run the same '
+                  'command again; what was saved is intact',
+    errno.EDQUOT: 'the disk quota is used up: free space, then run the same command again; what '
+                  'was saved is intact',
+    errno.EROFS: 'the file system is read-only: pass a --workdir on a writable disk'}
+def disk_hint(error: BaseException) -> str | None:
+  """What to do when a write failed for want of space, whichever layer raised it (an OSError, or
+  tensorstore's RESOURCE_EXHAUSTED naming errno 28 in its message)."""
+  hint = DISK_HINTS.get(getattr(error, 'errno', None))
+  if hint is None and 'No space left on device' in str(error):
+    hint = DISK_HINTS[errno.ENOSPC]
+  return hint
+
+
+def _with_disk_hint(message: str, error: BaseException) -> str:
+  hint = disk_hint(error)
+  return f'{message}; {hint}' if hint else message
+
+
 INSTALL_HINT = ('install the pinned requirements: pip install --no-deps -r requirements.lock '
                 '(or pip install -r requirements.txt)')
 # Errors of the storage clients (TensorFlow's GCS filesystem, google-cloud-storage / requests),
@@ -156,10 +180,61 @@ def start(workdir: str) -> str:
   handler = logging.get_absl_handler()
   handler.use_absl_log_file(program, directory)
   flags.FLAGS.alsologtostderr = _VERBOSE.value
-  flags.FLAGS.stderrthreshold = 'warning'
+  # The console shows this project's warnings; the libraries' records (Orbax's errors of a save
+  # that the run reports itself, Grain's and TensorFlow's notices) stay in the log.
+  flags.FLAGS.stderrthreshold = 'fatal'
+  if not _VERBOSE.value and not any(isinstance(h, _ConsoleWarnings)
+                                    for h in std_logging.getLogger().handlers):
+    std_logging.getLogger().addHandler(_ConsoleWarnings())
+  # A log file that cannot be written (its disk is full) must not print a traceback per record;
+  # and a background thread's exception (Orbax's writers) goes to the log: the main thread
+  # raises it again at the next save, which the console shows in one line.
+  std_logging.raiseExceptions = False
+  threading.excepthook = _log_thread_exception
+  sys.excepthook = _background_excepthook(sys.excepthook)
+  sys.unraisablehook = _log_unraisable
   _state['log_dir'] = directory
   logging.info('Command line: %s', ' '.join(sys.argv))
   return directory
+
+
+_PROJECT_CODE = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
+                      + os.sep for d in ('trainer', 'data', 'models', 'configs'))
+
+
+class _ConsoleWarnings(std_logging.StreamHandler):
+  """`warning: …` on stderr for WARNING and worse records of this project's own code."""
+
+  def __init__(self):
+    super().__init__(sys.stderr)
+    self.setFormatter(std_logging.Formatter('warning: %(message)s'))
+    self.addFilter(lambda r: r.levelno >= std_logging.WARNING
+                   and os.path.abspath(r.pathname).startswith(_PROJECT_CODE))
+
+
+def _log_thread_exception(args):
+  logging.info('Exception in thread %s:\n%s', getattr(args.thread, 'name', '?'), ''.join(
+      traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)))
+
+
+def _log_unraisable(unraisable):
+  """Errors Python cannot raise anywhere (e.g. a TensorStore callback into an event loop that
+  Orbax closed after a failed save): the log, not the console."""
+  logging.info('Unraisable exception (%s):\n%s', unraisable.err_msg or '', ''.join(
+      traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                 unraisable.exc_traceback)))
+
+
+def _background_excepthook(original):
+  """sys.excepthook that leaves the main thread's errors to `original` and logs the others:
+  TensorStore's threads report their callbacks' errors through it (e.g. an event loop that Orbax
+  closed after a failed save), which are noise once the run reports the failure itself."""
+  def hook(exc_type, exc_value, exc_traceback):
+    if threading.current_thread() is threading.main_thread():
+      return original(exc_type, exc_value, exc_traceback)
+    logging.info('Exception in a background thread:\n%s', ''.join(
+        traceback.format_exception(exc_type, exc_value, exc_traceback)))
+  return hook
 
 
 def start_run(config, workdir: str) -> str:
@@ -208,6 +283,8 @@ def parse_flags(argv: list[str], parser: Callable | None = None) -> list[str]:
     _fail(f'{e} (see --helpfull)', e)
   except UserError as e:
     _fail(str(e), e)
+  except ONE_LINE_ERRORS as e:  # e.g. the config a command reads from its workdir is not there
+    _fail(_first_line(e), e)
 
 
 def _fail(message: str, error: BaseException) -> None:
@@ -231,7 +308,11 @@ def run(main: Callable[[], Any], parser: Callable | None = None) -> None:
     except UserError as e:
       _fail(str(e), e)
     except ONE_LINE_ERRORS as e:
-      _fail(_first_line(e), e)
+      _fail(_with_disk_hint(_first_line(e), e), e)
+    except OSError as e:
+      if disk_hint(e) is None:
+        raise
+      _fail(_with_disk_hint(_first_line(e), e), e)
     except ImportError as e:  # ours say what to install; a library's says which module
       message = _first_line(e)
       _fail(message if 'pip install' in message else

@@ -95,8 +95,12 @@ class Lease:
         fd = os.open(os.fspath(self.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
       except FileExistsError as e:
         raise WorkdirBusyError(f'{self.path.parent} was taken by another run a moment ago') from e
-      with os.fdopen(fd, 'w') as f:
-        f.write(text)
+      try:
+        with os.fdopen(fd, 'w') as f:
+          f.write(text)
+      except BaseException:  # e.g. a full disk: no empty lease left behind
+        self.path.unlink(missing_ok=True)
+        raise
       return
     tmp = self.path.parent / f'{NAME}.tmp-{os.getpid()}'
     tmp.write_text(text)
