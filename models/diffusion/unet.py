@@ -330,7 +330,7 @@ class Upsample(nn.Module):
     return _conv(self.cfg, self.features, self.dtype, 'conv')(_upsample_nearest(x))
 
 
-def _resampler(kind: str, cfg: UNetConfig, direction: str) -> Optional[str]:
+def block_resampler(kind: str, cfg: UNetConfig, direction: str) -> str:
   """'conv' or 'resnet': how a block of type `kind` resamples (diffusers' get_*_block rules)."""
   if kind.startswith('Resnet'):
     return 'resnet'
@@ -450,14 +450,14 @@ class UNet(nn.Module):
     skips = [h]
     n = len(cfg.block_out_channels)
     for i, (kind, c) in enumerate(zip(cfg.down_block_types, cfg.block_out_channels)):
-      down = _resampler(kind, cfg, 'down') if i < n - 1 else None
+      down = block_resampler(kind, cfg, 'down') if i < n - 1 else None
       h, s = DownBlock(cfg, c, kind.startswith('Attn'), down, dtype=dt,
                        name=f'down_blocks_{i}')(h, temb, train)
       skips += s
     h = MidBlock(cfg, cfg.block_out_channels[-1], dtype=dt, name='mid_block')(h, temb, train)
     per_block = cfg.layers_per_block + 1
     for i, (kind, c) in enumerate(zip(cfg.up_block_types, cfg.block_out_channels[::-1])):
-      up = _resampler(kind, cfg, 'up') if i < n - 1 else None
+      up = block_resampler(kind, cfg, 'up') if i < n - 1 else None
       h = UpBlock(cfg, c, kind.startswith('Attn'), up, dtype=dt,
                   name=f'up_blocks_{i}')(h, tuple(skips[-per_block:]), temb, train)
       skips = skips[:-per_block]
