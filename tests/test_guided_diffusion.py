@@ -198,3 +198,14 @@ def test_mismatches_name_the_key(tmp_path):
     gdi.unet_config(dict(FLAGS['legacy'], num_heads=3))
   with pytest.raises(FileNotFoundError, match='no such flags module'):
     gdi.load_flags(str(tmp_path / 'none.py'))
+
+
+def test_class_labels_follow_sorted_wnids():
+  """guided-diffusion labels ImageNet by the sorted WordNet ids (image_datasets.py)."""
+  imagenet = ['n03000134', 'n01440764', 'n09999999', 'n01443537', 'n02085620']
+  labels = gdi.class_labels(['n02085620', 'n01440764', 'n09999999'], imagenet)
+  np.testing.assert_array_equal(labels, [2, 0, 4])
+  with pytest.raises(ValueError, match=r"not ImageNet classes: \['n00000001'\]"):
+    gdi.class_labels(['n00000001'], imagenet)
+  with pytest.raises(ValueError, match='1 duplicates'):
+    gdi.class_labels(['n01440764'], imagenet + ['n01440764'])

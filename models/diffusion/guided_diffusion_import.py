@@ -37,7 +37,7 @@ import importlib.util
 import io
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -314,6 +314,26 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ValueError(f'{path}: expected a state_dict (names -> tensors), got '
                      f'{type(state).__name__}.')
   return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def class_labels(wnids: Sequence[str], imagenet_wnids: Sequence[str]) -> np.ndarray:
+  """The class ids guided-diffusion's ImageNet models know `wnids` (WordNet ids) by.
+
+  Its training labels are each class's index among the sorted WordNet ids of all classes
+  (image_datasets.py: files named WNID_*, labels from sorted(set(WNIDs))); for ILSVRC-2012's
+  1,000 classes that is the usual ImageNet class index. E.g. TinyImageNet's 200 WNIDs (its
+  wnids.txt) -> the labels to sample the 64x64 model with (`samplers.sample(..., y=...)`).
+
+  Raises:
+    ValueError: for a WNID not among `imagenet_wnids` (named), or duplicates in them.
+  """
+  index = {w: i for i, w in enumerate(sorted(set(imagenet_wnids)))}
+  if len(index) != len(imagenet_wnids):
+    raise ValueError(f'imagenet_wnids: {len(imagenet_wnids) - len(index)} duplicates.')
+  unknown = [w for w in wnids if w not in index]
+  if unknown:
+    raise ValueError(f'{len(unknown)} WNIDs are not ImageNet classes: {unknown[:8]}')
+  return np.array([index[w] for w in wnids], np.int32)
 
 
 def load_flags(path: str) -> dict[str, Any]:
