@@ -279,10 +279,10 @@ def test_ddpm_init_starts_at_zero_output(initial_weights):
 
 def test_init_key_reaches_the_presets():
   """configs/ddpm_cifar10.py (Ho et al.'s setting) trains from Ho et al.'s init; the digits demo
-  keeps flax's; trainer.ddpm_train passes the key through to the UNet."""
+  keeps flax's; the DDPM trainer passes the key through to the UNet."""
   from configs import ddpm_cifar10, ddpm_digits  # pylint: disable=g-import-not-at-top
-  from trainer import ddpm_train  # pylint: disable=g-import-not-at-top
-  assert ddpm_train.unet_config(ddpm_cifar10.get_config()).init == 'ddpm'
-  assert ddpm_train.unet_config(ddpm_digits.get_config()).init == 'lecun_normal'
+  from trainer.diffusion import ddpm  # pylint: disable=g-import-not-at-top
+  assert ddpm.unet_config(ddpm_cifar10.get_config()).init == 'ddpm'
+  assert ddpm.unet_config(ddpm_digits.get_config()).init == 'lecun_normal'
   with pytest.raises(ValueError, match="init 'xavier' not in"):
     unet_lib.UNetConfig(init='xavier')
