@@ -8,6 +8,8 @@ cosine schedule), `legacy` the others (additive time embedding, conv resampling,
 attention order with 2 heads, unconditional, fixed variance, linear schedule).
 """
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,8 @@ from models.diffusion import guided_diffusion_import as gdi
 from models.diffusion import samplers
 from models.diffusion import unet as unet_lib
 
-FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'guided_diffusion')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, 'tests', 'fixtures', 'guided_diffusion')
 REF = dict(np.load(os.path.join(FIXTURES, 'reference.npz')))
 # The fixture's models as guided-diffusion's flags (attention at 4x4: downsampling rate 2).
 FLAGS = {
@@ -146,23 +149,36 @@ def test_schedules_are_guided_diffusions():
 
 
 def test_pt_checkpoint_reads_like_the_safetensors(tmp_path, imported):
-  tag, gen, eps_fn = imported
+  """A torch.save-d state_dict (what guided-diffusion ships) imports to the same checkpoint."""
+  tag, gen, _ = imported
   state = {k: torch.from_numpy(v) for k, v in st_numpy.load_file(_weights(tag)).items()}
   torch.save(state, tmp_path / 'model.pt')
-  out = tmp_path / 'ours'
-  assert gdi.main([f'--checkpoint={tmp_path / "model.pt"}', f'--flags={_flags_file(tmp_path, tag)}',
-                   f'--out={out}']) == 0
-  loaded = checkpoint.load(str(out))
+  loaded = gdi.import_checkpoint(str(tmp_path / 'model.pt'), FLAGS[tag], str(tmp_path / 'ours'))
   assert loaded.name == 'model' and loaded.schedule.variance_type == gen.schedule.variance_type
+  assert loaded.unet == gen.unet
   for k, v in checkpoint.flatten(gen.params).items():
     np.testing.assert_array_equal(checkpoint.flatten(loaded.params)[k], v, err_msg=k)
 
 
-def _flags_file(tmp_path, tag):
-  path = tmp_path / f'{tag}_flags.py'
-  path.write_text(f'import ml_collections\n\n\ndef get_config():\n'
-                  f'  return ml_collections.ConfigDict({FLAGS[tag]!r})\n')
-  return path
+@pytest.mark.integration   # a subprocess
+def test_the_command_writes_a_loadable_checkpoint(tmp_path):
+  flags = tmp_path / 'flags.py'
+  flags.write_text('import ml_collections\n\n\ndef get_config():\n'
+                   f'  return ml_collections.ConfigDict({dict(FLAGS["adm"], dropout=0.0)!r})\n')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'trainer.import_generator', '--format=guided-diffusion',
+       f'--source={_weights("adm")}', f'--flags={flags}', '--flags.dropout=0.1',
+       f'--out={tmp_path / "ours"}', '--name=tiny-adm'],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '494,918 parameters' in proc.stdout
+  gen = checkpoint.load(str(tmp_path / 'ours'))
+  assert gen.name == 'tiny-adm' and gen.unet.dropout == 0.1 and gen.num_classes == 10
+  missing = subprocess.run(
+      [sys.executable, '-m', 'trainer.import_generator', '--format=guided-diffusion',
+       f'--source={_weights("adm")}', f'--out={tmp_path / "other"}'],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert missing.returncode != 0 and 'needs --flags=' in missing.stderr
 
 
 def test_a_pickle_is_refused(tmp_path):
@@ -179,7 +195,7 @@ class _NotATensor:
   pass
 
 
-def test_mismatches_name_the_key(tmp_path):
+def test_mismatches_name_the_key():
   state = st_numpy.load_file(_weights('adm'))
   extra = dict(state, **{'input_blocks.1.0.extra.weight': np.zeros(3, np.float16)})
   with pytest.raises(ValueError, match=r'unexpected keys \(1\): input_blocks\.1\.0\.extra'):
@@ -196,8 +212,6 @@ def test_mismatches_name_the_key(tmp_path):
     gdi.unet_config(dict(FLAGS['adm'], predict_xstart=True))
   with pytest.raises(ValueError, match='num_heads=3 gives heads of widths'):
     gdi.unet_config(dict(FLAGS['legacy'], num_heads=3))
-  with pytest.raises(FileNotFoundError, match='no such flags module'):
-    gdi.load_flags(str(tmp_path / 'none.py'))
 
 
 def test_class_labels_follow_sorted_wnids():

@@ -1,7 +1,5 @@
-"""Import openai/guided-diffusion's checkpoints (Dhariwal & Nichol's ADM) into our generator format.
-
-    python -m models.diffusion.guided_diffusion_import --checkpoint=64x64_diffusion.pt \\
-        --flags=configs/adm/imagenet64.py --out=DIR [--name=NAME]
+"""Import openai/guided-diffusion's checkpoints (Dhariwal & Nichol's ADM) into our generator format
+(the command is `python -m trainer.import_generator --format=guided-diffusion`).
 
 The paper's TinyImageNet and ImageNet generators are guided-diffusion's class-conditional
 ImageNet 64x64 and 256x256 models (Sec. 6, footnote 9). A checkpoint is a plain state_dict:
@@ -32,11 +30,8 @@ compute dtype is chosen at load time (`checkpoint.load(dir, dtype='bfloat16')`).
 respacing is a sampling choice (samplers: `spacing='guided'`, or `use_timesteps`).
 """
 
-import argparse
-import importlib.util
 import io
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -336,16 +331,6 @@ def class_labels(wnids: Sequence[str], imagenet_wnids: Sequence[str]) -> np.ndar
   return np.array([index[w] for w in wnids], np.int32)
 
 
-def load_flags(path: str) -> dict[str, Any]:
-  """`get_config()` of a flags module such as configs/adm/imagenet64.py, as a dict."""
-  spec = importlib.util.spec_from_file_location('guided_diffusion_flags', path)
-  if spec is None or not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: no such flags module (e.g. configs/adm/imagenet64.py).')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return dict(module.get_config())
-
-
 def read_checkpoint(path: str, flags: Mapping[str, Any], *,
                     name: Optional[str] = None) -> checkpoint.Generator:
   """The generator of a guided-diffusion checkpoint and its model flags, float32 params."""
@@ -365,25 +350,3 @@ def import_checkpoint(path: str, flags: Mapping[str, Any], out: str, *,
   checkpoint.save(out, gen.unet, gen.schedule, gen.params, name=gen.name,
                   source=f'guided-diffusion:{os.path.basename(path)}')
   return checkpoint.load(out)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m models.diffusion.guided_diffusion_import',
-      description="Import an openai/guided-diffusion checkpoint (ADM) with its model flags into "
-                  'a generator checkpoint.')
-  parser.add_argument('--checkpoint', required=True, help='.pt or .safetensors state_dict')
-  parser.add_argument('--flags', required=True,
-                      help='model flags module, e.g. configs/adm/imagenet64.py')
-  parser.add_argument('--out', required=True, help='generator checkpoint directory to write')
-  parser.add_argument('--name', default=None, help='generator name (default: the file stem)')
-  args = parser.parse_args(argv)
-  gen = import_checkpoint(args.checkpoint, load_flags(args.flags), args.out, name=args.name)
-  print(f'{args.out}: {gen.name}, {gen.image_shape} images, '
-        f'{unet_lib.count_params(gen.params):,} parameters, {gen.schedule.num_timesteps} steps, '
-        f'{gen.schedule.variance_type} variance, classes: {gen.num_classes}')
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
