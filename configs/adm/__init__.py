@@ -3,7 +3,7 @@
 One module per checkpoint; `get_config()` returns the README's MODEL_FLAGS under guided-diffusion's
 own flag names, for `models.diffusion.guided_diffusion_import`:
 
-    python -m models.diffusion.guided_diffusion_import --checkpoint=64x64_diffusion.pt \\
+    python -m trainer.import_generator --format=guided-diffusion --source=64x64_diffusion.pt \\
         --flags=configs/adm/imagenet64.py --out=DIR
 
 imagenet64   64x64_diffusion.pt: the paper's TinyImageNet generator ("we used the
