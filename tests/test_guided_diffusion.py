@@ -203,6 +203,9 @@ def test_mismatches_name_the_key():
   missing = {k: v for k, v in state.items() if k != 'output_blocks.2.2.in_layers.2.weight'}
   with pytest.raises(ValueError, match=r'missing keys \(1\): up_blocks_0/upsamplers_0/conv1'):
     gdi.convert_weights(missing, gdi.unet_config(FLAGS['adm']), new_attention_order=True)
+  odd = dict(state, **{'middle_block.1.qkv.weight': np.zeros((100, 32, 1), np.float16)})
+  with pytest.raises(ValueError, match=r'middle_block\.1\.qkv\.weight of shape \(100, 32, 1\)'):
+    gdi.convert_weights(odd, gdi.unet_config(FLAGS['legacy']), new_attention_order=False)
   wider = dict(FLAGS['adm'], num_channels=64)
   with pytest.raises(ValueError, match=r'wrong shapes .*from input_blocks\.0\.0\.weight'):
     gdi.convert_weights(state, gdi.unet_config(wider), new_attention_order=True)

@@ -259,7 +259,12 @@ def convert_weights(state: Mapping[str, np.ndarray], unet: unet_lib.UNetConfig, 
     value = np.asarray(value, np.float32)
     if found and found[1] == 'attention' and inner == 'qkv' and leaf in ('weight', 'bias'):
       head_dim = unet.attention_head_dim or value.shape[0] // 3
-      for name, v in _qkv(value, leaf, head_dim, new_attention_order).items():
+      try:
+        split = _qkv(value, leaf, head_dim, new_attention_order)
+      except ValueError:
+        raise ValueError(f'{source}: {key} of shape {value.shape} is not a fused qkv of '
+                         f'{head_dim}-channel heads.') from None
+      for name, v in split.items():
         out[f'{found[0]}/{name}'], origin[f'{found[0]}/{name}'] = v, key
       continue
     if (not found or leaf not in ('weight', 'bias')
