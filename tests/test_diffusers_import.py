@@ -103,6 +103,7 @@ def test_class_conditional_equals_diffusers(tmp_path):
   _assert_equal_eps(gen, model, 3, y=np.array([0, 3, 9]))
 
 
+@pytest.mark.integration
 def test_adm_shaped_output_equals_diffusers(tmp_path):
   """ADM's options as diffusers spells them; both halves of the output (eps and v) compared."""
   model = _diffusers_dir(tmp_path / 'hf', ADM_SMALL)
@@ -115,6 +116,7 @@ def test_adm_shaped_output_equals_diffusers(tmp_path):
   _assert_equal_eps(gen, model, 2, y=np.array([3, 9]))
 
 
+@pytest.mark.integration
 def test_adm_shaped_config_with_conv_resampling(tmp_path):
   """Scale-shift without resnet resampling: DownBlock2D and the attention blocks' convs."""
   config = dict(ADM_SMALL, down_block_types=('DownBlock2D', 'AttnDownBlock2D', 'AttnDownBlock2D'),

@@ -206,6 +206,23 @@ def _kurtosis(w):
   return np.mean((w - w.mean()) ** 4) / np.var(w) ** 2
 
 
+def test_ddpm_kernel_init_is_tf_variance_scaling_fan_avg_uniform():
+  """The initialiser alone (the fast tier; the model's wiring is checked below): U(-l, l) with
+  l = sqrt(3 scale / fan_avg), scale 1, or 1e-10 for a layer Ho et al. start at zero."""
+  cfg = unet_lib.UNetConfig(init='ddpm')
+  shape = (3, 3, 64, 128)
+  fan_in, fan_out = _fans(shape)
+  limit = np.sqrt(6.0 / (fan_in + fan_out))
+  w = np.asarray(unet_lib.kernel_init(cfg)(jax.random.key(0), shape))
+  assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
+  np.testing.assert_allclose(np.var(w), limit ** 2 / 3, rtol=0.02)
+  assert abs(_kurtosis(w) - 1.8) < 0.05
+  z = np.asarray(unet_lib.kernel_init(cfg, zero=True)(jax.random.key(0), shape))
+  np.testing.assert_allclose(z, w * 1e-5, rtol=1e-4, atol=1e-12)   # sqrt(1e-10) of the same draw
+  lecun = np.asarray(unet_lib.kernel_init(unet_lib.UNetConfig())(jax.random.key(0), shape))
+  np.testing.assert_allclose(np.var(lecun), 1.0 / fan_in, rtol=0.05)
+
+
 @pytest.fixture(scope='module')
 def initial_weights():
   """Both initialisations of the class-conditional digits UNet, flattened, and its first eps."""
@@ -220,12 +237,13 @@ def initial_weights():
     def first(key, model=model, x=x, t=t, y=y):
       params = model.init(key, x, t, y)['params']
       return params, model.apply({'params': params}, x, t, y)
-    params, eps = first(jax.random.key(0))
+    params, eps = first(jax.random.key(0, impl='rbg'))   # compiles in half threefry's time
     out[init] = checkpoint.flatten(params)
     out[init + '/eps'] = np.asarray(eps)
   return out
 
 
+@pytest.mark.integration   # compiles two UNets
 def test_ddpm_init_is_xavier_uniform_with_zero_residual_ends(initial_weights):
   """Every kernel U(-l, l), l = sqrt(6 / (fan_in + fan_out)) (TF's variance_scaling, fan_avg,
   uniform; receptive field included in both fans): inside the bound, variance l^2 / 3 within 5
@@ -258,6 +276,7 @@ def test_ddpm_init_is_xavier_uniform_with_zero_residual_ends(initial_weights):
   np.testing.assert_allclose(emb.std(), 1 / np.sqrt(emb.shape[1]), rtol=0.1)
 
 
+@pytest.mark.integration   # compiles two UNets
 def test_default_init_is_lecun_normal(initial_weights):
   """flax's default, kept for generators trained before the key: truncated normal of variance
   1 / fan_in everywhere (no zero layers), kurtosis ~2.36, so the two are told apart."""
@@ -271,6 +290,7 @@ def test_default_init_is_lecun_normal(initial_weights):
       assert _kurtosis(w) > 2.1, key   # a normal truncated at 2 sd: 2.36
 
 
+@pytest.mark.integration   # compiles two UNets
 def test_ddpm_init_starts_at_zero_output(initial_weights):
   """Ho et al.'s zero-initialised output conv: eps_theta = 0 everywhere at step 0."""
   assert 0 < np.abs(initial_weights['ddpm/eps']).max() < 1e-3
