@@ -1,4 +1,5 @@
-"""The accelerator figures in one run: TRADES steps, AutoAttack and diffusion sampling.
+"""The accelerator figures in one run: TRADES steps, AutoAttack and diffusion sampling (DDPM,
+EDM, ADM).
 
   python -m benchmarks.accelerator --peak_tflops=989 [--out=DIR] [--budget_s=780] [--quick]
 
@@ -19,9 +20,13 @@ DIR/NAME.log as it runs, and the table of each is printed at the end.
    bfloat16 at batch 256: the same per NFE, images/s for Heun-18/20 (35/39 NFE) and the
    device-days of 50M and 100M images against the DDPM's 1,000 NFE.
 
+5. sampling_adm64: `benchmarks.sampling --adm_models=adm64`, the paper's TinyImageNet generator
+   (guided-diffusion's 64x64 class-conditional ADM, 296M parameters, random weights) in bfloat16
+   at batch 128: time per network evaluation, images/s at 250 / 50 / 25 NFE, MFU.
+
 The shares of the budget, as written, are scaled to sum to 1. --quick runs the same at toy sizes
-(a WRN-10-1, 4 points on the CPU columns of `benchmarks.attacks`, the digits UNet and DDPM++)
-to check the script itself on a CPU.
+(a WRN-10-1, 4 points on the CPU columns of `benchmarks.attacks`, the digits UNet and DDPM++, a
+1M-parameter ADM) to check the script itself on a CPU.
 """
 import argparse
 import os
@@ -32,7 +37,8 @@ import time
 
 def measurements(peak, quick):
   """(name, share of the budget, module arguments); the shares, as written, scaled to sum to 1."""
-  items = _paper_measurements(peak, quick) + edm_measurements(peak, quick)
+  items = (_paper_measurements(peak, quick) + edm_measurements(peak, quick)
+           + adm_measurements(peak, quick))
   total = sum(share for _, share, _ in items)
   return [(name, share / total, args) for name, share, args in items]
 
@@ -47,6 +53,19 @@ def edm_measurements(peak, quick):
   return [('edm_sampling', 0.2, ['benchmarks.sampling', '--models=', '--edm_models=cifar10',
                                  '--edm_batch=cifar10:256', '--dtype=bfloat16', '--evals=5',
                                  *peak_flag])]
+
+
+def adm_measurements(peak, quick):
+  """guided-diffusion's ImageNet 64x64 ADM (the paper's TinyImageNet generator) in bfloat16: its
+  network per NFE, images/s at 250 / 50 / 25 NFE and MFU (benchmarks.sampling --adm_models). The
+  evaluation compiles on abstract parameters and its weights are drawn on the host, not init-ed."""
+  peak_flag = [f'--peak_tflops={peak}'] if peak else []
+  if quick:
+    return [('sampling_adm64', 0.15, ['benchmarks.sampling', '--models=', '--adm_models=adm_tiny',
+                                      '--adm_batch=adm_tiny:2', '--adm_evals=1', *peak_flag])]
+  return [('sampling_adm64', 0.2, ['benchmarks.sampling', '--models=', '--adm_models=adm64',
+                                   '--adm_batch=adm64:128', '--dtype=bfloat16', '--adm_evals=5',
+                                   *peak_flag])]
 
 
 def _paper_measurements(peak, quick):

@@ -26,6 +26,16 @@ columns per NFE, images/s for Heun with 18 and 20 steps (35 and 39 NFE: EDM's CI
 and DM-Improves-AT's), and device-days for 50M and 100M CIFAR-10 images at those NFE against
 the DDPM UNet at 1,000 (`--models=` with no DDPM skips the DDPM's timing; its FLOPs are then
 counted from its compilation alone).
+
+ADM (the paper's TinyImageNet and ImageNet generators, guided-diffusion's 64x64_diffusion.pt and
+256x256_diffusion.pt; configs/adm/) has a table of its own:
+
+  python -m benchmarks.sampling --models= --adm_models=adm64,adm256 [--adm_evals=0]
+
+parameters, GFLOPs per image per NFE from XLA (compiled on abstract parameters, nothing
+materialised), and device-days for --adm_num images (the paper's 5M ImageNet samples) at 250 /
+50 / 25 NFE (guided-diffusion's respaced DDPM-250, and 50 / 25 steps); with --adm_evals > 0 the
+evaluation is also timed at --adm_batch, as above (random weights, class labels 0..B-1).
 """
 import argparse
 import time
@@ -35,16 +45,29 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from configs.adm import imagenet64, imagenet256
 from models.diffusion import edm_precond
+from models.diffusion import guided_diffusion_import
 from models.diffusion import song_unet
 from models.diffusion import unet as unet_lib
 
 PEAKS_TFLOPS = {'H100 (989 TFLOP/s bf16)': 989.0, 'TPU v4 (275 TFLOP/s bf16)': 275.0}
 SAMPLERS = (('DDPM-1000', 1000), ('DDIM-100', 100), ('DPM-Solver++(2M)-20', 20))
+ADM_SAMPLERS = (('DDPM-250 (respaced)', 250), ('50 steps', 50), ('25 steps', 25))
 
 
 def _configs():
   return {'digits': unet_lib.digits_config(), 'cifar10': unet_lib.CIFAR10_DDPM}
+
+
+def _adm_configs():
+  """ADM's released architectures, and a tiny one of the same shape to check the script."""
+  tiny = dict(image_size=16, num_channels=32, channel_mult='1,2', num_res_blocks=1,
+              attention_resolutions='8', class_cond=True, num_head_channels=16, learn_sigma=True,
+              resblock_updown=True, use_new_attention_order=True)
+  return {name: guided_diffusion_import.unet_config(flags) for name, flags in (
+      ('adm64', imagenet64.get_config()), ('adm256', imagenet256.get_config()),
+      ('adm_tiny', tiny))}
 
 
 def _flops(compiled):
@@ -79,6 +102,87 @@ def measure(name, cfg, batch, evals, dtype):
   return unet_lib.count_params(params), flops, float(np.mean(times))
 
 
+def _random_params(shapes, sharding):
+  """N(0, 0.02^2) float32 parameters of `shapes`, drawn on the host (numpy) and placed: no
+  compile at all (flax's init of the model is a second compile as long as the evaluation's, and
+  XLA:CPU compiles hundreds of threefry draws slowly)."""
+  rng = np.random.default_rng(0)
+  return jax.tree_util.tree_map(
+      lambda p: jax.device_put(0.02 * rng.standard_normal(p.shape, np.float32), sharding), shapes)
+
+
+def measure_adm(name, cfg, batch, evals, dtype):
+  """(params, FLOPs per image per NFE, seconds per NFE call or None) of an ADM UNet.
+
+  Compiled on abstract parameters, so the FLOPs of the 554M-parameter model cost no memory;
+  with evals > 0 the parameters are materialised (random) and the call timed.
+  """
+  model = unet_lib.UNet(cfg, dtype=jnp.dtype(dtype))
+  eps_fn = unet_lib.make_eps_fn(model)
+  devices = jax.local_devices()
+  mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,), devices=devices)
+  rows, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
+  shapes = unet_lib.param_shapes(model)
+  n_params = unet_lib.count_params(shapes)
+  spec = lambda shape, dt, sh: jax.ShapeDtypeStruct(shape, dt, sharding=sh)  # noqa: E731
+  abstract = (jax.tree_util.tree_map(lambda p: spec(p.shape, p.dtype, replicated), shapes),
+              spec((batch,) + cfg.image_shape, jnp.float32, rows),
+              spec((batch,), jnp.int32, rows), spec((batch,), jnp.int32, rows))
+  start = time.perf_counter()
+  compiled = jax.jit(eps_fn, out_shardings=rows).lower(*abstract).compile()
+  compile_s = time.perf_counter() - start
+  flops = _flops(compiled) * len(devices) / batch
+  seconds = None
+  if evals:
+    params = _random_params(shapes, replicated)
+    x = jax.device_put(jax.random.normal(jax.random.key(1), (batch,) + cfg.image_shape), rows)
+    t = jax.device_put(jnp.arange(batch, dtype=jnp.int32) % 1000, rows)
+    y = jax.device_put(jnp.arange(batch, dtype=jnp.int32) % cfg.num_class_embeds, rows)
+    compiled(params, x, t, y).block_until_ready()
+    times = []
+    for _ in range(evals):
+      start = time.perf_counter()
+      compiled(params, x, t, y).block_until_ready()
+      times.append(time.perf_counter() - start)
+    seconds = float(np.mean(times))
+    print(f'  {name}: NFE times {[round(s, 3) for s in times]}', flush=True)
+  print(f'  {name}: {n_params / 1e6:.2f}M params, compiled in {compile_s:.1f}s', flush=True)
+  return n_params, flops, seconds
+
+
+def adm_tables(names, batches, evals, dtype, num, utilisation, peak_tflops):
+  """ADM's parameters, FLOPs, (measured rate) and device-days for `num` images."""
+  configs = _adm_configs()
+  n_dev = jax.local_device_count()
+  results = {n: measure_adm(n, configs[n], batches.get(n, n_dev), evals, dtype) for n in names}
+  print('\n| ADM UNet | params | GFLOPs / image / NFE | batch | s / NFE call | images/s/device '
+        '/ NFE | ' + ' | '.join(f'images/s/device {s}' for s, _ in ADM_SAMPLERS) + ' |')
+  print('|' + '---|' * (6 + len(ADM_SAMPLERS)))
+  for name, (params, flops, seconds) in results.items():
+    size = configs[name].sample_size
+    rate = batches.get(name, n_dev) / seconds / n_dev if seconds else None
+    cells = [f'{rate / nfe:.3g}' if rate else '-' for _, nfe in ADM_SAMPLERS]
+    print(f'| {name} ({size}x{size}x3) | {params / 1e6:.2f}M | {flops / 1e9:.2f} | '
+          f'{batches.get(name, n_dev) if seconds else "-"} | '
+          f'{f"{seconds:.3f}" if seconds else "-"} | {f"{rate:.3g}" if rate else "-"} | '
+          + ' | '.join(cells) + ' |')
+    if rate and peak_tflops:
+      print(f'  {name}: MFU {flops * rate / (peak_tflops * 1e12):.1%} of {peak_tflops} TFLOP/s')
+  print(f'\nProjection: device-days to sample {num:.3g} images at {utilisation:.0%} of peak '
+        '(from the XLA FLOP count)')
+  for name, (_, flops, seconds) in results.items():
+    print(f'\n{name} ({flops / 1e9:.2f} GFLOPs / image / NFE)\n')
+    devices = list(PEAKS_TFLOPS) + (['this device (measured rate)'] if seconds else [])
+    print('| sampler | NFE | ' + ' | '.join(devices) + ' |')
+    print('|' + '---|' * (2 + len(devices)))
+    for sampler, nfe in ADM_SAMPLERS:
+      days = [num * nfe * flops / (utilisation * peak * 1e12) / 86400
+              for peak in PEAKS_TFLOPS.values()]
+      if seconds:
+        days.append(num * nfe * seconds * n_dev / batches.get(name, n_dev) / 86400)
+      print(f'| {sampler} | {nfe} | ' + ' | '.join(f'{d:,.3g}' for d in days) + ' |')
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--models', default='digits,cifar10')
@@ -94,12 +198,23 @@ def main(argv=None):
                       help='EDM DDPM++ networks to measure too: digits,cifar10 (see edm_report)')
   parser.add_argument('--edm_batch', default='digits:256,cifar10:8',
                       help='images per NFE call, per EDM network')
+  parser.add_argument('--adm_models', default='',
+                      help='ADM table: adm64, adm256, adm_tiny (empty: no ADM table)')
+  parser.add_argument('--adm_batch', default='', help='images per NFE call, per ADM model')
+  parser.add_argument('--adm_evals', type=int, default=0, help='timed ADM calls (0: FLOPs only)')
+  parser.add_argument('--adm_num', type=float, default=5e6,
+                      help='ADM images to project for (the paper: 5M ImageNet samples)')
   args = parser.parse_args(argv)
-  batches = dict((k, int(v)) for k, v in (kv.split(':') for kv in args.batch.split(',')))
+  batches = dict((k, int(v)) for k, v in (kv.split(':') for kv in args.batch.split(',') if kv))
   configs = _configs()
   n_dev = jax.local_device_count()
   print(f'devices: {n_dev} x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         f'dtype {args.dtype}')
+  if args.adm_models:
+    adm_batches = dict((k, int(v)) for k, v in (kv.split(':') for kv in args.adm_batch.split(',')
+                                                if kv))
+    adm_tables(args.adm_models.split(','), adm_batches, args.adm_evals, args.dtype, args.adm_num,
+               args.utilisation, args.peak_tflops)
   results = {}
   for name in filter(None, args.models.split(',')):
     results[name] = measure(name, configs[name], batches[name], args.evals, args.dtype)

@@ -6,8 +6,9 @@
 
 The UNet of google/ddpm-cifar10-32 (35.7M parameters, models/diffusion/unet.py) with dropout
 0.1; Adam at 2e-4 after 5000 warm-up steps, gradient norm clipped to 1, batch 128, 800K steps,
-EMA 0.9999, random horizontal flips. Unconditional, as Ho et al.; the paper pseudo-labels the
-samples with a non-robust classifier.
+EMA 0.9999, random horizontal flips; Ho et al.'s initialisation (`unet.init = 'ddpm'`:
+Xavier-uniform, each residual branch's last conv and the output conv near zero). Unconditional,
+as Ho et al.; the paper pseudo-labels the samples with a non-robust classifier.
 """
 from configs import ddpm_digits
 
@@ -26,6 +27,7 @@ def get_config():
   c.unet.dropout = 0.1
   c.unet.class_conditional = False
   c.unet.dtype = 'bfloat16'
+  c.unet.init = 'ddpm'
   c.train.batch_size = 128
   c.train.num_steps = 800_000
   c.train.log_every_steps = 1000

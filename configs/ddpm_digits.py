@@ -36,6 +36,9 @@ def get_config():
   c.unet.dropout = 0.1           # Ho et al.'s CIFAR-10 value
   c.unet.class_conditional = True  # num_class_embeds = the dataset's classes
   c.unet.dtype = 'float32'       # compute dtype; 'bfloat16' on accelerators
+  # 'lecun_normal' (flax's default) or 'ddpm' (Ho et al.'s: Xavier-uniform, the last conv of each
+  # residual branch, the attention output and the output conv near zero; models/diffusion/unet.py)
+  c.unet.init = 'lecun_normal'
 
   # --- Noise schedule (models/diffusion/schedule.py) ---------------------------------------------
   c.diffusion = ml_collections.ConfigDict()

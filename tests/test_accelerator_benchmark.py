@@ -15,12 +15,13 @@ ROOT = trainer_runs.ROOT
 
 def test_the_measurements_are_the_issue_sizes_and_share_the_budget():
   steps = dict((name, args) for name, _, args in accelerator.measurements(989, quick=False))
-  assert set(steps) == {'step', 'autoattack', 'sampling', 'edm_sampling'}
+  assert set(steps) == {'step', 'autoattack', 'sampling', 'edm_sampling', 'sampling_adm64'}
   assert '--models=wrn-28-10,wrn-70-16' in steps['step']
   assert {'--per_device_batch=128', '--dtype=bfloat16', '--peak_tflops=989'} <= set(steps['step'])
   assert {'--accelerator_only', '--model=wrn-28-10', '--n=1000'} <= set(steps['autoattack'])
   assert {'--models=cifar10', '--dtype=bfloat16'} <= set(steps['sampling'])
   assert {'--models=', '--edm_models=cifar10', '--dtype=bfloat16'} <= set(steps['edm_sampling'])
+  assert {'--adm_models=adm64', '--dtype=bfloat16', '--adm_evals=5'} <= set(steps['sampling_adm64'])
   for quick in (False, True):
     assert abs(sum(s for _, s, _ in accelerator.measurements(None, quick)) - 1.0) < 1e-9
 

@@ -96,11 +96,13 @@ def test_batches_are_a_function_of_the_step():
 
 
 def test_cifar10_preset_is_ho_et_al():
-  """configs/ddpm_cifar10.py builds google/ddpm-cifar10-32's UNet (35.7M) with dropout 0.1."""
+  """configs/ddpm_cifar10.py builds google/ddpm-cifar10-32's UNet (35.7M) with dropout 0.1,
+  initialised as Ho et al.'s."""
   from configs import ddpm_cifar10  # pylint: disable=g-import-not-at-top
   from models.diffusion import unet  # pylint: disable=g-import-not-at-top
   config = ddpm_cifar10.get_config()
-  assert ddpm.unet_config(config) == dataclasses.replace(unet.CIFAR10_DDPM, dropout=0.1)
+  assert ddpm.unet_config(config) == dataclasses.replace(unet.CIFAR10_DDPM, dropout=0.1,
+                                                         init='ddpm')
   np.testing.assert_allclose(ddpm.noise_schedule(config).betas,
                              np.linspace(1e-4, 0.02, 1000))
 

@@ -40,6 +40,17 @@ SMALL = dict(
     up_block_types=('AttnUpBlock2D', 'UpBlock2D', 'AttnUpBlock2D'), attention_head_dim=8,
     norm_num_groups=8, norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
     mid_block_scale_factor=2.0, center_input_sample=True)
+# ADM-shaped (Dhariwal & Nichol's guided-diffusion UNet, small): scale-shift conditioning,
+# resnet up/down sampling (a ResnetDownsampleBlock2D where a level has no attention), 16-channel
+# heads, GroupNorm eps 1e-5, [cos, sin] embedding without shift, classes, learned variance (6 out).
+ADM_SMALL = dict(
+    sample_size=16, in_channels=3, out_channels=6, block_out_channels=(32, 64, 64),
+    layers_per_block=2,
+    down_block_types=('ResnetDownsampleBlock2D', 'AttnDownBlock2D', 'AttnDownBlock2D'),
+    up_block_types=('AttnUpBlock2D', 'AttnUpBlock2D', 'ResnetUpsampleBlock2D'),
+    attention_head_dim=16, norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0,
+    downsample_padding=1, resnet_time_scale_shift='scale_shift', downsample_type='resnet',
+    upsample_type='resnet', attn_norm_num_groups=32, num_class_embeds=10)
 TIMESTEPS = (0, 1, 500, 999)
 
 
@@ -90,6 +101,34 @@ def test_class_conditional_equals_diffusers(tmp_path):
   gen = diffusers_import.import_pretrained(str(tmp_path / 'hf'), str(tmp_path / 'ours'))
   assert gen.num_classes == 10
   _assert_equal_eps(gen, model, 3, y=np.array([0, 3, 9]))
+
+
+@pytest.mark.integration
+def test_adm_shaped_output_equals_diffusers(tmp_path):
+  """ADM's options as diffusers spells them; both halves of the output (eps and v) compared."""
+  model = _diffusers_dir(tmp_path / 'hf', ADM_SMALL)
+  gen = diffusers_import.import_pretrained(str(tmp_path / 'hf'), str(tmp_path / 'ours'))
+  assert gen.unet.learned_variance and gen.num_classes == 10
+  assert unet_lib.count_params(gen.params) == sum(p.numel() for p in model.parameters())
+  flat = checkpoint.flatten(gen.params)
+  assert 'down_blocks_0/downsamplers_0/time_emb_proj/kernel' in flat      # a resnet downsampler
+  assert flat['up_blocks_0/resnets_0/time_emb_proj/kernel'].shape[-1] == 2 * 64  # scale, shift
+  _assert_equal_eps(gen, model, 2, y=np.array([3, 9]))
+
+
+@pytest.mark.integration
+def test_adm_shaped_config_with_conv_resampling(tmp_path):
+  """Scale-shift without resnet resampling: DownBlock2D and the attention blocks' convs."""
+  config = dict(ADM_SMALL, down_block_types=('DownBlock2D', 'AttnDownBlock2D', 'AttnDownBlock2D'),
+                up_block_types=('AttnUpBlock2D', 'AttnUpBlock2D', 'UpBlock2D'),
+                downsample_type='conv', upsample_type='conv', num_class_embeds=None,
+                attn_norm_num_groups=None)   # diffusers: no norm in the middle attention then
+  model = _diffusers_dir(tmp_path / 'hf', config)
+  gen = diffusers_import.import_pretrained(str(tmp_path / 'hf'), str(tmp_path / 'ours'))
+  flat = checkpoint.flatten(gen.params)
+  assert 'down_blocks_1/downsamplers_0/conv/kernel' in flat
+  assert 'mid_block/attentions_0/group_norm/scale' not in flat
+  _assert_equal_eps(gen, model, 2)
 
 
 def test_cifar10_parameter_count():
@@ -166,8 +205,8 @@ def test_unexpected_weight_names_the_key(tmp_path):
 
 
 def test_unsupported_config_names_the_key(tmp_path):
-  _diffusers_dir(tmp_path / 'hf', dict(SMALL, resnet_time_scale_shift='scale_shift'))
-  with pytest.raises(ValueError, match=r'config\.json: resnet_time_scale_shift'):
+  _diffusers_dir(tmp_path / 'hf', dict(SMALL, class_embed_type='timestep'))
+  with pytest.raises(ValueError, match=r'config\.json: class_embed_type'):
     diffusers_import.read_pretrained(str(tmp_path / 'hf'))
 
 

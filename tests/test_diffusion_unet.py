@@ -187,3 +187,122 @@ def test_timestep_embedding_conventions():
   np.testing.assert_allclose(e[:, 4:], np.cos(np.outer([0, 3, 999], freqs)), atol=2e-4)
   f = np.asarray(unet_lib.timestep_embedding(t, 8, True, 1))
   np.testing.assert_array_equal(f, np.concatenate([e[:, 4:], e[:, :4]], axis=1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisation: Ho et al.'s (init='ddpm') against flax's default.
+# ------------------------------------------------------------------------------------------------
+
+_ZERO_INIT = ('/conv2/kernel', '/to_out_0/kernel', 'conv_out/kernel')   # Ho et al.'s init_scale=0
+
+
+def _fans(shape):
+  receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+  return shape[-2] * receptive, shape[-1] * receptive
+
+
+def _kurtosis(w):
+  w = w.ravel().astype(np.float64)
+  return np.mean((w - w.mean()) ** 4) / np.var(w) ** 2
+
+
+def test_ddpm_kernel_init_is_tf_variance_scaling_fan_avg_uniform():
+  """The initialiser alone (the fast tier; the model's wiring is checked below): U(-l, l) with
+  l = sqrt(3 scale / fan_avg), scale 1, or 1e-10 for a layer Ho et al. start at zero."""
+  cfg = unet_lib.UNetConfig(init='ddpm')
+  shape = (3, 3, 64, 128)
+  fan_in, fan_out = _fans(shape)
+  limit = np.sqrt(6.0 / (fan_in + fan_out))
+  w = np.asarray(unet_lib.kernel_init(cfg)(jax.random.key(0), shape))
+  assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
+  np.testing.assert_allclose(np.var(w), limit ** 2 / 3, rtol=0.02)
+  assert abs(_kurtosis(w) - 1.8) < 0.05
+  z = np.asarray(unet_lib.kernel_init(cfg, zero=True)(jax.random.key(0), shape))
+  np.testing.assert_allclose(z, w * 1e-5, rtol=1e-4, atol=1e-12)   # sqrt(1e-10) of the same draw
+  lecun = np.asarray(unet_lib.kernel_init(unet_lib.UNetConfig())(jax.random.key(0), shape))
+  np.testing.assert_allclose(np.var(lecun), 1.0 / fan_in, rtol=0.05)
+
+
+@pytest.fixture(scope='module')
+def initial_weights():
+  """Both initialisations of the class-conditional digits UNet, flattened, and its first eps."""
+  out = {}
+  for init in ('ddpm', 'lecun_normal'):
+    cfg = dataclasses.replace(unet_lib.digits_config(10), init=init)
+    model = unet_lib.UNet(cfg)
+    x, t = _inputs(cfg)
+    y = np.arange(4)
+
+    @jax.jit
+    def first(key, model=model, x=x, t=t, y=y):
+      params = model.init(key, x, t, y)['params']
+      return params, model.apply({'params': params}, x, t, y)
+    params, eps = first(jax.random.key(0, impl='rbg'))   # compiles in half threefry's time
+    out[init] = checkpoint.flatten(params)
+    out[init + '/eps'] = np.asarray(eps)
+  return out
+
+
+@pytest.mark.integration   # compiles two UNets
+def test_ddpm_init_is_xavier_uniform_with_zero_residual_ends(initial_weights):
+  """Every kernel U(-l, l), l = sqrt(6 / (fan_in + fan_out)) (TF's variance_scaling, fan_avg,
+  uniform; receptive field included in both fans): inside the bound, variance l^2 / 3 within 5
+  standard errors, a uniform's kurtosis 1.8 (a normal's is 3); the last conv of each residual
+  branch, the attention output and the output conv at scale 1e-10; biases 0, norms (1, 0)."""
+  flat = initial_weights['ddpm']
+  zero = [k for k in flat if k.endswith(_ZERO_INIT)]
+  assert len(zero) == 8 + 4 + 1   # 8 resnets (2 down, 2 middle, 4 up), 4 attentions, conv_out
+  checked = 0
+  for key, w in flat.items():
+    if key.endswith('/bias'):
+      assert not np.any(w), key
+    elif key.endswith('/scale'):
+      np.testing.assert_array_equal(w, 1.0, err_msg=key)
+    elif key.endswith('/kernel'):
+      fan_in, fan_out = _fans(w.shape)
+      scale = 1e-10 if key in zero else 1.0
+      limit = np.sqrt(3.0 * scale / ((fan_in + fan_out) / 2))
+      assert np.abs(w).max() <= limit * (1 + 1e-6), key
+      if key in zero:
+        continue
+      var, n = np.var(w), w.size
+      se = np.sqrt(4.0 / 45.0) * limit ** 2 / np.sqrt(n)   # sd of a uniform's sample variance
+      assert abs(var - limit ** 2 / 3) < 5 * se, (key, var, limit ** 2 / 3)
+      if n >= 2000:
+        assert abs(_kurtosis(w) - 1.8) < 0.15, (key, _kurtosis(w))
+      checked += 1
+  assert checked >= 20
+  emb = flat['class_embedding/embedding']   # flax's Embed init: std 1 / sqrt(features)
+  np.testing.assert_allclose(emb.std(), 1 / np.sqrt(emb.shape[1]), rtol=0.1)
+
+
+@pytest.mark.integration   # compiles two UNets
+def test_default_init_is_lecun_normal(initial_weights):
+  """flax's default, kept for generators trained before the key: truncated normal of variance
+  1 / fan_in everywhere (no zero layers), kurtosis ~2.36, so the two are told apart."""
+  flat = initial_weights['lecun_normal']
+  for key in ('down_blocks_1/resnets_0/conv1/kernel', 'down_blocks_0/resnets_0/conv2/kernel',
+              'conv_out/kernel', 'mid_block/attentions_0/to_q/kernel'):
+    w = flat[key]
+    fan_in, _ = _fans(w.shape)
+    np.testing.assert_allclose(np.var(w), 1.0 / fan_in, rtol=0.15, err_msg=key)
+    if w.size >= 2000:
+      assert _kurtosis(w) > 2.1, key   # a normal truncated at 2 sd: 2.36
+
+
+@pytest.mark.integration   # compiles two UNets
+def test_ddpm_init_starts_at_zero_output(initial_weights):
+  """Ho et al.'s zero-initialised output conv: eps_theta = 0 everywhere at step 0."""
+  assert 0 < np.abs(initial_weights['ddpm/eps']).max() < 1e-3
+  assert np.abs(initial_weights['lecun_normal/eps']).max() > 0.1
+
+
+def test_init_key_reaches_the_presets():
+  """configs/ddpm_cifar10.py (Ho et al.'s setting) trains from Ho et al.'s init; the digits demo
+  keeps flax's; the DDPM trainer passes the key through to the UNet."""
+  from configs import ddpm_cifar10, ddpm_digits  # pylint: disable=g-import-not-at-top
+  from trainer.diffusion import ddpm  # pylint: disable=g-import-not-at-top
+  assert ddpm.unet_config(ddpm_cifar10.get_config()).init == 'ddpm'
+  assert ddpm.unet_config(ddpm_digits.get_config()).init == 'lecun_normal'
+  with pytest.raises(ValueError, match="init 'xavier' not in"):
+    unet_lib.UNetConfig(init='xavier')

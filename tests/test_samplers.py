@@ -203,3 +203,172 @@ def test_dpm_solver_matches_diffusers_multistep_scheduler(steps):
   got = samplers.dpm_solver_pp_2m(_eps_jax, None, ac, key, (B,) + SHAPE, steps=steps,
                                   spacing='linspace', clip_denoised=False)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Learned variance, respaced timesteps and DDIM's previous timestep.
+# ------------------------------------------------------------------------------------------------
+
+W_V = np.random.default_rng(1).normal(size=(D, D)).astype(np.float32) * 0.8
+
+
+def _eps_v_jax(params, x, t):
+  """[eps, v] on the channel axis, v in (-1, 1): a learned-variance model's output (2C = 2)."""
+  v = jnp.tanh(x.reshape(len(x), D) @ W_V).reshape(x.shape)
+  return jnp.concatenate([_eps_jax(params, x, t), v], axis=-1)
+
+
+def _eps_v_torch(x, t):
+  """The same on NCHW tensors (diffusers splits eps and v on axis 1)."""
+  nhwc = x.permute(0, 2, 3, 1)
+  v = torch.tanh(nhwc.reshape(len(x), D) @ torch.from_numpy(W_V)).reshape(nhwc.shape)
+  return torch.cat([_eps_torch(nhwc, t), v], dim=-1).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize('spacing,steps', [('guided', 25), ('guided', 7), ('leading', 50)])
+def test_ddpm_learned_range_matches_diffusers(monkeypatch, spacing, steps):
+  """diffusers' DDPMScheduler(variance_type='learned_range') on the same (custom) timesteps."""
+  from diffusers import DDPMScheduler
+  from diffusers.schedulers import scheduling_ddpm
+  key = jax.random.key(5)
+  noise = _initial_and_step_noise(key, steps)
+  step = iter(range(1, steps + 1))
+  monkeypatch.setattr(scheduling_ddpm, 'randn_tensor', lambda shape, **kw: torch.from_numpy(
+      noise[next(step)]).permute(0, 3, 1, 2))
+  scheduler = DDPMScheduler(num_train_timesteps=T, beta_schedule='squaredcos_cap_v2',
+                            variance_type='learned_range', clip_sample=True)
+  ts = samplers.timesteps(T, steps, spacing)
+  scheduler.set_timesteps(timesteps=[int(t) for t in ts])
+  x = torch.from_numpy(noise[0]).permute(0, 3, 1, 2)
+  for t in scheduler.timesteps:
+    x = scheduler.step(_eps_v_torch(x, t), t, x).prev_sample
+  want = np.clip(x.permute(0, 2, 3, 1).numpy(), -1, 1)
+  ac = scheduler.alphas_cumprod.numpy().astype(np.float64)
+  got = samplers.ddpm(_eps_v_jax, None, ac, key, (B,) + SHAPE, steps=steps, spacing=spacing,
+                      variance='learned_range')
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-4)
+  # v moves the variance: with v = -1 throughout, learned_range is fixed_small.
+  low = lambda p, x, t: jnp.concatenate([_eps_jax(p, x, t), -jnp.ones_like(x)], -1)  # noqa: E731
+  small = samplers.ddpm(_eps_jax, None, ac, key, (B,) + SHAPE, steps=steps, spacing=spacing)
+  np.testing.assert_allclose(samplers.ddpm(low, None, ac, key, (B,) + SHAPE, steps=steps,
+                                           spacing=spacing, variance='learned_range'),
+                             small, atol=1e-5)
+  assert np.abs(np.asarray(got) - np.asarray(small)).max() > 1e-2
+
+
+def test_learned_variance_models_in_the_eps_only_samplers():
+  """ddim and dpm++2m use eps only: the v channels change nothing."""
+  ac = linear_alphas_cumprod()
+  key = jax.random.key(6)
+  for sampler, steps in (('ddim', 20), ('dpm++2m', 10)):
+    with_v = samplers.sample(_eps_v_jax, None, ac, key, (B,) + SHAPE, sampler=sampler,
+                             steps=steps)
+    eps_only = samplers.sample(_eps_jax, None, ac, key, (B,) + SHAPE, sampler=sampler,
+                               steps=steps)
+    np.testing.assert_array_equal(with_v, eps_only)
+
+
+def test_learned_variance_needs_the_v_channels():
+  ac = linear_alphas_cumprod()
+  with pytest.raises(ValueError, match="variance='learned_range' needs a model that outputs"):
+    samplers.ddpm(_eps_jax, None, ac, jax.random.key(0), (2,) + SHAPE, steps=5,
+                  variance='learned_range')
+  three = lambda p, x, t: jnp.concatenate([x, x, x], -1)  # noqa: E731
+  with pytest.raises(ValueError, match='returned 3 channels for x_t of 1'):
+    samplers.ddim(three, None, ac, jax.random.key(0), (2,) + SHAPE, steps=5)
+
+
+def test_space_timesteps_shapes():
+  """guided-diffusion's respacing (its own numbers are checked in test_guided_diffusion.py):
+  S distinct steps, both ends for a single section, "ddimS" the stride grid from 0."""
+  for spec, n in (('250', 250), ('25', 25), ('1000', 1000), ('10,15,20', 45)):
+    ts = samplers.space_timesteps(T, spec)
+    assert ts.size == n and np.all(np.diff(ts) < 0) and ts[-1] == 0, spec
+  assert samplers.space_timesteps(T, '250')[0] == T - 1
+  np.testing.assert_array_equal(samplers.space_timesteps(T, 'ddim25'),
+                                samplers.timesteps(T, 25, 'leading'))
+  np.testing.assert_array_equal(samplers.space_timesteps(T, 'ddim30'), np.arange(0, T, 34)[::-1])
+  np.testing.assert_array_equal(samplers.timesteps(T, 250, 'guided'),
+                                samplers.space_timesteps(T, [250]))
+  for bad, match in (('ddimx', "'x' is not a step count"), ('1001', 'cannot take 1001'),
+                     ('ddim1', 'no integer stride'), ('10,,5', "'' is not a step count")):
+    with pytest.raises(ValueError, match=match):
+      samplers.space_timesteps(T, bad)
+
+
+def test_use_timesteps_is_the_same_as_the_spacing():
+  ac = linear_alphas_cumprod()
+  key = jax.random.key(7)
+  ts = samplers.space_timesteps(T, '10,15,20')
+  a = samplers.ddpm(_eps_jax, None, ac, key, (B,) + SHAPE, use_timesteps=ts[::-1])
+  assert a.shape == (B,) + SHAPE
+  b = samplers.sample(_eps_jax, None, ac, key, (B,) + SHAPE, sampler='ddpm', steps=45,
+                      use_timesteps=set(ts.tolist()))
+  np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='steps=44 but use_timesteps holds 45'):
+    samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=44, use_timesteps=ts)
+  with pytest.raises(ValueError, match=r'timesteps in \[0, 1000\)'):
+    samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, use_timesteps=[5, 1000])
+
+
+def _ddim_on_the_grid(ac, ts, x, eps_from_x0=False):
+  """Song et al.'s Eq. 12 (eta = 0) from each grid point to the next, in float64 numpy."""
+  x = x.astype(np.float64)
+  for i, t in enumerate(ts):
+    a_t, a_prev = ac[t], (ac[ts[i + 1]] if i + 1 < len(ts) else 1.0)
+    eps = (np.tanh(x.reshape(len(x), D) @ W.astype(np.float64)) * (1 + t / T)).reshape(x.shape)
+    x0 = np.clip((x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t), -1, 1)
+    if eps_from_x0:
+      eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1 - a_t)
+    x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
+  return np.clip(x, -1, 1)
+
+
+@pytest.mark.parametrize('steps', [30, 7])
+def test_ddim_trailing_when_T_mod_S_is_not_zero(steps):
+  """diffusers' DDIMScheduler steps to t - T // S, off the 'trailing' grid when T mod S != 0;
+  ours steps to the grid's next point unless prev_timestep='offset', which equals diffusers."""
+  from diffusers import DDIMScheduler
+  key = jax.random.key(8)
+  noise = _initial_and_step_noise(key, 0)
+  scheduler = DDIMScheduler(num_train_timesteps=T, beta_schedule='linear', clip_sample=True,
+                            timestep_spacing='trailing')
+  want = _run_diffusers(scheduler, steps, noise, lambda j: {'eta': 0.0})
+  ac = scheduler.alphas_cumprod.numpy().astype(np.float64)
+  ts = samplers.timesteps(T, steps, 'trailing')
+  np.testing.assert_array_equal(ts, scheduler.timesteps.numpy())   # the same grid
+  offset = samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=steps, spacing='trailing',
+                         prev_timestep='offset')
+  np.testing.assert_allclose(np.asarray(offset), want, atol=1e-4)
+  grid = np.asarray(samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=steps,
+                                  spacing='trailing'))
+  np.testing.assert_allclose(grid, _ddim_on_the_grid(ac, ts, noise[0]), atol=1e-4)
+  gap = np.abs(grid - want).max()
+  print(f'S = {steps}: max |next-grid DDIM - diffusers DDIM| = {gap:.1e}')
+  assert gap > 1e-4
+
+
+def test_ddim_eps_from_x0():
+  """guided-diffusion re-derives eps from the clipped x_0; without clipping it is the same."""
+  ac = linear_alphas_cumprod()
+  key = jax.random.key(9)
+  noise = _initial_and_step_noise(key, 0)
+  ts = samplers.timesteps(T, 10)
+  got = samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=10, eps_from_x0=True)
+  np.testing.assert_allclose(got, _ddim_on_the_grid(ac, ts, noise[0], eps_from_x0=True),
+                             atol=1e-4)
+  plain = samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=10)
+  assert np.abs(np.asarray(got) - np.asarray(plain)).max() > 1e-3   # x_0 was clipped
+  kw = dict(steps=10, clip_denoised=False)
+  np.testing.assert_allclose(
+      samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, eps_from_x0=True, **kw),
+      samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, **kw), atol=2e-5)
+
+
+def test_to_uint8_floor_like_guided_diffusion():
+  x = jnp.array([-1.0, -0.999, 0.0, 0.5, 0.999, 1.0])
+  want = np.clip((np.asarray(x, np.float32) + 1) * 127.5, 0, 255).astype(np.uint8)  # truncates
+  np.testing.assert_array_equal(samplers.to_uint8(x, 'floor'), want)
+  assert samplers.to_uint8(x, 'floor')[2] == 127 and samplers.to_uint8(x)[2] == 128
+  with pytest.raises(ValueError, match="rounding must be one of"):
+    samplers.to_uint8(x, 'ceil')

@@ -47,14 +47,13 @@ DIFFUSERS_DEFAULTS = {
 }
 # Values of diffusers-only keys that are the only ones we build (anything else is refused).
 _REQUIRED = {'time_embedding_type': 'positional', 'mid_block_type': 'UNetMidBlock2D',
-             'downsample_type': 'conv', 'upsample_type': 'conv',
-             'resnet_time_scale_shift': 'default', 'add_attention': True,
-             'class_embed_type': None}
+             'add_attention': True, 'class_embed_type': None}
 _OURS = ('sample_size', 'in_channels', 'out_channels', 'block_out_channels', 'down_block_types',
          'up_block_types', 'layers_per_block', 'attention_head_dim', 'norm_num_groups',
          'norm_eps', 'act_fn', 'flip_sin_to_cos', 'freq_shift', 'downsample_padding',
          'mid_block_scale_factor', 'center_input_sample', 'time_embedding_dim',
-         'num_class_embeds', 'dropout')
+         'num_class_embeds', 'dropout', 'resnet_time_scale_shift', 'downsample_type',
+         'upsample_type', 'attn_norm_num_groups')
 _DEPRECATED_ATTENTION = {'query': ['to_q'], 'key': ['to_k'], 'value': ['to_v'],
                          'proj_attn': ['to_out', '0']}
 
@@ -64,7 +63,8 @@ def unet_config(config: dict[str, Any], *, source: str = 'config.json') -> unet_
 
   Raises:
     ValueError: naming `source` and the key, for another model class, a feature we do not build
-      (e.g. a Fourier time embedding, scale-shift conditioning) or an unknown key.
+      (e.g. a Fourier time embedding, a block type other than models.diffusion.unet's) or an
+      unknown key.
   """
   c = {k: v for k, v in config.items() if not k.startswith('_')}
   cls = config.get('_class_name', 'UNet2DModel')
@@ -77,9 +77,6 @@ def unet_config(config: dict[str, Any], *, source: str = 'config.json') -> unet_
   for key, value in _REQUIRED.items():
     if c[key] != value:
       raise ValueError(f'{source}: {key} = {c[key]!r} is not supported (only {value!r}).')
-  if c['attn_norm_num_groups'] not in (None, c['norm_num_groups']):
-    raise ValueError(f'{source}: attn_norm_num_groups = {c["attn_norm_num_groups"]} is not '
-                     f'supported (only null or norm_num_groups).')
   size = c['sample_size']
   if isinstance(size, (list, tuple)):
     if len(set(size)) != 1:

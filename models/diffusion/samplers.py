@@ -4,26 +4,45 @@ The forward process is Ho et al.'s: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps with
 alphas_cumprod[t], t = 0 … T-1 (diffusers' indexing: a_0 = 1 - beta_0). Three samplers:
 
   ddpm     ancestral sampling (Ho et al. 2020, Alg. 2), one network evaluation per step; with
-           steps < T the timesteps are strided and beta_t is replaced by 1 - a_t / a_prev, as in
-           diffusers' DDPMScheduler. The posterior variance defaults to beta-tilde
-           ('fixed_small' = (1 - a_prev) / (1 - a_t) beta_t, the variance of q(x_{t-1} | x_t, x_0)),
-           diffusers' DDPMScheduler default; Ho et al. (Sec. 3.2) found it and beta_t
-           ('fixed_large', reachable with `variance=`) to give similar samples. A generator's
-           schedule records the variance it was released with, and trainer/sample.py passes it.
+           steps < T the timesteps are a subset and beta_t is replaced by 1 - a_t / a_prev, as in
+           diffusers' DDPMScheduler and guided-diffusion's SpacedDiffusion. The posterior
+           variance defaults to beta-tilde ('fixed_small' = (1 - a_prev) / (1 - a_t) beta_t, the
+           variance of q(x_{t-1} | x_t, x_0)), diffusers' DDPMScheduler default; Ho et al.
+           (Sec. 3.2) found it and beta_t ('fixed_large', reachable with `variance=`) to give
+           similar samples. 'learned_range' is Nichol & Dhariwal's (2021) learned variance, ADM's:
+           the model outputs [eps, v] (2C channels) and log sigma^2 = frac log beta_t + (1 - frac)
+           log beta-tilde_t with frac = (v + 1) / 2, beta-tilde's log "clipped" at the last step
+           to the step before's (guided-diffusion's posterior_log_variance_clipped; that step
+           adds no noise). A generator's schedule records the variance it was released with, and
+           trainer/sample.py passes it.
   ddim     deterministic DDIM (Song et al. 2021, eta = 0), S evaluations.
   dpm++2m  DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): second-order multistep in the data
            prediction x_0 on the half-log-SNR lambda = log(alpha / sigma); first order on the
            first step and on the last, which lands on sigma = 0 (diffusers'
            DPMSolverMultistepScheduler with final_sigmas_type='zero'), S evaluations.
+A learned-variance model's v is used by ddpm's 'learned_range' only; ddim and dpm++2m take eps
+(the first C channels), as guided-diffusion's ddim_sample does.
 
 Timesteps. ddpm and ddim use diffusers' default 'leading' spacing: t_i = (S-1-i) * (T // S),
-i.e. 990, 980, …, 0 for S = 100 of T = 1000; 'trailing' (round(T - i T / S) - 1: 999, 989, …, 9)
-is reachable with `spacing=`. The step after t_i goes to t_{i+1}, and the last step to
-"a = 1" (diffusers' set_alpha_to_one). dpm++2m defaults to timesteps uniform in log-SNR from
-T-1 to 0; diffusers' 'linspace' grid is reachable with `spacing='linspace'` (`dpm_timesteps`).
+i.e. 990, 980, …, 0 for S = 100 of T = 1000. Also reachable with `spacing=`: 'trailing'
+(round(T - i T / S) - 1: 999, 989, …, 9); 'guided', guided-diffusion's `--timestep_respacing S`
+(`space_timesteps`: S points evenly spread over 0 … T-1, both ends included, e.g. 0, 4, 8, …,
+999 for S = 250); 'guided_ddim', its "ddimS" (the smallest integer stride giving S points from
+0, the same as 'leading' when S divides T). Any other subset, e.g. guided-diffusion's
+sectioned "10,15,20", goes in as `use_timesteps=space_timesteps(T, '10,15,20')`. A step from
+t_i goes to t_{i+1}, the next timestep of the grid, and the last step to "a = 1" (diffusers'
+set_alpha_to_one), as in Song et al.'s code, guided-diffusion and diffusers' DDPMScheduler.
+diffusers' DDIMScheduler instead steps to t_i - T // S, which is off the grid for 'trailing'
+spacing when T mod S != 0 (e.g. S = 30 of 1000: 999 -> 966, then 966 -> 933 while the grid's
+next point is 932); `ddim(..., prev_timestep='offset')` reproduces that, equal to diffusers'
+DDIM to float precision; the default 'next' differs from it there, and only there.
+dpm++2m defaults to timesteps uniform in log-SNR from T-1 to 0; diffusers' 'linspace' grid is
+reachable with `spacing='linspace'` (`dpm_timesteps`).
 
 The predicted x_0 is clipped to [-1, 1] by default (`clip_denoised=True`), as Ho et al.'s
-sampler and diffusers' clip_sample=True do; for DPM-Solver++ this is its static thresholding.
+sampler, guided-diffusion and diffusers' clip_sample=True do; for DPM-Solver++ this is its
+static thresholding. After clipping, ddim re-noises x_0 with the network's eps (diffusers);
+`eps_from_x0=True` re-derives eps from the clipped x_0 (guided-diffusion's ddim_sample).
 
 Noise. `key` is either one key (split into one key per sample) or a batch of keys, one per
 sample: sample i draws x_T from fold_in(key_i, 0) and the ancestral noise of step j from
@@ -44,8 +63,10 @@ import numpy as np
 
 EpsFn = Callable[..., jax.Array]
 SAMPLERS = ('ddpm', 'ddim', 'dpm++2m')
-SPACINGS = ('leading', 'trailing')
-VARIANCES = ('fixed_small', 'fixed_large')
+SPACINGS = ('leading', 'trailing', 'guided', 'guided_ddim')
+VARIANCES = ('fixed_small', 'fixed_large', 'learned_range')
+PREV_TIMESTEPS = ('next', 'offset')
+ROUNDINGS = ('round', 'floor')
 # diffusers' 'fixed_small_log' gives the same standard deviation, exp(log(var) / 2). Its
 # 'fixed_large_log' is not accepted: DDPMScheduler.step takes sqrt(log(beta_t)) there (NaN).
 _VARIANCE_ALIASES = {'fixed_small_log': 'fixed_small'}
@@ -66,15 +87,74 @@ def _check_schedule(alphas_cumprod) -> np.ndarray:
   return a
 
 
+def space_timesteps(num_train: int, section_counts: str | Sequence[int]) -> np.ndarray:
+  """guided-diffusion's `space_timesteps` (respace.py): the kept timesteps, largest first.
+
+  `section_counts` "S1,S2,…" (or a list) splits 0 … T-1 into equal sections (the first T mod n
+  one longer) and keeps S_k points of section k, evenly spread over it with both ends included
+  (positions accumulated as floats and rounded half to even, as Python's round() there does);
+  "ddimS" keeps range(0, T, stride) for the smallest stride that gives S points. E.g. "250",
+  "ddim25", "10,15,20".
+  """
+  spec = section_counts
+  if isinstance(spec, str):
+    if spec.startswith('ddim'):
+      count = _parse_count(spec[len('ddim'):], spec)
+      for stride in range(1, num_train):
+        if len(range(0, num_train, stride)) == count:
+          return np.arange(0, num_train, stride)[::-1].astype(np.int64)
+      raise ValueError(f'timestep respacing {spec!r}: no integer stride gives exactly {count} of '
+                       f'{num_train} steps')
+    spec = [_parse_count(c, section_counts) for c in spec.split(',')]
+  kept, start = set(), 0
+  for i, count in enumerate(spec):
+    size = num_train // len(spec) + (1 if i < num_train % len(spec) else 0)
+    if not 1 <= count <= size:
+      raise ValueError(f'timestep respacing {section_counts!r}: cannot take {count} steps from a '
+                       f'section of {size}')
+    stride = 1 if count <= 1 else (size - 1) / (count - 1)
+    position = 0.0
+    for _ in range(count):
+      kept.add(start + round(position))
+      position += stride
+    start += size
+  return np.array(sorted(kept, reverse=True), np.int64)
+
+
+def _parse_count(text: str, spec) -> int:
+  try:
+    return int(text)
+  except ValueError:
+    raise ValueError(f'timestep respacing {spec!r}: {text!r} is not a step count') from None
+
+
 def timesteps(num_train: int, steps: int, spacing: str = 'leading') -> np.ndarray:
-  """The S timesteps a ddpm/ddim sampler visits, largest first (diffusers' spacings)."""
+  """The S timesteps a ddpm/ddim sampler visits, largest first (see the module docstring)."""
   if not 1 <= steps <= num_train:
     raise ValueError(f'steps must be in [1, {num_train}], got {steps}')
   if spacing == 'leading':
     return (np.arange(steps)[::-1] * (num_train // steps)).astype(np.int64)
   if spacing == 'trailing':
     return (np.round(np.arange(num_train, 0, -num_train / steps)) - 1).astype(np.int64)
+  if spacing == 'guided':
+    return space_timesteps(num_train, [steps])
+  if spacing == 'guided_ddim':
+    return space_timesteps(num_train, f'ddim{steps}')
   raise ValueError(f'spacing must be one of {SPACINGS}, got {spacing!r}')
+
+
+def _grid(num_train: int, steps: int | None, spacing: str, use_timesteps) -> np.ndarray:
+  """`timesteps(...)`, or `use_timesteps` (any order, distinct, in [0, T)) largest first."""
+  if use_timesteps is None:
+    return timesteps(num_train, steps or num_train, spacing)
+  ts = np.array(sorted({int(t) for t in np.ravel(list(use_timesteps))}, reverse=True))
+  if not ts.size or ts[0] >= num_train or ts[-1] < 0:
+    raise ValueError(f'use_timesteps must be a non-empty set of timesteps in [0, {num_train}), '
+                     f'got {ts.size} from {ts[-1] if ts.size else None} to '
+                     f'{ts[0] if ts.size else None}')
+  if steps is not None and steps != ts.size:
+    raise ValueError(f'steps={steps} but use_timesteps holds {ts.size} distinct timesteps')
+  return ts.astype(np.int64)
 
 
 def dpm_timesteps(alphas_cumprod, steps: int, spacing: str = 'logsnr') -> np.ndarray:
@@ -133,9 +213,16 @@ def _normal(keys, index: int | jax.Array, shape: Sequence[int]) -> jax.Array:
 
 
 def _call(eps_fn: EpsFn, params, x, t, y):
+  """(eps, v): the model's output split on channels; v is None unless it has 2C channels."""
   tt = jnp.full((x.shape[0],), t, jnp.int32)
-  eps = eps_fn(params, x, tt) if y is None else eps_fn(params, x, tt, y)
-  return eps.astype(jnp.float32)
+  out = (eps_fn(params, x, tt) if y is None else eps_fn(params, x, tt, y)).astype(jnp.float32)
+  c = x.shape[-1]
+  if out.shape[-1] == c:
+    return out, None
+  if out.shape[-1] == 2 * c:
+    return out[..., :c], out[..., c:]
+  raise ValueError(f'eps_fn returned {out.shape[-1]} channels for x_t of {c}: expected {c} (eps) '
+                   f'or {2 * c} (eps and a learned variance v)')
 
 
 def _x0(x, eps, a_t, clip: bool):
@@ -154,48 +241,75 @@ def _f32(*arrays):
 
 def ddpm(eps_fn: EpsFn, params: Any, alphas_cumprod, key, shape: Sequence[int], *,
          steps: int | None = None, y=None, variance: str = 'fixed_small',
-         spacing: str = 'leading', clip_denoised: bool = True) -> jax.Array:
-  """Ancestral sampling (Ho et al. Alg. 2; diffusers' DDPMScheduler.step), `steps` evaluations."""
+         spacing: str = 'leading', use_timesteps=None, clip_denoised: bool = True) -> jax.Array:
+  """Ancestral sampling (Ho et al. Alg. 2; diffusers' DDPMScheduler.step, guided-diffusion's
+  p_sample), one evaluation per timestep of `timesteps(T, steps, spacing)` or `use_timesteps`."""
   a = _check_schedule(alphas_cumprod)
   variance = _VARIANCE_ALIASES.get(variance, variance)
   if variance not in VARIANCES:
     raise ValueError(f'variance must be one of {VARIANCES}, got {variance!r}')
-  ts = timesteps(a.size, steps or a.size, spacing)
+  ts = _grid(a.size, steps, spacing, use_timesteps)
   a_t, a_prev = a[ts], _prev_alphas(a, ts)
   beta = 1.0 - a_t / a_prev
   coef_x0 = np.sqrt(a_prev) * beta / (1.0 - a_t)
   coef_xt = np.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a_t)
-  var = beta if variance == 'fixed_large' else np.maximum((1 - a_prev) / (1 - a_t) * beta, 1e-20)
+  small = (1 - a_prev) / (1 - a_t) * beta                 # beta-tilde, 0 on the step to a = 1
+  var = beta if variance == 'fixed_large' else np.maximum(small, 1e-20)
   std = np.where(ts > 0, np.sqrt(var), 0.0)   # no noise on the step that lands on x_0
+  # learned_range: log beta-tilde with the last step's (log 0) replaced by the step before's.
+  min_log = np.log(np.maximum(np.concatenate([small[:-1], small[-2:-1] if ts.size > 1
+                                              else beta[-1:]]), 1e-20))
+  max_log = np.log(beta)
+  learned = variance == 'learned_range'
   keys = _sample_keys(key, shape[0])
   x = _normal(keys, 0, shape[1:])
 
   def step(x, inputs):
-    j, t, a_t, c0, ct, s = inputs
-    x0 = _x0(x, _call(eps_fn, params, x, t, y), a_t, clip_denoised)
+    j, t, a_t, c0, ct, s, lo, hi = inputs
+    eps, v = _call(eps_fn, params, x, t, y)
+    if learned:
+      if v is None:
+        raise ValueError("variance='learned_range' needs a model that outputs eps and v "
+                         f'({2 * x.shape[-1]} channels); this one outputs {x.shape[-1]}')
+      frac = (v + 1.0) / 2.0
+      s = jnp.where(t > 0, jnp.exp(0.5 * (frac * hi + (1.0 - frac) * lo)), 0.0)
+    x0 = _x0(x, eps, a_t, clip_denoised)
     x = c0 * x0 + ct * x + s * _normal(keys, j + 1, shape[1:])
     return x, None
 
-  inputs = (jnp.arange(ts.size), jnp.asarray(ts, jnp.int32)) + _f32(a_t, coef_x0, coef_xt, std)
+  inputs = (jnp.arange(ts.size), jnp.asarray(ts, jnp.int32)) + _f32(
+      a_t, coef_x0, coef_xt, std, min_log, max_log)
   x, _ = jax.lax.scan(step, x, inputs)
   return jnp.clip(x, -1.0, 1.0)
 
 
 def ddim(eps_fn: EpsFn, params: Any, alphas_cumprod, key, shape: Sequence[int], *,
-         steps: int, y=None, spacing: str = 'leading', clip_denoised: bool = True) -> jax.Array:
+         steps: int | None = None, y=None, spacing: str = 'leading', use_timesteps=None,
+         prev_timestep: str = 'next', eps_from_x0: bool = False,
+         clip_denoised: bool = True) -> jax.Array:
   """DDIM with eta = 0 (Song et al. Eq. 12; diffusers' DDIMScheduler.step), `steps` evaluations.
 
-  As in diffusers, the eps that re-noises x_0 is the network's, even where x_0 was clipped.
+  As in diffusers, the eps that re-noises x_0 is the network's, even where x_0 was clipped;
+  `eps_from_x0=True` re-derives it from the clipped x_0, as guided-diffusion's ddim_sample.
+  `prev_timestep` 'next' steps to the next timestep of the grid; 'offset' to t - T // S, as
+  diffusers' DDIMScheduler (different only for 'trailing' spacing with T mod S != 0).
   """
   a = _check_schedule(alphas_cumprod)
-  ts = timesteps(a.size, steps, spacing)
+  ts = _grid(a.size, steps, spacing, use_timesteps)
   a_t, a_prev = a[ts], _prev_alphas(a, ts)
+  if prev_timestep == 'offset':
+    prev = ts - a.size // ts.size
+    a_prev = np.where(prev >= 0, a[np.maximum(prev, 0)], 1.0)
+  elif prev_timestep != 'next':
+    raise ValueError(f'prev_timestep must be one of {PREV_TIMESTEPS}, got {prev_timestep!r}')
   x = _normal(_sample_keys(key, shape[0]), 0, shape[1:])
 
   def step(x, inputs):
     t, a_t, a_prev = inputs
-    eps = _call(eps_fn, params, x, t, y)
+    eps, _ = _call(eps_fn, params, x, t, y)
     x0 = _x0(x, eps, a_t, clip_denoised)
+    if eps_from_x0:
+      eps = (x - jnp.sqrt(a_t) * x0) / jnp.sqrt(1.0 - a_t)
     return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev) * eps, None
 
   x, _ = jax.lax.scan(step, x, (jnp.asarray(ts, jnp.int32),) + _f32(a_t, a_prev))
@@ -232,7 +346,7 @@ def dpm_solver_pp_2m(eps_fn: EpsFn, params: Any, alphas_cumprod, key, shape: Seq
   def step(carry, inputs):
     x, d_prev = carry
     t, a_t, xc, dc, hr = inputs
-    d = _x0(x, _call(eps_fn, params, x, t, y), a_t, clip_denoised)
+    d = _x0(x, _call(eps_fn, params, x, t, y)[0], a_t, clip_denoised)
     x = xc * x + dc * (d + hr * (d - d_prev))
     return (x, d), None
 
@@ -257,6 +371,11 @@ def sample(eps_fn: EpsFn, params: Any, alphas_cumprod, key, shape: Sequence[int]
             clip_denoised=clip_denoised, **options)
 
 
-def to_uint8(x: jax.Array) -> jax.Array:
-  """[-1, 1] floats -> uint8 NHWC images, rounding as diffusers' pipelines do ((x+1)/2 * 255)."""
-  return jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+def to_uint8(x: jax.Array, rounding: str = 'round') -> jax.Array:
+  """[-1, 1] floats -> uint8 NHWC images: (x + 1) * 127.5 rounded as diffusers' pipelines do, or
+  with `rounding='floor'` truncated as guided-diffusion's image_sample.py does (half a level
+  darker on average)."""
+  if rounding not in ROUNDINGS:
+    raise ValueError(f'rounding must be one of {ROUNDINGS}, got {rounding!r}')
+  scaled = (jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5
+  return (jnp.round(scaled) if rounding == 'round' else jnp.floor(scaled)).astype(jnp.uint8)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 BETA_SCHEDULES = ('linear', 'scaled_linear', 'squaredcos_cap_v2', 'sigmoid', 'laplace')
-VARIANCE_TYPES = ('fixed_small', 'fixed_small_log', 'fixed_large', 'fixed_large_log')
+VARIANCE_TYPES = ('fixed_small', 'fixed_small_log', 'fixed_large', 'fixed_large_log',
+                  'learned_range')
 # DDPMScheduler keys about sampling-time details (thresholding, spacing of inference steps) that
 # do not change the schedule; they are not carried over.
 _IGNORED_KEYS = ('_class_name', '_diffusers_version', 'thresholding', 'dynamic_thresholding_ratio',
@@ -30,7 +31,8 @@ class Schedule:
   Attributes:
     betas: (T,) float64, beta_t for t = 0..T-1.
     variance_type: the reverse-process variance the model was released with ('fixed_small' is
-      Ho et al.'s sigma_t^2 = beta~_t, 'fixed_large' is beta_t).
+      Ho et al.'s sigma_t^2 = beta~_t, 'fixed_large' is beta_t, 'learned_range' Nichol &
+      Dhariwal's interpolation of their logs by the model's second output, v; ADM's).
     clip_sample: whether DDPM sampling clips the predicted x_0 to [-clip_sample_range, +range].
     clip_sample_range: see clip_sample.
   """
@@ -45,8 +47,7 @@ class Schedule:
       raise ValueError(f'Schedule: betas must be a non-empty 1-D array in (0, 1], got shape '
                        f'{betas.shape}, range [{betas.min(initial=0)}, {betas.max(initial=0)}].')
     if self.variance_type not in VARIANCE_TYPES:
-      raise ValueError(f'Schedule: variance_type {self.variance_type!r} not in {VARIANCE_TYPES} '
-                       '(a learned variance needs a model that outputs it).')
+      raise ValueError(f'Schedule: variance_type {self.variance_type!r} not in {VARIANCE_TYPES}.')
     object.__setattr__(self, 'betas', betas)
 
   @property
