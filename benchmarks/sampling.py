@@ -19,7 +19,7 @@ For each UNet (models/diffusion/unet.py: `digits_config()`, and `CIFAR10_DDPM`, 
 The CPU rows are measured; the accelerator rows are arithmetic from the XLA FLOP count, not
 measurements.
 
---edm_models=digits,cifar10 adds EDM's DDPM++ (models/diffusion/song_unet.py: a digits
+--edm_models=digits,cifar10 adds EDM's DDPM++ (models/diffusion/edm/network.py: a digits
 configuration, and `CIFAR10_DDPMPP`, the 55.7M-parameter network of the released
 edm-cifar10-32x32-cond-vp) as its denoiser D(x, sigma, y) under VP preconditioning: the same
 columns per NFE, images/s for Heun with 18 and 20 steps (35 and 39 NFE: EDM's CIFAR-10 setting
@@ -46,9 +46,9 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from configs.adm import imagenet64, imagenet256
-from models.diffusion import edm_precond
-from models.diffusion import guided_diffusion_import
-from models.diffusion import song_unet
+from models.diffusion.edm import precond as edm_precond
+from models.interop import guided_diffusion as guided_diffusion_import
+from models.diffusion.edm import network as song_unet
 from models.diffusion import unet as unet_lib
 
 PEAKS_TFLOPS = {'H100 (989 TFLOP/s bf16)': 989.0, 'TPU v4 (275 TFLOP/s bf16)': 275.0}
@@ -253,7 +253,7 @@ def main(argv=None):
 
 
 # ------------------------------------------------------------------------------------------------
-# EDM's DDPM++ (models/diffusion/song_unet.py) under its preconditioning, sampled with Heun.
+# EDM's DDPM++ (models/diffusion/edm/network.py) under its preconditioning, sampled with Heun.
 # ------------------------------------------------------------------------------------------------
 
 EDM_SAMPLERS = (('EDM Heun-18', 35), ('EDM Heun-20 (DM-Improves-AT)', 39))

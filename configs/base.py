@@ -98,14 +98,17 @@ def get_config():
   c.pipeline = ml_collections.ConfigDict()
   c.pipeline.classifier_model = 'wrn-28-10'  # the non-robust pseudo-labeller (paper: 95.68%)
   c.pipeline.classifier_epochs = 200
-  c.pipeline.generator = 'gaussian'        # gaussian (App. D's fit) | ddpm (a diffusion model)
-  c.pipeline.generator_checkpoint = ''     # ddpm: models/diffusion/checkpoint.py directory
-                                           # ('' = train a DDPM here, in WORKDIR/generator)
-  c.pipeline.ddpm_preset = 'ddpm_digits'   # ddpm, trained here: configs/<name>.py, run on this
-                                           # config's dataset, held-out size and seed
-  c.pipeline.ddpm_steps = 0                # ddpm, trained here: train steps (0 = the preset's)
-  c.pipeline.sampler = 'dpm++2m'           # ddpm: ddpm (Ho et al., 1,000 steps) | ddim | dpm++2m
-  c.pipeline.sampler_steps = 20            # ddpm: network evaluations per sample
+  c.pipeline.generator = 'gaussian'        # gaussian (App. D's fit) | ddpm | edm (a diffusion
+                                           # model: Ho et al.'s or ADM, or Karras et al.'s)
+  c.pipeline.generator_checkpoint = ''     # ddpm/edm: a generator checkpoint directory ('' =
+                                           # train one here, in WORKDIR/generator)
+  c.pipeline.generator_preset = 'ddpm_digits'  # ddpm/edm, trained here: configs/<name>.py of
+                                           # that objective (ddpm_*, edm_*), run on this config's
+                                           # dataset, held-out size and seed
+  c.pipeline.generator_steps = 0           # ddpm/edm, trained here: steps (0 = the preset's)
+  c.pipeline.sampler = 'dpm++2m'           # ddpm: ddpm (Ho et al., 1,000 steps) | ddim |
+                                           # dpm++2m; edm: heun | euler
+  c.pipeline.sampler_steps = 20            # network evaluations (edm: noise levels) per sample
   c.pipeline.sample_batch_size = 256       # ddpm: images per sampling batch on each host
   c.pipeline.gaussian_components = 200     # PCA components per class (App. D)
   c.pipeline.num_generated = 1_000_000     # samples drawn from the generator

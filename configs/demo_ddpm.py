@@ -14,8 +14,8 @@ def get_config():
   c.generated.alpha = 0.3          # the paper's real share for DDPM data (demo.py: 0.8, Gaussian)
   c.pipeline.generator = 'ddpm'
   c.pipeline.generator_checkpoint = ''   # trained here
-  c.pipeline.ddpm_preset = 'ddpm_digits'
-  c.pipeline.ddpm_steps = 1000     # of the preset's 3000 (batch 128)
+  c.pipeline.generator_preset = 'ddpm_digits'
+  c.pipeline.generator_steps = 1000     # of the preset's 3000 (batch 128)
   c.pipeline.sampler = 'dpm++2m'
   c.pipeline.sampler_steps = 20
   c.pipeline.num_generated = 5000

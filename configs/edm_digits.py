@@ -21,7 +21,7 @@ def get_config():
   for key in ('warmup_steps', 'grad_clip', 'ema_decay'):
     del c.optim[key]
 
-  # --- The DDPM++ network (models/diffusion/song_unet.py SongUNetConfig fields) -----------------
+  # --- The DDPM++ network (models/diffusion/edm/network.py SongUNetConfig fields) -----------------
   c.network = ml_collections.ConfigDict()
   c.network.model_channels = 32
   c.network.channel_mult = (1, 2)          # 8x8 and 4x4
@@ -34,7 +34,7 @@ def get_config():
   c.network.class_conditional = True
   c.network.dtype = 'float32'              # compute dtype; 'bfloat16' on accelerators
 
-  # --- Preconditioning and loss (models/diffusion/edm_precond.py, edm_loss.py) -----------------
+  # --- Preconditioning and loss (models/diffusion/edm/precond.py, edm_loss.py) -----------------
   c.precond = ml_collections.ConfigDict()
   c.precond.kind = 'edm'
   c.precond.sigma_data = 0.5

@@ -6,7 +6,7 @@ import os
 import numpy as np
 from flax import traverse_util
 
-from models.diffusion import edm_import
+from models.interop import edm as edm_import
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'edm')
 WEIGHTS = os.path.join(FIXTURE, 'weights.safetensors')

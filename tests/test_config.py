@@ -68,7 +68,7 @@ def test_edm_presets_build_their_network(name):
 def test_edm_cifar10_is_the_reference_setting():
   """NVlabs/edm train.py --cond=1 --arch=ddpmpp with its defaults, less the augmentation pipe."""
   from configs import edm_cifar10  # pylint: disable=g-import-not-at-top
-  from models.diffusion import song_unet  # pylint: disable=g-import-not-at-top
+  from models.diffusion.edm import network as song_unet  # pylint: disable=g-import-not-at-top
   c = edm_cifar10.get_config()
   network = edm.network_config(c)
   assert network == dataclasses.replace(song_unet.CIFAR10_DDPMPP, augment_dim=0)
@@ -95,14 +95,17 @@ def _flat(d, prefix=''):
     ('dataset.name', 'imagenet', "Unknown dataset 'imagenet'"),
     ('model.dtype', 'float16', 'model.dtype'),
     ('pipeline.generator', 'gan', "pipeline.generator='gan'"),
-    ('pipeline.ddpm_preset', 'ddpm_digitz', "ddpm_digitz': must name a DDPM preset in configs/"),
-    ('pipeline.ddpm_preset', 'demo', "pipeline.ddpm_preset='demo'"),  # a method preset
-    ('pipeline.ddpm_preset', 'configs/ddpm_digits.py', 'by its module name'),
-    ('pipeline.ddpm_steps', -1, 'pipeline.ddpm_steps=-1'),
+    ('pipeline.generator_preset', 'ddpm_digitz',
+     "ddpm_digitz': must name a DDPM preset in configs/"),
+    ('pipeline.generator_preset', 'demo', "pipeline.generator_preset='demo'"),  # a method's
+    ('pipeline.generator_preset', 'configs/ddpm_digits.py', 'by its module name'),
+    ('pipeline.generator_preset', 'edm_digits', 'must name a DDPM preset'),  # another objective
+    ('pipeline.generator_steps', -1, 'pipeline.generator_steps=-1'),
 ])
 def test_bad_values_are_named(key, value, message):
   c = base.get_config()
   c.generated.path = 'x/manifest.json'
+  c.pipeline.generator = 'ddpm'   # a generator trained by the method: its preset is read
   section, leaf = key.split('.')
   c[section][leaf] = value
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):

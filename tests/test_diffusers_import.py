@@ -17,7 +17,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from safetensors import numpy as st_numpy
 
 from models.diffusion import checkpoint
-from models.diffusion import diffusers_import
+from models.interop import diffusers as diffusers_import
 from models.diffusion import schedule as schedule_lib
 from models.diffusion import unet as unet_lib
 

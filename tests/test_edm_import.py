@@ -21,9 +21,10 @@ from safetensors import torch as st_torch
 import edm_reference as ref_lib
 from edm_reference import assert_close, nhwc
 from models.diffusion import checkpoint
-from models.diffusion import edm_checkpoint
-from models.diffusion import edm_import
-from models.diffusion import edm_precond
+from models.diffusion.edm import checkpoint as edm_checkpoint
+from models.interop import edm as edm_import
+import trainer_runs
+from models.diffusion.edm import precond as edm_precond
 
 
 def _torch_state():
@@ -35,8 +36,7 @@ def imported(tmp_path_factory):
   """The fixture's state_dict saved as a user would (torch.save), imported by the command."""
   d = tmp_path_factory.mktemp('edm')
   torch.save(_torch_state(), d / 'edm.pt')
-  assert edm_import.main([f'--state_dict={d / "edm.pt"}', '--precond=vp', '--dropout=0.13',
-                          f'--out={d / "gen"}']) == 0
+  edm_import.import_checkpoint(str(d / 'edm.pt'), str(d / 'gen'), precond='vp', dropout=0.13)
   return d
 
 
@@ -56,10 +56,10 @@ def test_imported_checkpoint_denoises_as_the_reference(imported):
 
 def test_state_dict_formats_agree(imported):
   """A .pt and a .safetensors state_dict import to the same parameters, 'model.' or not."""
-  from_pt = edm_import.read(state_dict=str(imported / 'edm.pt'), precond='vp')
+  from_pt = edm_import.read(str(imported / 'edm.pt'), precond='vp')
   bare = {k.removeprefix('model.'): v for k, v in _torch_state().items()}
   st_torch.save_file(bare, str(imported / 'bare.safetensors'))
-  from_st = edm_import.read(state_dict=str(imported / 'bare.safetensors'), precond='edm')
+  from_st = edm_import.read(str(imported / 'bare.safetensors'), precond='edm')
   assert from_st.precond.kind == 'edm' and from_st.network == from_pt.network
   flat_pt = checkpoint.flatten(from_pt.params)
   flat_st = checkpoint.flatten(from_st.params)
@@ -77,23 +77,20 @@ def test_a_full_pickle_is_refused_without_trust(tmp_path):
   """torch.load(weights_only=True) refuses pickled objects; the message says what to do."""
   torch.save({'ema': _Opaque()}, tmp_path / 'full.pt')
   with pytest.raises(ValueError, match='not a plain state_dict .* --trust_pickle'):
-    edm_import.read(state_dict=str(tmp_path / 'full.pt'), precond='vp')
+    edm_import.read(str(tmp_path / 'full.pt'), precond='vp')
   (tmp_path / 'net.pkl').write_bytes(pickle.dumps({'ema': 1}))
   with pytest.raises(ValueError, match='is a pickle: loading it runs the code it carries'):
-    edm_import.read(pkl=str(tmp_path / 'net.pkl'))
+    edm_import.read(str(tmp_path / 'net.pkl'))
   with pytest.raises(ValueError, match='--precond must be one of'):
-    edm_import.read(state_dict=str(tmp_path / 'full.pt'))
-  with pytest.raises(ValueError, match='exactly one of --state_dict and --pkl'):
-    edm_import.read()
+    edm_import.read(str(tmp_path / 'full.pt'))
 
 
-def test_command_errors_are_one_line(tmp_path, capsys):
+@pytest.mark.integration
+def test_command_errors_are_one_line(tmp_path):
   (tmp_path / 'net.pkl').write_bytes(pickle.dumps({'ema': 1}))
-  with pytest.raises(SystemExit) as exit_info:
-    edm_import.main([f'--pkl={tmp_path / "net.pkl"}', f'--out={tmp_path / "gen"}'])
-  assert exit_info.value.code == 1
-  err = capsys.readouterr().err
-  assert err.startswith(f'error: {tmp_path / "net.pkl"} is a pickle') and 'Traceback' not in err
+  proc = trainer_runs.run_command(str(tmp_path), 'trainer.import_generator', '--format=edm',
+                                  '--source=net.pkl', '--out=gen')
+  trainer_runs.one_line_error(proc, f'{tmp_path / "net.pkl"} is a pickle')
   assert not (tmp_path / 'gen').exists()
 
 
@@ -135,8 +132,8 @@ def test_trusted_pickle_of_the_reference_layout(tmp_path):
     sys.path.remove(str(source))
     sys.modules.pop('edm_standin', None)
   with pytest.raises(ValueError, match=r"needs the module 'edm_standin'.*--edm_source"):
-    edm_import.read(pkl=str(tmp_path / 'net.pkl'), trust_pickle=True)
-  gen = edm_import.read(pkl=str(tmp_path / 'net.pkl'), trust_pickle=True, edm_source=str(source))
+    edm_import.read(str(tmp_path / 'net.pkl'), trust_pickle=True)
+  gen = edm_import.read(str(tmp_path / 'net.pkl'), trust_pickle=True, edm_source=str(source))
   assert gen.precond == edm_precond.Precond('vp', beta_d=19.5, beta_min=0.2)
   assert gen.network.dropout == 0.13 and gen.network.label_dropout == 0.1
   assert gen.name == 'net' and str(source) not in sys.path
@@ -164,7 +161,7 @@ def test_pickle_written_by_nvlabs_edm(tmp_path):
     for name in [m for m in sys.modules if m.split('.')[0] in ('training', 'torch_utils',
                                                                'dnnlib')]:
       sys.modules.pop(name)
-  gen = edm_import.read(pkl=str(tmp_path / 'net.pkl'), trust_pickle=True, edm_source=source)
+  gen = edm_import.read(str(tmp_path / 'net.pkl'), trust_pickle=True, edm_source=source)
   assert gen.precond == edm_precond.Precond('vp')
   ref = ref_lib.reference()
   d = jax.jit(gen.denoiser)(gen.params, nhwc(ref['in_x']), ref['in_sigma'], ref['in_labels'])
@@ -195,7 +192,7 @@ def test_bad_state_dicts_name_the_key(tmp_path, edit, match):
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
   st_numpy.save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}, path)
   with pytest.raises(ValueError, match=match):
-    edm_import.read(state_dict=path, precond='vp')
+    edm_import.read(path, precond='vp')
 
 
 def test_checkpoint_errors_name_the_file(imported, tmp_path):
@@ -226,3 +223,20 @@ def test_checkpoint_errors_name_the_file(imported, tmp_path):
 def test_edm_precond_round_trips_infinite_sigma_max():
   p = edm_precond.Precond('edm', sigma_data=0.6)
   assert edm_precond.Precond.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_trainer_sample_draws_an_edm_generator_into_shards(imported, tmp_path):
+  """generators.load reads the EDM checkpoint; Heun's sampler makes class-balanced shards."""
+  from data.records import shards  # pylint: disable=g-import-not-at-top
+  from trainer.generation import sample  # pylint: disable=g-import-not-at-top
+  out = sample.sample_to_shards(str(imported / 'gen'), str(tmp_path / 'edm'), num=16,
+                                num_shards=2, sampler='heun', steps=2, batch_size=8,
+                                progress=False)
+  data = next(shards.read_examples(out.manifest, batch_size=16))
+  assert data['image'].shape == (16, 8, 8, 3) and data['image'].dtype == np.uint8
+  np.testing.assert_array_equal(np.bincount(data['label'], minlength=4), [4, 4, 4, 4])
+  assert shards.load_manifest(out.manifest)['metadata']['sampler'] == 'heun'
+  with pytest.raises(ValueError, match="--sampler='ddim': edm is an EDM generator; it samples "
+                                       'with heun or euler'):
+    sample.sample_to_shards(str(imported / 'gen'), str(tmp_path / 'x'), num=8, num_shards=1,
+                            sampler='ddim', batch_size=8, progress=False)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from models.diffusion import checkpoint
-from models.diffusion import edm_precond
-from models.diffusion import song_unet
+from models.diffusion.edm import precond as edm_precond
+from models.diffusion.edm import network as song_unet
 import edm_reference as ref_lib
 from edm_reference import assert_close, nhwc
 

@@ -20,9 +20,9 @@ import pytest
 
 import edm_reference as ref_lib
 from edm_reference import assert_close, nhwc
-from models.diffusion import edm_precond
-from models.diffusion import edm_sampler
-from models.diffusion import song_unet
+from models.diffusion.edm import precond as edm_precond
+from models.diffusion.edm import sampler as edm_sampler
+from models.diffusion.edm import network as song_unet
 
 STATE = 1e-5   # of each state's largest entry
 STEPS = 6

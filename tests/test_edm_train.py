@@ -9,8 +9,8 @@ import pytest
 
 from configs import edm_digits
 from models.diffusion import checkpoint
-from models.diffusion import edm_checkpoint
-from models.diffusion import edm_sampler
+from models.diffusion.edm import checkpoint as edm_checkpoint
+from models.diffusion.edm import sampler as edm_sampler
 from trainer.diffusion import generator
 
 pytestmark = pytest.mark.integration  # the integration tier (pytest.ini): a training run

@@ -10,11 +10,11 @@ import pytest
 
 import edm_reference as ref_lib
 from edm_reference import assert_close, nhwc
-from models.diffusion import edm_ema
-from models.diffusion import edm_loss
-from models.diffusion import edm_optimizer
-from models.diffusion import edm_precond
-from models.diffusion import song_unet
+from models.diffusion.edm import ema as edm_ema
+from models.diffusion.edm import loss as edm_loss
+from models.diffusion.edm import optimizer as edm_optimizer
+from models.diffusion.edm import precond as edm_precond
+from models.diffusion.edm import network as song_unet
 
 
 def test_loss_equals_reference():

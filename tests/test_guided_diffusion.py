@@ -20,7 +20,7 @@ from safetensors import numpy as st_numpy
 
 from configs.adm import imagenet64, imagenet256
 from models.diffusion import checkpoint
-from models.diffusion import guided_diffusion_import as gdi
+from models.interop import guided_diffusion as gdi
 from models.diffusion import samplers
 from models.diffusion import unet as unet_lib
 

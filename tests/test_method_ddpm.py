@@ -61,13 +61,13 @@ def test_the_ddpm_trains_on_the_methods_data_and_seed():
   sees the images that select the robust checkpoint."""
   c = demo.get_config()
   c.dataset.holdout, c.seed, c.dataset.data_dir = 77, 3, 'data/here'
-  d = method.ddpm_config(c)
+  d = method.generator_config(c)
   preset = ddpm_digits.get_config()
   assert (d.dataset.name, d.dataset.holdout, d.seed, d.dataset.data_dir) == (
       'digits', 77, 3, 'data/here')
   assert d.train.num_steps == preset.train.num_steps and d.unet == preset.unet
-  c.pipeline.ddpm_steps = 12
-  assert method.ddpm_config(c).train.num_steps == 12
+  c.pipeline.generator_steps = 12
+  assert method.generator_config(c).train.num_steps == 12
 
 
 def test_a_preempted_ddpm_stops_the_method(tmp_path, monkeypatch):
@@ -78,7 +78,7 @@ def test_a_preempted_ddpm_stops_the_method(tmp_path, monkeypatch):
     return {'history': [], 'step': 2, 'finished': False}
   monkeypatch.setattr(generator, 'train', preempted)
   c = demo.get_config()
-  c.pipeline.generator, c.pipeline.ddpm_steps = 'ddpm', 5
+  c.pipeline.generator, c.pipeline.generator_steps = 'ddpm', 5
   lines = []
   with pytest.raises(method.Stopped, match='generator'):
     method.stage_generator(c, str(tmp_path), console_lib.Console(lines.append))
@@ -88,7 +88,7 @@ def test_a_preempted_ddpm_stops_the_method(tmp_path, monkeypatch):
 
 
 def test_the_method_trains_its_ddpm_and_skips_it_when_run_again(tmp_path):
-  proc = _method(tmp_path, '--config.pipeline.ddpm_steps=4')
+  proc = _method(tmp_path, '--config.pipeline.generator_steps=4')
   assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
   workdir = tmp_path / 'runs' / 'd'
   run = workdir / 'generator'
@@ -113,7 +113,7 @@ def test_the_method_trains_its_ddpm_and_skips_it_when_run_again(tmp_path):
 
   params = run / 'generator' / 'params.safetensors'
   written = params.stat().st_mtime_ns
-  again = _method(tmp_path, '--config.pipeline.ddpm_steps=4')
+  again = _method(tmp_path, '--config.pipeline.generator_steps=4')
   assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:])
   assert '[2/6] generator    done before → runs/d/generator/generator  4 steps, final loss ' in (
       again.stdout)

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 
+from models.diffusion import samplers
+
 pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,9 +35,10 @@ def toy_functions(devices, batch_size, sleep=0.0):
   mesh = jax.make_mesh((len(devices), 1), sharding.BATCH_AXES,
                        axis_types=(AxisType.Auto,) * 2, devices=devices)
   ac = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
-  sample = sample_cli.make_sample_batch(lambda p, x, t: p * x, jnp.float32(0.3), ac, mesh,
-                                        batch_size=batch_size, image_shape=SHAPE,
-                                        sampler='ddim', steps=4)
+  draw = lambda params, keys, shape, y: samplers.sample(  # noqa: E731
+      lambda p, x, t: p * x, params, ac, keys, shape, sampler='ddim', steps=4, y=y)
+  sample = sample_cli.make_sample_batch(draw, jnp.float32(0.3), mesh, batch_size=batch_size,
+                                        image_shape=SHAPE)
 
   @jax.jit
   def label(images):
@@ -143,10 +146,11 @@ def unet_sample_batch(devices, batch_size):
   mesh = jax.make_mesh((len(devices), 1), sharding.BATCH_AXES,
                        axis_types=(AxisType.Auto,) * 2, devices=devices)
   _, model, params = tiny_unet()
-  return sample_cli.make_sample_batch(
-      unet.make_eps_fn(model), params,
-      np.cumprod(1 - np.linspace(1e-4, 0.02, 1000)), mesh, batch_size=batch_size,
-      image_shape=SHAPE, sampler='ddim', steps=2)
+  ac = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+  draw = lambda params, keys, shape, y: samplers.sample(  # noqa: E731
+      unet.make_eps_fn(model), params, ac, keys, shape, sampler='ddim', steps=2, y=y)
+  return sample_cli.make_sample_batch(draw, params, mesh, batch_size=batch_size,
+                                      image_shape=SHAPE)
 
 
 def test_eight_devices_give_the_same_images_as_one():

@@ -1,7 +1,7 @@
 """Samples a diffusion generator into a pseudo-labelled shard set (trainer/generation/sample.py):
 
   python -m trainer.sample --generator=CKPT --num=N --out=DIR/NAME --shards=K \\
-      --sampler=ddpm|ddim|dpm++2m --steps=S --seed=0 [--classifier=WORKDIR --top_k=K] \\
+      --sampler=ddpm|ddim|dpm++2m|heun|euler --steps=S --seed=0 [--classifier=WORKDIR --top_k=K] \\
       [--batch_size=B]
 
 Killed and run again with the same command, it finishes with exactly N samples, each once.
@@ -11,7 +11,7 @@ lists the shards of every host.
 import jax
 from absl import flags
 
-from models.diffusion import samplers
+from models.diffusion import generators
 from trainer import cli
 from trainer.generation import sample
 
@@ -19,9 +19,12 @@ _GENERATOR = flags.DEFINE_string('generator', None, 'Generator checkpoint direct
 _NUM = flags.DEFINE_integer('num', None, 'Samples to draw (with --top_k: candidates).')
 _OUT = flags.DEFINE_string('out', None, 'Output prefix DIR/NAME (local or gs://).')
 _SHARDS = flags.DEFINE_integer('shards', None, 'Shard files of the whole set.')
-_SAMPLER = flags.DEFINE_enum('sampler', 'dpm++2m', list(samplers.SAMPLERS), 'Sampler.')
-_STEPS = flags.DEFINE_integer('steps', None, 'Network evaluations per sample (default: ddpm '
-                              "the generator's T, 1000 as Ho et al.; ddim 100; dpm++2m 20).")
+_SAMPLER = flags.DEFINE_enum('sampler', 'dpm++2m', list(generators.SAMPLERS),
+                              'Sampler: ddpm, ddim, dpm++2m for a DDPM or ADM generator; heun, '
+                              'euler for an EDM generator.')
+_STEPS = flags.DEFINE_integer('steps', None, 'Network evaluations per sample, or noise levels for '
+                              "heun/euler (default: ddpm the generator's T, 1000 as Ho et al.; "
+                              'ddim 100; dpm++2m 20; heun 18, 35 evaluations; euler 35).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the noise (and of the top-K shuffle).')
 _CLASSIFIER = flags.DEFINE_string('classifier', None, 'Training workdir of the pseudo-labeller.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "Classifier: 'best', 'latest' or a step.")

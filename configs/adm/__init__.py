@@ -1,7 +1,7 @@
 """openai/guided-diffusion's model flags for its released checkpoints (Dhariwal & Nichol's ADM).
 
 One module per checkpoint; `get_config()` returns the README's MODEL_FLAGS under guided-diffusion's
-own flag names, for `models.diffusion.guided_diffusion_import`:
+own flag names, for `models.interop.guided_diffusion`:
 
     python -m trainer.import_generator --format=guided-diffusion --source=64x64_diffusion.pt \\
         --flags=configs/adm/imagenet64.py --out=DIR

@@ -17,7 +17,7 @@ with diffusers' own model on random weights.
 
 Parameter names follow diffusers' module names with list indices joined by '_'
 (`down_blocks.1.attentions.0.to_q.weight` is `down_blocks_1/attentions_0/to_q/kernel`), so the
-import from diffusers is a rename and a transpose (`models.diffusion.diffusers_import`).
+import from diffusers is a rename and a transpose (`models.interop.diffusers`).
 
 ADM (openai/guided-diffusion's `UNetModel`, the paper's TinyImageNet and ImageNet generators) is
 the same network with options diffusers' `UNet2DModel` also spells: scale-shift (adaptive
@@ -27,7 +27,7 @@ up/down sampling, `downsample_type='resnet'`, `upsample_type='resnet'` and the b
 fixed width, `attention_head_dim`; a class embedding added to the time embedding,
 `num_class_embeds`; and a learned variance, `out_channels = 2 x in_channels` (the network outputs
 eps and v, Nichol & Dhariwal's interpolation between log beta_t and log beta~_t; the samplers
-split them). `models.diffusion.guided_diffusion_import` maps guided-diffusion's own checkpoints
+split them). `models.interop.guided_diffusion` maps guided-diffusion's own checkpoints
 onto this layout; tests compare with diffusers' model on an ADM-shaped config and with
 guided-diffusion's model on a fixture.
 

@@ -1,13 +1,13 @@
 """The EDM objective of the generator task (Karras et al. 2022; `config.objective='edm'`).
 
-The DDPM++ network of `config.network` (models/diffusion/song_unet.py) behind EDM's
-preconditioning (`config.precond`, models/diffusion/edm_precond.py); EDM's loss (ln sigma ~
+The DDPM++ network of `config.network` (models/diffusion/edm/network.py) behind EDM's
+preconditioning (`config.precond`, models/diffusion/edm/precond.py); EDM's loss (ln sigma ~
 N(`loss.p_mean`, `loss.p_std`^2), lambda(sigma) weighting, `precond.sigma_data`;
-models/diffusion/edm_loss.py) with dropout; Adam with EDM's learning-rate ramp over
+models/diffusion/edm/loss.py) with dropout; Adam with EDM's learning-rate ramp over
 `optim.lr_rampup_kimg` thousand images and its gradient clean-up; the EMA with a half-life of
 `optim.ema_halflife_kimg` thousand images ramped up by `optim.ema_rampup_ratio`. The grid uses EDM's
 sampler (`eval.grid_sampler`: heun | euler, `eval.grid_sampler_steps` noise levels); the generator
-is a models/diffusion/edm_checkpoint.py directory. Not built: EDM's non-leaking augmentation pipe
+is a models/diffusion/edm/checkpoint.py directory. Not built: EDM's non-leaking augmentation pipe
 (the network takes its labels; `network.augment_dim` stays 0), and VP preconditioning's own loss
 (a VP network is imported, not trained here).
 """
@@ -15,13 +15,13 @@ import jax.numpy as jnp
 
 from data import real
 from models import dtypes
-from models.diffusion import edm_checkpoint
-from models.diffusion import edm_ema
-from models.diffusion import edm_loss
-from models.diffusion import edm_optimizer
-from models.diffusion import edm_precond
-from models.diffusion import edm_sampler
-from models.diffusion import song_unet
+from models.diffusion.edm import checkpoint as edm_checkpoint
+from models.diffusion.edm import ema as edm_ema
+from models.diffusion.edm import loss as edm_loss
+from models.diffusion.edm import optimizer as edm_optimizer
+from models.diffusion.edm import precond as edm_precond
+from models.diffusion.edm import sampler as edm_sampler
+from models.diffusion.edm import network as song_unet
 from trainer.diffusion import objective
 
 _NOT_NETWORK = ('class_conditional', 'dtype')

@@ -1,12 +1,13 @@
 """Samples a diffusion generator into a pseudo-labelled shard set, on every device of every host.
 
-The generator is a checkpoint (models/diffusion/checkpoint.py; e.g. google/ddpm-cifar10-32
-imported from diffusers). Each batch is sampled and, with --classifier (a training workdir),
-pseudo-labelled on the devices: label = arg-max class, score = its softmax probability. Without a
-classifier the generator must be class-conditional: sample i is drawn for class i mod classes.
-Sample i's noise is a function of (seed, i) alone, so the set does not depend on the device
-count, the host count or a restart: killed and run again with the same command, it finishes with
-exactly N samples, each once (data/generation/sampling.py).
+The generator is any checkpoint models/diffusion/generators.py loads: a DDPM or an ADM (e.g.
+google/ddpm-cifar10-32 imported from diffusers, guided-diffusion's ImageNet models) with the
+ε-samplers, or an EDM generator with Heun's or Euler's. Each batch is sampled and, with --classifier
+(a training workdir), pseudo-labelled on the devices: label = arg-max class, score = its softmax
+probability. Without a classifier the generator must be class-conditional: sample i is drawn for
+class i mod classes. Sample i's noise is a function of (seed, i) alone, so the set does not depend
+on the device count, the host count or a restart: killed and run again with the same command, it
+finishes with exactly N samples, each once (data/generation/sampling.py).
 
 Multi-host: each host samples its own batches on its own devices and writes its own shards; the
 set's manifest lists them all.
@@ -20,8 +21,7 @@ from jax.experimental import multihost_utils
 
 from data import real
 from data.generation import sampling
-from models.diffusion import checkpoint as generator_checkpoint
-from models.diffusion import samplers
+from models.diffusion import generators
 from trainer import sharding
 from trainer.generation import labeller
 from trainer.generation import mesh_sampler
@@ -32,11 +32,11 @@ def local_mesh():
   return sharding.make_mesh(devices=jax.local_devices())
 
 
-def make_sample_batch(eps_fn: Callable, params: Any, alphas_cumprod, mesh, *, batch_size: int,
-                      image_shape, sampler: str, steps: int, num_classes: int | None = None,
-                      **options) -> Callable:
+def make_sample_batch(draw: Callable, params: Any, mesh, *, batch_size: int, image_shape,
+                      num_classes: int | None = None) -> Callable:
   """`sample_batch(key, b) -> uint8 images` (and labels for a conditional generator), jitted.
 
+  `draw(params, keys, shape, y)` is the generator's sampler (models/diffusion/generators.py).
   Sample id = b * batch_size + row, drawn by mesh_sampler (noise fold_in(key, id)) and, when
   conditional, for class id mod num_classes; the batch is split over the mesh's devices.
   """
@@ -49,25 +49,12 @@ def make_sample_batch(eps_fn: Callable, params: Any, alphas_cumprod, mesh, *, ba
   def fn(params, key, b):
     ids = b.astype(jnp.uint32) * batch_size + jnp.arange(batch_size, dtype=jnp.uint32)
     y = None if not num_classes else mesh_sampler.class_of(ids, num_classes)
-    draw = lambda keys, shape, y: samplers.sample(  # noqa: E731
-        eps_fn, params, alphas_cumprod, keys, shape, sampler=sampler, steps=steps, y=y, **options)
-    images = mesh_sampler.sample_ids(draw, key, ids, image_shape, y=y, mesh=mesh)
+    images = mesh_sampler.sample_ids(lambda keys, shape, y: draw(params, keys, shape, y), key,
+                                     ids, image_shape, y=y, mesh=mesh)
     return images if y is None else (images, y)
 
   jitted = jax.jit(fn, out_shardings=batch if not num_classes else (batch, batch))
   return lambda key, b: jitted(params, key, jnp.uint32(b))
-
-
-def sampler_options(generator, sampler: str) -> dict[str, Any]:
-  """The generator's own schedule settings: x_0 clipping, and DDPM's posterior variance."""
-  schedule = generator.schedule
-  if schedule.clip_sample and schedule.clip_sample_range != 1.0:
-    raise ValueError(f'schedule clip_sample_range={schedule.clip_sample_range}: the samplers '
-                     f'clip the predicted x_0 to [-1, 1] only')
-  options = {'clip_denoised': bool(schedule.clip_sample)}
-  if sampler == 'ddpm':
-    options['variance'] = schedule.variance_type
-  return options
 
 
 def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int, sampler: str,
@@ -77,8 +64,9 @@ def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int
   """Loads the generator (and classifier), builds the jitted functions, writes the set."""
   if not 1 <= num < 2 ** 32:
     raise ValueError(f'--num={num}: sample ids are 32-bit, so 1 <= num < 2^32')
-  generator = generator_checkpoint.load(generator_path, dtype=dtype)
-  steps = steps or {'ddpm': generator.schedule.num_timesteps, 'ddim': 100, 'dpm++2m': 20}[sampler]
+  generator = generators.load(generator_path, dtype=dtype)
+  steps = steps or generators.default_steps(generator, sampler)
+  draw = generators.sampling_fn(generator, sampler, steps)
   mesh = local_mesh()
   num_classes, label_batch = generator.num_classes, None
   if classifier:
@@ -96,10 +84,9 @@ def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int
     raise ValueError(f'{generator_path}: an unconditional generator needs --classifier to '
                      f'label its samples')
   # A conditional generator always needs its classes; with a classifier, its labels replace them.
-  sample_batch = make_sample_batch(
-      generator.eps_fn, generator.params, generator.alphas_cumprod, mesh, batch_size=batch_size,
-      image_shape=generator.image_shape, sampler=sampler, steps=steps,
-      num_classes=generator.num_classes, **sampler_options(generator, sampler))
+  sample_batch = make_sample_batch(draw, generator.params, mesh, batch_size=batch_size,
+                                   image_shape=generator.image_shape,
+                                   num_classes=generator.num_classes)
   if label_batch is not None and generator.num_classes:
     conditioned = sample_batch
     sample_batch = lambda key, b: conditioned(key, b)[0]  # noqa: E731

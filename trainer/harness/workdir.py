@@ -22,7 +22,9 @@ RESUMABLE_CHANGES = ('distributed', 'mesh.', 'loader.', 'dataset.data_dir', 'eva
 # resumes under the new one.
 RENAMED = {'ema.decay': 'optim.ema_decay', 'train.eval_every_steps': 'eval.every_steps',
            'train.grid_samples': 'eval.grid_samples', 'train.grid_sampler': 'eval.grid_sampler',
-           'train.grid_sampler_steps': 'eval.grid_sampler_steps'}
+           'train.grid_sampler_steps': 'eval.grid_sampler_steps',
+           'pipeline.ddpm_preset': 'pipeline.generator_preset',
+           'pipeline.ddpm_steps': 'pipeline.generator_steps'}
 
 
 class ConfigMismatchError(ValueError):

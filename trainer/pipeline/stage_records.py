@@ -23,8 +23,7 @@ from trainer.pipeline.console import STAGES
 _KEYS = {
     'classifier': ('seed', 'dataset.', 'model.', 'optim.', 'train.batch_size',
                    'train.epoch_size', 'eval.every_steps', 'pipeline.classifier_'),
-    'generator': ('seed', 'dataset.', 'pipeline.generator', 'pipeline.gaussian_components',
-                  'pipeline.ddpm_'),
+    'generator': ('seed', 'dataset.', 'pipeline.generator', 'pipeline.gaussian_components'),
     'samples': ('pipeline.num_generated', 'pipeline.top_k', 'pipeline.num_shards',
                 'pipeline.sampler'),
     'data metrics': ('pipeline.metrics_samples',),

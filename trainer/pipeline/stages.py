@@ -2,10 +2,10 @@
 
   1. classifier/      non-robust classifier (train.loss='standard') on the real training set
   2. generator/       class-conditional Gaussian fit of the real training set (App. D), or
-                      (pipeline.generator='ddpm') a diffusion model: the checkpoint given by
-                      pipeline.generator_checkpoint, or without one a DDPM trained here
-                      (trainer.train_generator with the preset pipeline.ddpm_preset;
-                      generator/generator)
+                      (pipeline.generator='ddpm' or 'edm') a diffusion model: the checkpoint
+                      given by pipeline.generator_checkpoint, or without one a generator
+                      trained here (trainer.train_generator with the preset
+                      pipeline.generator_preset; generator/generator)
   3. generated/       N samples → pseudo-labelled by the classifier (optionally top-K per class)
                       → shards
   4. generated/       Algorithm 1's complementarity and coverage and the classifier-feature
@@ -36,7 +36,7 @@ from data.generation import metrics
 from data.records import shard_writer
 from data.records import shards
 from models import features
-from models.diffusion import checkpoint as generator_checkpoint
+from models.diffusion import generators
 from trainer import cli
 from trainer import sharding
 from trainer.diffusion import generator as generator_lib
@@ -100,10 +100,10 @@ def stage_classifier(config, workdir, console):
 
 def stage_generator(config, workdir, console):
   """The Gaussian fit (made here), or a diffusion model: imported, or trained here."""
-  if config.pipeline.generator == 'ddpm' and config.pipeline.generator_checkpoint:
-    return _imported_ddpm(config, console)
-  if config.pipeline.generator == 'ddpm':
-    return _trained_ddpm(config, workdir, console)
+  if config.pipeline.generator != 'gaussian' and config.pipeline.generator_checkpoint:
+    return _imported_generator(config, console)
+  if config.pipeline.generator != 'gaussian':
+    return _trained_generator(config, workdir, console)
   path = os.path.join(workdir, 'generator', 'gaussian_fit.npz')
   k = config.pipeline.gaussian_components
   with console.stage('generator', f'class-conditional Gaussian fit ({k} components per class)',
@@ -118,9 +118,9 @@ def stage_generator(config, workdir, console):
   return path
 
 
-def _describe_ddpm(config, path):
+def _describe_generator(config, path):
   """The generator's kind and size, after checking it makes the dataset's images."""
-  generator = generator_checkpoint.load(path)
+  generator = generators.load(path)
   params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(generator.params))
   shape = real.info(config.dataset.name).shape
   if tuple(generator.image_shape) != tuple(shape):
@@ -128,48 +128,49 @@ def _describe_ddpm(config, path):
                      f'{config.dataset.name} images have shape {tuple(shape)}')
   kind = (f'class-conditional ({generator.num_classes} classes)' if generator.num_classes
           else 'unconditional')
-  return f'{generator.name}: {kind} DDPM, {params / 1e6:.2f}M parameters'
+  family = 'EDM' if generators.is_edm(generator) else 'DDPM'
+  return f'{generator.name}: {kind} {family}, {params / 1e6:.2f}M parameters'
 
 
-def _imported_ddpm(config, console):
+def _imported_generator(config, console):
   path = cli.absolute(config.pipeline.generator_checkpoint)
   with console.stage('generator', 'diffusion model', path, done=True) as stage:
-    stage['headline'] = _describe_ddpm(config, path)
+    stage['headline'] = _describe_generator(config, path)
   return path
 
 
-def ddpm_config(config):
-  """The DDPM's training config: the preset pipeline.ddpm_preset names, on the method's dataset
-  with its held-out size (so the generator never sees the images that select the robust
-  checkpoint) and seed; pipeline.ddpm_steps > 0 shortens (or lengthens) it."""
-  c = importlib.import_module(f'configs.{config.pipeline.ddpm_preset}').get_config()
+def generator_config(config):
+  """The generator's training config: the preset pipeline.generator_preset names, on the
+  method's dataset with its held-out size (so the generator never sees the images that select
+  the robust checkpoint) and seed; pipeline.generator_steps > 0 shortens (or lengthens) it."""
+  c = importlib.import_module(f'configs.{config.pipeline.generator_preset}').get_config()
   c.dataset.name, c.dataset.data_dir = config.dataset.name, config.dataset.data_dir
   c.dataset.holdout, c.seed = config.dataset.holdout, config.seed
-  if config.pipeline.ddpm_steps:
-    c.train.num_steps = config.pipeline.ddpm_steps
+  if config.pipeline.generator_steps:
+    c.train.num_steps = config.pipeline.generator_steps
   return c
 
 
-def _last_loss(ddpm_workdir):
-  """'S steps, final loss L' from the DDPM run's own TensorBoard records: the run that made the
-  generator, even when the config asks for other steps now (the stage is done)."""
-  points = report.read_scalars(ddpm_workdir).get('train/loss')
+def _last_loss(generator_workdir):
+  """'S steps, final loss L' from the generator run's own TensorBoard records: the run that made
+  the generator, even when the config asks for other steps now (the stage is done)."""
+  points = report.read_scalars(generator_workdir).get('train/loss')
   return f'{points[-1][0]:,} steps, final loss {points[-1][1]:.4f}' if points else 'no loss logged'
 
 
-def _trained_ddpm(config, workdir, console):
-  """trainer.train_generator in WORKDIR/generator (resumed from its checkpoints when rerun); its EMA
-  generator is WORKDIR/generator/generator, and its done.json marks the stage done."""
+def _trained_generator(config, workdir, console):
+  """trainer.train_generator in WORKDIR/generator (resumed from its checkpoints when rerun); its
+  EMA generator is WORKDIR/generator/generator, and its done.json marks the stage done."""
   out = os.path.join(workdir, 'generator')
   path = os.path.join(out, 'generator')
-  c = ddpm_config(config)
+  c = generator_config(config)
   done = _done(os.path.join(out, 'done.json'))
-  with console.stage('generator', f'training a DDPM ({config.pipeline.ddpm_preset}: '
-                     f'{c.train.num_steps:,} steps of {c.train.batch_size})', path,
-                     done) as stage:
-    if not done and not generator_lib.train(c, out, progress_name='ddpm')['finished']:
+  with console.stage('generator', f'training a {c.objective.upper()} '
+                     f'({config.pipeline.generator_preset}: {c.train.num_steps:,} steps of '
+                     f'{c.train.batch_size})', path, done) as stage:
+    if not done and not generator_lib.train(c, out, progress_name=c.objective)['finished']:
       raise Stopped('generator')
-    stage['headline'] = f'{_last_loss(out)}; {_describe_ddpm(config, path)}'
+    stage['headline'] = f'{_last_loss(out)}; {_describe_generator(config, path)}'
   return path
 
 
@@ -193,11 +194,12 @@ def stage_samples(config, workdir, generator, classifier, console):
   raw = prefix + '-raw'
   manifest = shards.manifest_path(prefix)
   top_k, n = config.pipeline.top_k, config.pipeline.num_generated
-  how = f'{config.pipeline.sampler}-{config.pipeline.sampler_steps}, ' if kind == 'ddpm' else ''
+  how = (f'{config.pipeline.sampler}-{config.pipeline.sampler_steps}, ' if kind != 'gaussian'
+         else '')
   with console.stage('samples', f'{n:,} samples, {how}pseudo-labelled'
                      + (f', top-{top_k} per class' if top_k else ''), manifest,
                      _done(manifest)) as stage:
-    if kind == 'ddpm' and not _done(manifest):
+    if kind != 'gaussian' and not _done(manifest):
       sample.sample_to_shards(generator, prefix, num=n, num_shards=config.pipeline.num_shards,
                               sampler=config.pipeline.sampler,
                               steps=config.pipeline.sampler_steps, seed=config.seed,
@@ -327,13 +329,13 @@ def finished(config, workdir, stage):
   kind = config.pipeline.generator
   paths = {
       'classifier': os.path.join(workdir, 'classifier', 'done.json'),
-      'generator': (os.path.join(workdir, 'generator', 'done.json') if kind == 'ddpm'
+      'generator': (os.path.join(workdir, 'generator', 'done.json') if kind != 'gaussian'
                     else os.path.join(workdir, 'generator', 'gaussian_fit.npz')),
       'samples': shards.manifest_path(os.path.join(generated, kind)),
       'data metrics': os.path.join(generated, 'data_metrics.json'),
       'robust': os.path.join(workdir, 'robust', 'done.json'),
       'evaluation': os.path.join(workdir, 'robust', 'eval.json')}
-  if stage == 'generator' and kind == 'ddpm' and config.pipeline.generator_checkpoint:
+  if stage == 'generator' and kind != 'gaussian' and config.pipeline.generator_checkpoint:
     return True
   return _done(paths[stage])
 
@@ -364,7 +366,7 @@ def _run(config, workdir, console, redo, out):
     done('classifier')
     out['generator'] = stage_generator(config, workdir, console)
     done('generator')
-    if config.pipeline.generator == 'ddpm' and not config.pipeline.generator_checkpoint:
+    if config.pipeline.generator != 'gaussian' and not config.pipeline.generator_checkpoint:
       out['generator_run'] = os.path.dirname(out['generator'])  # its curves go in the report
     out['samples'] = stage_samples(config, workdir, out['generator'], out['classifier'], console)
     done('samples')

@@ -59,19 +59,24 @@ def validate(config, device_count=None, process_count=None):
   validate_pipeline(config)
 
 
-def ddpm_presets():
-  """The DDPM training presets in configs/ (trainer.train_generator configs: ddpm_*.py)."""
+def generator_presets(kind):
+  """The generator presets of an objective in configs/ (trainer.train_generator configs:
+  ddpm_*.py, edm_*.py)."""
   return sorted(m.name for m in pkgutil.iter_modules(configs.__path__)
-                if m.name.startswith('ddpm_'))
+                if m.name.startswith(f'{kind}_'))
 
 
 def validate_pipeline(config):
   """The keys of the whole method (trainer.method) that no training stage reads."""
   p = config.pipeline
-  _require(p.generator in ('gaussian', 'ddpm'), 'pipeline.generator', p.generator,
-           "must be 'gaussian' or 'ddpm'.")
-  _require(isinstance(p.ddpm_steps, int) and p.ddpm_steps >= 0, 'pipeline.ddpm_steps',
-           p.ddpm_steps, "must be ≥ 0 (0: the preset's train.num_steps).")
-  presets = ddpm_presets()
-  _require(p.ddpm_preset in presets, 'pipeline.ddpm_preset', p.ddpm_preset,
-           f'must name a DDPM preset in configs/ by its module name: one of {", ".join(presets)}.')
+  _require(p.generator in ('gaussian', 'ddpm', 'edm'), 'pipeline.generator', p.generator,
+           "must be 'gaussian', 'ddpm' or 'edm'.")
+  _require(isinstance(p.generator_steps, int) and p.generator_steps >= 0,
+           'pipeline.generator_steps', p.generator_steps,
+           "must be ≥ 0 (0: the preset's train.num_steps).")
+  if p.generator == 'gaussian' or p.generator_checkpoint:
+    return
+  presets = generator_presets(p.generator)
+  _require(p.generator_preset in presets, 'pipeline.generator_preset', p.generator_preset,
+           f'must name a {p.generator.upper()} preset in configs/ by its module name: one of '
+           f'{", ".join(presets)}.')

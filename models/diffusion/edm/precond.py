@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.diffusion import song_unet
+from models.diffusion.edm import network as song_unet
 
 KINDS = ('edm', 'vp')
 

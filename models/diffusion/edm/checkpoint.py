@@ -23,8 +23,8 @@ from flax import traverse_util
 from safetensors import numpy as st_numpy
 
 from models.diffusion import checkpoint
-from models.diffusion import edm_precond
-from models.diffusion import song_unet
+from models.diffusion.edm import precond as edm_precond
+from models.diffusion.edm import network as song_unet
 
 FORMAT = 'edm-generator'
 VERSION = 1
@@ -118,7 +118,7 @@ def save(path: str, network: song_unet.SongUNetConfig, precond: edm_precond.Prec
 def _read_json(path: epath.Path) -> dict[str, Any]:
   if not path.exists():
     raise FileNotFoundError(f'{path} not found: is {path.parent} an EDM generator checkpoint '
-                            f'(models.diffusion.edm_checkpoint.save)?')
+                            f'(models.diffusion.edm.checkpoint.save)?')
   try:
     return json.loads(path.read_text())
   except json.JSONDecodeError as e:

@@ -1,6 +1,6 @@
 """EDM's DDPM++ network (`SongUNet` of NVlabs/edm `training/networks.py`, Karras et al. 2022).
 
-The network is the F_theta of EDM's preconditioning (`models.diffusion.edm_precond`): it maps
+The network is the F_theta of EDM's preconditioning (`models.diffusion.edm.precond`): it maps
 (c_in x, c_noise, class labels[, augmentation labels]) to F, NHWC, float32 out. What is built is
 the DDPM++ configuration the released CIFAR-10 VP checkpoints use: positional noise embedding
 (`channel_mult_noise` 1), 'standard' encoder and decoder, resample filter [1, 1] (2x2 mean
@@ -28,7 +28,7 @@ Reference behaviour kept, block by block:
 
 Parameter names are the reference's module names with '.' inside a module dict joined by '_'
 (`model.enc.16x16_block0.conv0.weight` is `enc_16x16_block0/conv0/kernel`), so the import
-(`models.diffusion.edm_import`) is a rename and a transpose.
+(`models.interop.edm`) is a rename and a transpose.
 
 Numerics: parameters are float32; `dtype` is the compute dtype of the convolutions and attention
 (bfloat16 for speed). As in the reference under fp16, the noise/label embedding MLP and each

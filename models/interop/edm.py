@@ -1,7 +1,8 @@
-"""Import an NVlabs/edm DDPM++ network (`SongUNet` under `EDMPrecond` or `VPPrecond`).
+"""Import an NVlabs/edm DDPM++ network (`SongUNet` under `EDMPrecond` or `VPPrecond`); the
+command is `python -m trainer.import_generator --format=edm`:
 
-    python -m models.diffusion.edm_import --state_dict=FILE --precond=vp --out=DIR
-    python -m models.diffusion.edm_import --pkl=FILE --trust_pickle --edm_source=EDM_DIR --out=DIR
+    --source=FILE.pt --precond=vp --out=DIR        (a state_dict; or FILE.safetensors)
+    --source=FILE.pkl --trust_pickle --edm_source=EDM_DIR --out=DIR
 
 The released checkpoints (e.g. `edm-cifar10-32x32-cond-vp.pkl`) are pickles that embed the
 network's source code and run it when loaded. Two ways in:
@@ -24,7 +25,6 @@ filters the reference keeps as buffers are checked and dropped. Every weight mus
 every parameter found with its shape; otherwise the error names the key.
 """
 
-import argparse
 import os
 import pickle
 import re
@@ -36,9 +36,9 @@ from flax import traverse_util
 from safetensors import numpy as st_numpy
 
 from models.diffusion import checkpoint
-from models.diffusion import edm_checkpoint
-from models.diffusion import edm_precond
-from models.diffusion import song_unet
+from models.diffusion.edm import checkpoint as edm_checkpoint
+from models.diffusion.edm import precond as edm_precond
+from models.diffusion.edm import network as song_unet
 
 _RESAMPLE_FILTER = np.full((1, 1, 2, 2), 0.25, np.float32)   # the [1, 1] filter, normalised
 # Module names of the other SongUNet variants (NCSN++'s Fourier embedding, skip/residual paths).
@@ -205,7 +205,7 @@ def read_pickle(path: str, *, trust_pickle: bool = False,
     raise ValueError(
         f'{path} is a pickle: loading it runs the code it carries. Pass --trust_pickle (with '
         '--edm_source=YOUR_NVLABS_EDM_CHECKOUT) if you trust it, or save its state_dict in '
-        'the edm checkout and pass that as --state_dict (see --help).')
+        'the edm checkout and pass that as --source (see the module docstring).')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} not found.')
   if edm_source:
@@ -233,26 +233,22 @@ def read_pickle(path: str, *, trust_pickle: bool = False,
   return precond, _strip(net.state_dict()), overrides
 
 
-def read(*, state_dict: Optional[str] = None, pkl: Optional[str] = None,
-         precond: Optional[str] = None, trust_pickle: bool = False,
+def read(source: str, *, precond: Optional[str] = None, trust_pickle: bool = False,
          edm_source: Optional[str] = None, name: Optional[str] = None,
          dropout: Optional[float] = None) -> edm_checkpoint.EDMGenerator:
-  """The generator of a reference state_dict (with `precond` 'vp' or 'edm') or `.pkl`.
+  """The generator of a reference state_dict (`.pt` or `.safetensors`, with `precond` 'vp' or
+  'edm') or `.pkl` (with `trust_pickle`).
 
   `dropout` (training only) replaces what the file says or, for a state_dict, which says
   nothing, SongUNet's default 0.10 (the released CIFAR-10 networks trained with 0.13).
   """
-  if (state_dict is None) == (pkl is None):
-    raise ValueError('give exactly one of --state_dict and --pkl.')
-  if pkl is not None:
-    pre, state, overrides = read_pickle(pkl, trust_pickle=trust_pickle, edm_source=edm_source)
-    source = pkl
+  if source.endswith('.pkl'):
+    pre, state, overrides = read_pickle(source, trust_pickle=trust_pickle, edm_source=edm_source)
   else:
     if precond not in edm_precond.KINDS:
       raise ValueError(f'--precond must be one of {edm_precond.KINDS} for a state_dict (it does '
                        f'not say which preconditioning trained it), got {precond!r}.')
-    pre, state, overrides, source = edm_precond.Precond(kind=precond), read_state_dict(
-        state_dict), {}, state_dict
+    pre, state, overrides = edm_precond.Precond(kind=precond), read_state_dict(source), {}
   if dropout is not None:
     overrides = dict(overrides, dropout=dropout)
   network = infer_network(state, source=source, **overrides)
@@ -263,41 +259,9 @@ def read(*, state_dict: Optional[str] = None, pkl: Optional[str] = None,
                                      name=name or default)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m models.diffusion.edm_import',
-      description='Import an NVlabs/edm DDPM++ network (state_dict or, trusted, .pkl) into an '
-                  'EDM generator checkpoint.',
-      epilog='To make a state_dict from a release, in an NVlabs/edm checkout: python -c '
-             '"import pickle, torch; torch.save(pickle.load(open(\'PKL\', \'rb\'))[\'ema\']'
-             '.state_dict(), \'edm.pt\')"')
-  parser.add_argument('--state_dict', default=None,
-                      help='a state_dict (.pt read with weights_only=True, or .safetensors)')
-  parser.add_argument('--precond', choices=edm_precond.KINDS, default=None,
-                      help='the preconditioning of a --state_dict (vp for the *-vp releases)')
-  parser.add_argument('--pkl', default=None, help='a released NVlabs/edm network pickle')
-  parser.add_argument('--trust_pickle', action='store_true',
-                      help='allow --pkl: unpickling runs the code the file carries')
-  parser.add_argument('--edm_source', default=None,
-                      help='an NVlabs/edm checkout, put on sys.path to unpickle --pkl')
-  parser.add_argument('--out', required=True, help='EDM generator checkpoint directory to write')
-  parser.add_argument('--name', default=None, help='generator name (default: the file name)')
-  parser.add_argument('--dropout', type=float, default=None,
-                      help='dropout for fine-tuning (default: the .pkl\'s, or 0.10)')
-  args = parser.parse_args(argv)
-  try:
-    gen = read(state_dict=args.state_dict, pkl=args.pkl, precond=args.precond,
-               trust_pickle=args.trust_pickle, edm_source=args.edm_source, name=args.name,
-               dropout=args.dropout)
-  except (ValueError, FileNotFoundError) as e:   # they name the file and what is wrong
-    parser.exit(1, f'error: {e}\n')
-  edm_checkpoint.save(args.out, gen.network, gen.precond, gen.params, name=gen.name,
-                      source=f'NVlabs/edm:{os.path.basename(args.pkl or args.state_dict)}')
-  print(f'{args.out}: {gen.name}, {gen.image_shape} images, '
-        f'{song_unet.count_params(gen.params):,} parameters, {gen.precond.kind} '
-        f'preconditioning, classes: {gen.num_classes}')
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
+def import_checkpoint(source: str, out: str, **options) -> edm_checkpoint.EDMGenerator:
+  """Reads `source` (see `read` for the options) and writes it as an EDM generator to `out`."""
+  gen = read(source, **options)
+  edm_checkpoint.save(out, gen.network, gen.precond, gen.params, name=gen.name,
+                      source=f'NVlabs/edm:{os.path.basename(source)}')
+  return edm_checkpoint.load(out)
