@@ -1,5 +1,5 @@
 """Our ResNets against torchvision's own `ResNet` class, and the import of RobustBench's ImageNet
-ResNet-50 format (`models.interop.torchvision_resnet`).
+ResNet-50 format (`models.interop.torchvision_resnet`, `trainer.import_checkpoint`).
 
 torchvision's `resnet.py` and RobustBench's `normalize_model` are the installed packages' code,
 loaded without their packages' `__init__` (tests/torchvision_models.py says why). Weights are
@@ -7,6 +7,8 @@ random, BatchNorm statistics included; logits are compared in eval mode (and in 
 batch statistics, on a small model) on random images in [0, 1], the torch model wrapped in
 RobustBench's normaliser exactly as `robustbench/model_zoo/imagenet.py` builds its ResNet-50s.
 """
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -14,9 +16,14 @@ import pytest
 torch = pytest.importorskip('torch')
 import torchvision_models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from configs import base  # pylint: disable=wrong-import-position
+from data import real  # pylint: disable=wrong-import-position
 from models import registry  # pylint: disable=wrong-import-position
 from models import resnet  # pylint: disable=wrong-import-position
 from models.interop import torchvision_resnet  # pylint: disable=wrong-import-position
+from trainer import checkpointing  # pylint: disable=wrong-import-position
+from trainer import evaluate  # pylint: disable=wrong-import-position
+from trainer import import_checkpoint  # pylint: disable=wrong-import-position
 
 # RobustBench's ImageNet normalisation (`mu`, `sigma` in model_zoo/imagenet.py).
 MU = (0.485, 0.456, 0.406)
@@ -211,3 +218,67 @@ def test_other_normalisation_is_refused(resnet50_state_dict):
              **{f'model.{k}': v for k, v in state_dict.items()}}
   with pytest.raises(ValueError, match=r"key 'normalize\.mean' is \[0\.5, 0\.5, 0\.5\]"):
     _from(wrapped, abstract, mean=MU, std=SIGMA)
+
+
+# --- trainer.import_checkpoint and trainer.evaluate, end to end -----------------------------------
+
+N_TEST = 2
+
+
+@pytest.fixture
+def imagenet_shaped(monkeypatch):
+  """A 1,000-class 224x224 dataset made in the test, under RobustBench's ImageNet statistics;
+  its test split is filled in by the test."""
+  name = 'imagenet-shaped-test'
+  monkeypatch.setitem(real.DATASETS, name, real.DatasetInfo(1000, (224, 224, 3), MU, SIGMA))
+  splits = {}
+  monkeypatch.setattr(real, 'load', lambda dataset, split, data_dir='': splits[split])
+  config = base.get_config()
+  config.dataset.name = name
+  config.model.name = 'resnet-50'
+  config.threat.eps = 4 / 255  # the paper's ImageNet radius (App. B)
+  config.eval.batch_size = N_TEST
+  return config, splits
+
+
+@pytest.mark.integration
+def test_robustbench_resnet50_imports_and_evaluates(tv, normalize_model, imagenet_shaped,
+                                                    tmp_path):
+  """A RobustBench-format ImageNet ResNet-50 file (random weights) through trainer.import_checkpoint
+  and trainer.evaluate: the imported model classifies the test images as torch's does (labels are
+  torch's predictions, so clean accuracy is 100%), and the attack runs on it."""
+  config, splits = imagenet_shaped
+  theirs_model = torch_resnet(tv, normalize_model)
+  pixels = np.round(images(N_TEST, 224, seed=3) * 255).astype(np.uint8)
+  x = pixels.astype(np.float32) / 255
+  splits['test'] = {'image': pixels, 'label': np.argmax(torch_logits(theirs_model, x), axis=1)}
+  # As RobustBench's downloads hold them: the bare torchvision keys, under 'state_dict'.
+  source = str(tmp_path / 'Salman2020Do_R50.pt')
+  bare = {k.removeprefix('model.'): v for k, v in theirs_model.state_dict().items()
+          if k.startswith('model.')}
+  torch.save({'state_dict': bare}, source)
+  workdir = str(tmp_path / 'imported')
+
+  record = import_checkpoint.import_checkpoint(source, config, workdir)
+  assert record['format'] == 'torch' and record['model'] == 'resnet-50'
+  _, model, variables = checkpointing.restore_for_eval(workdir)
+  assert_logits_equal(our_logits(model, variables, x), torch_logits(theirs_model, x),
+                      'imported resnet-50')
+
+  summary = evaluate.evaluate(config, workdir, attacks='pgd-3')
+  assert summary['clean_accuracy'] == 1.0
+  print(evaluate.format_table(summary))
+  robust = summary['cascades']['pgd-3']['robust_accuracy']
+  assert 0.0 <= robust <= 1.0
+  assert os.path.exists(os.path.join(workdir, 'eval.json'))
+
+
+def test_failed_import_writes_nothing(imagenet_shaped, tmp_path):
+  config, _ = imagenet_shaped
+  source = str(tmp_path / 'r18.pt')
+  torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7), 'fc.weight': torch.zeros(1000, 512)},
+             source)
+  workdir = tmp_path / 'imported'
+  with pytest.raises(ValueError, match=r'r18\.pt does not fit resnet-50.*missing key'):
+    import_checkpoint.import_checkpoint(source, config, str(workdir))
+  assert not workdir.exists()

@@ -7,6 +7,9 @@ FILE is one of
 * a PyTorch `.pt`/`.pth` state_dict of RobustBench's `DMWideResNet` or `DMPreActResNet`, such as
   DeepMind's released models (read with `torch.load(weights_only=True)`: no code in it runs);
   a `{'state_dict': …}` wrapper and DataParallel's `module.` prefixes are accepted;
+* for `resnet-50`/`-101`/`-152` (`-swish`), a torchvision ResNet state_dict, such as RobustBench's
+  ImageNet ResNet-50s, bare or in RobustBench's `normalize_model` wrapper
+  (`models.interop.torchvision_resnet`);
 * a DeepMind Haiku `.npy` (a pickled `(params, state)` pair of their JAX WideResNet, the `_v2`
   files' layout). Unpickling can run code from the file, so it needs `--trust_pickle`.
 
@@ -36,6 +39,7 @@ from ml_collections import config_flags
 from data import real
 from data.input import pipeline
 from models import registry
+from models.interop import torchvision_resnet
 from trainer import checkpointing
 from trainer import cli
 from trainer import interop_layout
@@ -108,6 +112,10 @@ def read_variables(source: str, config: ml_collections.ConfigDict,
   """(our variables, format name) of the checkpoint at `source`, for `config.model`."""
   abstract = abstract_variables(config)
   name = config.model.name
+  if source.endswith(TORCH_SUFFIXES) and torchvision_resnet.handles(name):
+    info = real.info(config.dataset.name)
+    return torchvision_resnet.from_torch(load_torch(source), abstract, name, source=source,
+                                         mean=info.mean, std=info.std), 'torch'
   if source.endswith(TORCH_SUFFIXES):
     return interop_layout.from_torch(load_torch(source), abstract, name, source=source), 'torch'
   if source.endswith('.npy'):
