@@ -175,8 +175,26 @@ def test_accepted_wrappings(resnet50_state_dict):
   wrapped = {'normalize.mean': np.reshape(MU, (1, 3, 1, 1)),
              'normalize.std': np.reshape(SIGMA, (1, 3, 1, 1)),
              **{f'model.{k}': v for k, v in state_dict.items()}}
-  for variant in (without_counters, {f'module.{k}': v for k, v in state_dict.items()}, wrapped):
+  madrylab = {'module.normalizer.new_mean': np.reshape(MU, (3, 1, 1)),
+              'module.normalizer.new_std': np.reshape(SIGMA, (3, 1, 1)),
+              **{f'module.model.{k}': v for k, v in state_dict.items()},
+              **{f'module.attacker.model.{k}': v for k, v in state_dict.items()}}
+  for variant in (without_counters, {f'module.{k}': v for k, v in state_dict.items()}, wrapped,
+                  madrylab):
     _from(variant, abstract, mean=MU, std=SIGMA)
+  madrylab['module.normalizer.new_std'] = np.ones((3, 1, 1))
+  with pytest.raises(ValueError, match=r"key 'normalize\.std' is \[1\.0, 1\.0, 1\.0\]"):
+    _from(madrylab, abstract, mean=MU, std=SIGMA)
+
+
+def test_an_attacker_copy_that_differs_is_refused(resnet50_state_dict):
+  abstract, state_dict = resnet50_state_dict
+  madrylab = {**{f'module.model.{k}': v for k, v in state_dict.items()},
+              **{f'module.attacker.model.{k}': v for k, v in state_dict.items()}}
+  madrylab['module.attacker.model.fc.bias'] = np.ones(1000, np.float32)
+  with pytest.raises(ValueError, match=r"r50\.pt: key 'attacker\.model\.fc\.bias' .* does not "
+                                       r"equal 'model\.fc\.bias'"):
+    _from(madrylab, abstract)
 
 
 def test_missing_key_is_named(resnet50_state_dict):

@@ -3,12 +3,14 @@
 RobustBench's ImageNet ResNet-50s (`robustbench/model_zoo/imagenet.py`: Salman2020Do_R50,
 Engstrom2019Robustness, Wong2020Fast, Standard_R50) are torchvision `resnet50()` models wrapped as
 `normalize_model(resnet50(), mu, sigma)`, an `nn.Sequential` of `normalize` (an `ImageNormalizer`
-with buffers `mean`, `std`) and `model`. Their downloaded files hold the bare torchvision keys
-(`robustbench.utils.load_model` adds the `model.` prefix and loads with `strict=False`, missing
-`normalize.mean` / `normalize.std`); a `state_dict()` of the wrapped model has both. Either is
-accepted here, as are DataParallel's `module.` prefixes. Normalisation buffers, where present,
-must equal the mean/std our model normalises with (the dataset's): a checkpoint trained with
-other constants would be evaluated on shifted inputs.
+with buffers `mean`, `std`) and `model`. `robustbench.utils.load_model` strips `module.` and
+`model.` from a downloaded file's keys, adds `model.` back and tolerates missing
+`normalize.mean` / `normalize.std`: the files hold torchvision's keys, with or without those
+prefixes; a `state_dict()` of the wrapped model has the normaliser too. Both are accepted here,
+as are DataParallel's `module.` prefixes and the layout of MadryLab's `robustness` library, where
+those models were trained (see `unwrap`). Normalisation buffers, where present, must equal the
+mean/std our model normalises with (the dataset's): a checkpoint trained with other constants
+would be evaluated on shifted inputs.
 
 torchvision's names for ours:
 
@@ -44,6 +46,12 @@ _BN_LEAF = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'r
 # What RobustBench's `normalize_model` wrapper adds around the torchvision model.
 WRAPPER_PREFIX = 'model.'
 NORMALIZER = ('normalize.mean', 'normalize.std')
+# MadryLab's `robustness` library (the origin of Engstrom2019Robustness and Salman2020Do_R50)
+# saves an `AttackerModel`: `model.` (the classifier), `attacker.model.` (the same modules again)
+# and `normalizer.new_mean` / `new_std`, all under DataParallel's `module.`.
+MADRYLAB_NORMALIZER = {'normalizer.new_mean': 'normalize.mean',
+                       'normalizer.new_std': 'normalize.std'}
+MADRYLAB_ATTACKER = 'attacker.model.'
 
 
 def handles(model_name: str) -> bool:
@@ -105,11 +113,24 @@ def _numpy(value) -> np.ndarray:
   return np.asarray(value)
 
 
-def unwrap(state_dict: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-  """(torchvision keys, normalisation buffers) of a bare, DataParallel or RobustBench-wrapped
-  state_dict: `module.` and RobustBench's `model.` prefixes are removed."""
+def unwrap(state_dict: Mapping[str, Any], source: str = 'checkpoint'
+           ) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+  """(torchvision keys, normalisation buffers) of a bare, DataParallel, RobustBench-wrapped or
+  MadryLab `robustness` state_dict: `module.` and the wrappers' `model.` prefixes are removed,
+  the normalisers' buffers returned under RobustBench's names, and the attacker's copy of the
+  weights in a `robustness` checkpoint dropped once it is found equal to the classifier's."""
   bare = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+  for theirs, ours in MADRYLAB_NORMALIZER.items():
+    if theirs in bare:
+      bare[ours] = bare.pop(theirs)
   norm = {k: _numpy(bare.pop(k)) for k in NORMALIZER if k in bare}
+  for key in [k for k in bare if k.startswith(MADRYLAB_ATTACKER)]:
+    twin = key.removeprefix('attacker.')
+    if twin not in bare or not np.array_equal(_numpy(bare[key]), _numpy(bare[twin])):
+      raise ValueError(f'{source}: key {key!r} (the attacker\'s copy of the model in a MadryLab '
+                       f'robustness checkpoint) does not equal {twin!r}; which one to import is '
+                       'not clear.')
+    del bare[key]
   if bare and all(k.startswith(WRAPPER_PREFIX) for k in bare):
     bare = {k.removeprefix(WRAPPER_PREFIX): v for k, v in bare.items()}
   return bare, norm
@@ -163,7 +184,7 @@ def from_torch(state_dict: Mapping[str, Any], abstract, model_name: str, *,
   Raises:
     ValueError: for a missing, unexpected or misshapen key, or other normalisation constants.
   """
-  bare, norm = unwrap(state_dict)
+  bare, norm = unwrap(state_dict, source)
   _check_normalizer(norm, mean, std, source)
   leaves = _leaves(abstract)
   expected = {torch_key(c, p, n): (n, tuple(v.shape)) for c, p, n, v in leaves}
