@@ -6,6 +6,12 @@ Names:
     tiny ones such as `wrn-10-1` (78k parameters) or `wrn-10-2`; there is no
     separate tiny architecture.
   `preact-resnet-18`: DeepMind's pre-activation ResNet-18.
+  `resnet-{depth}` and `resnet-{depth}-swish`, depth 50, 101 or 152: torchvision's bottleneck
+    ResNet (`models.resnet`) for ImageNet-sized images, with ReLU as torchvision (`resnet-50` is
+    RobustBench's ImageNet ResNet-50) or with Swish as the paper's ImageNet `resnet-152-swish`
+    (App. B). The activation is part of the name, not a config key, because it is part of the
+    architecture a checkpoint was trained with: an evaluation rebuilds the model from the name
+    stored in its workdir.
 
 `from_config(config)` is the one place a model is built from a config; `get_model` takes the
 same choices as arguments.
@@ -20,11 +26,14 @@ import ml_collections
 
 from data import real
 from models import preact_resnet
+from models import resnet
 from models import wide_resnet
 
 KNOWN_NAMES = ('wrn-{depth}-{width} (depth = 6n + 4, e.g. wrn-28-10, '
-               'wrn-70-16, wrn-10-1)', 'preact-resnet-18')
+               'wrn-70-16, wrn-10-1)', 'preact-resnet-18',
+               'resnet-{depth}[-swish] (depth 50, 101 or 152, e.g. resnet-50, resnet-152-swish)')
 _WRN = re.compile(r'wrn-(\d+)-(\d+)')
+_RESNET = re.compile(r'resnet-(\d+)(-swish)?')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -54,7 +63,7 @@ def get_model(name: str, *, num_classes: int, mean: Sequence[float],
 
   Raises:
     ValueError: for an unknown name, dtype or remat, a negative group size,
-      or a WRN depth not 6n + 4.
+      a WRN depth not 6n + 4 or a ResNet depth other than 50, 101, 152.
   """
   if dtype not in _DTYPES:
     raise ValueError(
@@ -72,6 +81,10 @@ def get_model(name: str, *, num_classes: int, mean: Sequence[float],
   if match:
     depth, width = map(int, match.groups())
     return wide_resnet.wide_resnet(depth, width, **kwargs)
+  match = _RESNET.fullmatch(name)
+  if match:
+    return resnet.resnet(int(match.group(1)), activation='swish' if match.group(2) else 'relu',
+                         **kwargs)
   raise ValueError(
       f'Unknown model {name!r}; known: {", ".join(KNOWN_NAMES)}.')
 

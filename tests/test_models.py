@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models import features
 from models import preact_resnet
 from models import registry
 
@@ -113,7 +114,7 @@ def test_bfloat16_close_to_float32():
 
 def test_naming_contract():
   """BN is named bn*, nothing else is; conv/dense weights are `kernel`."""
-  for name in ('wrn-10-1', 'preact-resnet-18'):
+  for name in ('wrn-10-1', 'preact-resnet-18', 'resnet-50', 'resnet-152-swish'):
     variables = _shapes(_model(name), (1, 8, 8, 1))
     for path in _paths(variables['params']):
       *modules, leaf = path
@@ -124,6 +125,35 @@ def test_naming_contract():
         assert leaf == 'kernel' or path == ('head', 'bias'), path
     for path in _paths(variables['batch_stats']):
       assert path[-2].startswith('bn') and path[-1] in ('mean', 'var'), path
+
+
+def test_wrn_28_10_on_64x64_images():
+  """TinyImageNet's shape (64x64, 200 classes): the same weights as at 32x32, logits per image."""
+  at = {size: _shapes(registry.get_model('wrn-28-10', num_classes=200, mean=CIFAR_MEAN,
+                                         std=CIFAR_STD), (2, size, size, 3))
+        for size in (32, 64)}
+  assert (jax.tree.map(lambda a: a.shape, at[64]) == jax.tree.map(lambda a: a.shape, at[32]))
+  model = registry.get_model('wrn-28-10', num_classes=200, mean=CIFAR_MEAN, std=CIFAR_STD)
+  logits = jax.eval_shape(functools.partial(model.apply, train=False), at[64],
+                          jnp.zeros((2, 64, 64, 3)))
+  assert logits.shape == (2, 200)
+
+
+def test_wrn_pools_the_whole_final_map_at_64x64():
+  """The head reads the mean of the activated final map over all its positions: 16x16 at 64x64
+  (8x8 at 32x32), as DeepMind's JAX WideResNet (`jnp.mean(net, axis=[1, 2])`). RobustBench's
+  `DMWideResNet` pools with a fixed `avg_pool2d(out, 8)` and fits 32x32 inputs only, which is why
+  the export to it refuses other sizes."""
+  model = _model(channels=3, mean=CIFAR_MEAN, std=CIFAR_STD)
+  variables = _init(model, jnp.zeros((1, 64, 64, 3)))
+  x = _images((2, 64, 64, 3))
+  _, state = _apply(model, variables, x, train=False, capture_intermediates=True,
+                    mutable=['intermediates'])
+  final, = state['intermediates']['bn_final']['__call__']
+  assert final.shape == (2, 16, 16, 64)
+  head_input = features.make_feature_fn(model, variables)(x)
+  np.testing.assert_allclose(head_input, jnp.mean(nn.swish(final), axis=(1, 2)), rtol=1e-5,
+                             atol=1e-6)
 
 
 def test_wrn_shortcuts():
@@ -230,7 +260,7 @@ def test_bad_wrn_shape(name):
     _model(name)
 
 
-@pytest.mark.parametrize('name', ['resnet-50', 'wrn-28', 'WRN-28-10', ''])
+@pytest.mark.parametrize('name', ['resnet-50-gelu', 'wrn-28', 'WRN-28-10', ''])
 def test_unknown_name(name):
   with pytest.raises(ValueError, match='preact-resnet-18'):
     _model(name)

@@ -4,6 +4,9 @@ The source file is one of
 * a PyTorch `.pt`/`.pth` state_dict of RobustBench's `DMWideResNet` or `DMPreActResNet`, such as
   DeepMind's released models (read with `torch.load(weights_only=True)`: no code in it runs);
   a `{'state_dict': …}` wrapper and DataParallel's `module.` prefixes are accepted;
+* for `resnet-50`/`-101`/`-152` (`-swish`), a torchvision ResNet state_dict, such as RobustBench's
+  ImageNet ResNet-50s, bare or in RobustBench's `normalize_model` wrapper
+  (`models.interop.torchvision_resnet`);
 * a DeepMind Haiku `.npy` (a pickled `(params, state)` pair of their JAX WideResNet, the `_v2`
   files' layout). Unpickling can run code from the file, so it needs `--trust_pickle`.
 
@@ -25,7 +28,9 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from data import real
 from models.interop import robustbench
+from models.interop import torchvision_resnet
 from trainer.harness import checkpoints
 from trainer.harness import workdir as workdir_lib
 from trainer.interop import export
@@ -89,6 +94,10 @@ def read_variables(source: str, config: ml_collections.ConfigDict,
   """(our variables, format name) of the checkpoint at `source`, for `config.model`."""
   abstract = classifier.abstract_state(config).ema_variables()
   name = config.model.name
+  if source.endswith(TORCH_SUFFIXES) and torchvision_resnet.handles(name):
+    info = real.info(config.dataset.name)
+    return torchvision_resnet.from_torch(load_torch(source), abstract, name, source=source,
+                                         mean=info.mean, std=info.std), 'torch'
   if source.endswith(TORCH_SUFFIXES):
     return robustbench.from_torch(load_torch(source), abstract, name, source=source), 'torch'
   if source.endswith('.npy'):
