@@ -15,7 +15,7 @@ import pytest
 
 from models import registry
 from models import resnet
-from trainer import optimizer
+from trainer.robust import optimizer
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

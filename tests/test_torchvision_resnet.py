@@ -21,9 +21,9 @@ from data import real  # pylint: disable=wrong-import-position
 from models import registry  # pylint: disable=wrong-import-position
 from models import resnet  # pylint: disable=wrong-import-position
 from models.interop import torchvision_resnet  # pylint: disable=wrong-import-position
-from trainer import checkpointing  # pylint: disable=wrong-import-position
-from trainer import evaluate  # pylint: disable=wrong-import-position
-from trainer import import_checkpoint  # pylint: disable=wrong-import-position
+from trainer.evaluation import evaluate  # pylint: disable=wrong-import-position
+from trainer.interop import checkpoint_import as import_checkpoint  # pylint: disable=wrong-import-position
+from trainer.robust import classifier  # pylint: disable=wrong-import-position
 
 # RobustBench's ImageNet normalisation (`mu`, `sigma` in model_zoo/imagenet.py).
 MU = (0.485, 0.456, 0.406)
@@ -279,7 +279,7 @@ def test_robustbench_resnet50_imports_and_evaluates(tv, normalize_model, imagene
 
   record = import_checkpoint.import_checkpoint(source, config, workdir)
   assert record['format'] == 'torch' and record['model'] == 'resnet-50'
-  _, model, variables = checkpointing.restore_for_eval(workdir)
+  _, model, variables = classifier.load(workdir)
   assert_logits_equal(our_logits(model, variables, x), torch_logits(theirs_model, x),
                       'imported resnet-50')
 
