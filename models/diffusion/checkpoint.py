@@ -22,12 +22,12 @@ from etils import epath
 from flax import traverse_util
 from safetensors import numpy as st_numpy
 
+from models import dtypes
 from models.diffusion import schedule as schedule_lib
 from models.diffusion import unet as unet_lib
 
 FORMAT = 'ddpm-generator'
 VERSION = 1
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Generator:
 
   @functools.cached_property
   def model(self) -> unet_lib.UNet:
-    return unet_lib.UNet(self.unet, dtype=_DTYPES[self.dtype])
+    return unet_lib.UNet(self.unet, dtype=dtypes.get(self.dtype, 'generator dtype'))
 
   @functools.cached_property
   def eps_fn(self) -> unet_lib.EpsFn:
@@ -74,8 +74,7 @@ class Generator:
 
 
 def _check_dtype(dtype: str) -> str:
-  if dtype not in _DTYPES:
-    raise ValueError(f'Generator dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.')
+  dtypes.get(dtype, 'generator dtype')
   return dtype
 
 

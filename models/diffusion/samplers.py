@@ -61,6 +61,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.diffusion import schedule as schedule_lib
+
 EpsFn = Callable[..., jax.Array]
 SAMPLERS = ('ddpm', 'ddim', 'dpm++2m')
 SPACINGS = ('leading', 'trailing', 'guided', 'guided_ddim')
@@ -226,7 +228,7 @@ def _call(eps_fn: EpsFn, params, x, t, y):
 
 
 def _x0(x, eps, a_t, clip: bool):
-  x0 = (x - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
+  x0 = schedule_lib.predict_x0(x, eps, a_t)
   return jnp.clip(x0, -1.0, 1.0) if clip else x0
 
 

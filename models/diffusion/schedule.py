@@ -13,6 +13,7 @@ import math
 import os
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 BETA_SCHEDULES = ('linear', 'scaled_linear', 'squaredcos_cap_v2', 'sigmoid', 'laplace')
@@ -68,6 +69,17 @@ class Schedule:
   def from_dict(cls, d: dict[str, Any]) -> 'Schedule':
     return cls(betas=np.asarray(d['betas'], np.float64), variance_type=d['variance_type'],
                clip_sample=d['clip_sample'], clip_sample_range=d['clip_sample_range'])
+
+
+def add_noise(alphas_cumprod, x0, t, eps):
+  """Ho et al.'s forward process: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps for (B,) timesteps t."""
+  a = jnp.asarray(alphas_cumprod)[t][:, None, None, None]
+  return jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
+
+
+def predict_x0(x_t, eps, a_t):
+  """Its inverse: the x_0 that the noise `eps` explains at x_t (a_t the cumulated alpha)."""
+  return (x_t - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
 
 
 def ho_linear(num_timesteps: int = 1000, beta_start: float = 1e-4,

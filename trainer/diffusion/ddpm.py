@@ -66,8 +66,7 @@ class DDPMObjective(objective.Objective):
     k_t, k_eps, k_drop = jax.random.split(key, 3)
     t = jax.random.randint(k_t, (x0.shape[0],), 0, self.alphas_cumprod.shape[0])
     eps = jax.random.normal(k_eps, x0.shape)
-    a = self.alphas_cumprod[t][:, None, None, None]
-    x_t = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
+    x_t = schedule_lib.add_noise(self.alphas_cumprod, x0, t, eps)
     pred = self.model.apply({'params': params}, x_t, t, y, train=True, rngs={'dropout': k_drop})
     return jnp.mean((pred - eps) ** 2)
 

@@ -22,13 +22,13 @@ from etils import epath
 from flax import traverse_util
 from safetensors import numpy as st_numpy
 
+from models import dtypes
 from models.diffusion import checkpoint
 from models.diffusion.edm import precond as edm_precond
 from models.diffusion.edm import network as song_unet
 
 FORMAT = 'edm-generator'
 VERSION = 1
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ class EDMGenerator:
 
   @functools.cached_property
   def model(self) -> song_unet.SongUNet:
-    return song_unet.SongUNet(self.network, dtype=_DTYPES[self.dtype])
+    return song_unet.SongUNet(self.network, dtype=dtypes.get(self.dtype, 'generator dtype'))
 
   @functools.cached_property
   def denoiser(self) -> edm_precond.Denoiser:
@@ -75,8 +75,7 @@ class EDMGenerator:
 
 
 def _check_dtype(dtype: str) -> str:
-  if dtype not in _DTYPES:
-    raise ValueError(f'EDMGenerator dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.')
+  dtypes.get(dtype, 'generator dtype')
   return dtype
 
 
