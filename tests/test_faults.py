@@ -169,3 +169,22 @@ def test_a_disk_that_fills_mid_run_keeps_the_last_checkpoint(small_disk, tmp_pat
 
 def _tiny_args(steps):
   return [f'--config.{k}={v}' for k, v in trainer_runs.tiny_overrides(steps).items()]
+
+
+# --- gs:// paths without credentials -------------------------------------------------------------
+
+@pytest.mark.integration
+@pytest.mark.parametrize('command,args,named', [
+    ('trainer.main', [f'--config={CONFIG}', '--config.generated.path=gs://no-bucket/set.json',
+                      '--workdir=runs/x'], 'gs://no-bucket/set.json (--config.generated.path)'),
+    ('trainer.evaluate', ['--workdir=gs://no-bucket/runs/x'], 'gs://no-bucket/runs/x (--workdir)'),
+    ('trainer.import_npz', ['--npz=gs://no-bucket/set.npz', '--out=gen/x', '--shards=2'],
+     'gs://no-bucket/set.npz (--npz)'),
+], ids=['generated-path', 'evaluate-workdir', 'import-npz'])
+def test_a_gs_path_without_credentials_is_one_line(tmp_path, command, args, named):
+  if cli.has_gcs_credentials():
+    pytest.skip('this machine has Google Cloud credentials')
+  proc = trainer_runs.run_command(str(tmp_path), command, *args)
+  trainer_runs.one_line_error(proc, f'cannot read {named}', 'no Google Cloud credentials',
+                              'gcloud auth application-default login')
+  assert not (tmp_path / 'runs').exists() and not (tmp_path / 'gen').exists()

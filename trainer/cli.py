@@ -124,13 +124,16 @@ _CLIENT_MODULES = ('tensorflow', 'google.', 'requests', 'urllib3')
 
 def storage_hint(error: BaseException) -> str | None:
   """What to do about an error of a storage client (credentials, network), or None when it is
-  not one."""
+  not one. A gs:// request that failed where no credentials exist is told as their absence (the
+  first thing to fix), whatever the client made of it (TensorFlow says the host is unknown)."""
   for cls in type(error).__mro__:
     if not cls.__module__.startswith(_CLIENT_MODULES):
       continue
+    if 'gs://' in str(error) and not has_gcs_credentials():
+      return GCS_CREDENTIALS_HINT
     if cls.__name__ in _CREDENTIAL_ERRORS:
       return GCS_CREDENTIALS_HINT
-    if cls.__name__ in _NETWORK_ERRORS:
+    if cls.__name__ in _NETWORK_ERRORS or 'Could not resolve host' in str(error):
       return NETWORK_HINT
   return None
 
@@ -150,6 +153,25 @@ def has_gcs_credentials() -> bool:
     return True
   except OSError:
     return False
+
+
+def check_gcs_readable(path: str, what: str) -> None:
+  """A gs:// path without any Google Cloud credentials fails here, in one line, before a client
+  spends a minute retrying (and TensorFlow prints its own warnings)."""
+  if str(path).startswith('gs://') and not has_gcs_credentials():
+    raise UserError(f'cannot read {path} ({what}): no Google Cloud credentials found; '
+                    f'{GCS_CREDENTIALS_HINT}.')
+
+
+def check_config_paths(config) -> None:
+  """check_gcs_readable for every gs:// path in a config (data, shards, generators)."""
+  def walk(tree, prefix):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        walk(value, f'{prefix}{key}.')
+      elif isinstance(value, str):
+        check_gcs_readable(value, f'--config.{prefix}{key}')
+  walk(config.to_dict(), '')
 
 
 def check_writable(workdir: str) -> None:
@@ -242,6 +264,7 @@ def start_run(config, workdir: str) -> str:
   absolute and checked, the logs sent there; returns the workdir."""
   initialize_distributed(config.distributed, '--config.distributed=True')
   workdir = absolute(workdir)
+  check_config_paths(config)
   start(workdir)
   logging.info('Process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
@@ -285,6 +308,11 @@ def parse_flags(argv: list[str], parser: Callable | None = None) -> list[str]:
     _fail(str(e), e)
   except ONE_LINE_ERRORS as e:  # e.g. the config a command reads from its workdir is not there
     _fail(_first_line(e), e)
+  except Exception as e:  # pylint: disable=broad-except  (a workdir in a bucket out of reach)
+    hint = storage_hint(e)
+    if hint is None:
+      raise
+    _fail(f'{" ".join(str(e).split())}; {hint}', e)
 
 
 def _fail(message: str, error: BaseException) -> None:

@@ -43,6 +43,7 @@ def _parse_flags(argv):
   workdir = _peek_workdir(argv)
   if workdir is None:
     raise cli.UserError('--workdir=DIR is required: the training workdir to evaluate.')
+  cli.check_gcs_readable(workdir, '--workdir')
   config_flags.DEFINE_config_dict('config', workdir_lib.load_config(cli.absolute(workdir)),
                                   "The run's config (DIR/config.json), with overrides.",
                                   sys_argv=argv)

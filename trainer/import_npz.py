@@ -30,6 +30,7 @@ flags.mark_flags_as_required(['npz', 'out', 'shards'])
 
 def main():
   out = cli.absolute(_OUT.value)
+  cli.check_gcs_readable(_NPZ.value, '--npz')
   cli.start(out.rsplit('/', 1)[0] if '/' in out else '.')
   path = import_npz.import_npz(
       cli.absolute(_NPZ.value), out, num_shards=_SHARDS.value, shuffle=_SHUFFLE.value,

@@ -24,6 +24,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main():
   workdir = cli.absolute(_WORKDIR.value)
+  cli.check_config_paths(_CONFIG.value)
   cli.start(workdir)
   out = stages.run(_CONFIG.value, workdir, redo=_REDO.value)
   if out['status'] == 'stopped':

@@ -25,6 +25,8 @@ flags.mark_flags_as_required(['classifier', 'source', 'out', 'shards'])
 
 def main():
   out = cli.absolute(_OUT.value)
+  cli.check_gcs_readable(_SOURCE.value, '--source')
+  cli.check_gcs_readable(_CLASSIFIER.value, '--classifier')
   cli.start(os.path.dirname(out) or '.')
   path = pseudolabel.label_with(cli.absolute(_CLASSIFIER.value), cli.absolute(_SOURCE.value), out,
                                 num_shards=_SHARDS.value, top_k=_TOP_K.value,

@@ -40,6 +40,8 @@ flags.mark_flags_as_required(['generator', 'num', 'out', 'shards'])
 def main():
   cli.initialize_distributed(_DISTRIBUTED.value, '--distributed')
   out = cli.absolute(_OUT.value)
+  cli.check_gcs_readable(_GENERATOR.value, '--generator')
+  cli.check_gcs_readable(_CLASSIFIER.value or '', '--classifier')
   cli.start(out.rsplit('/', 1)[0] if '/' in out else '.')
   result = sample.sample_to_shards(
       cli.absolute(_GENERATOR.value), out, num=_NUM.value,
