@@ -2,7 +2,7 @@
 
   python -m data.generation.import_npz SRC.npz --out DIR/NAME --shards N \
       [--shuffle --seed S] [--source NAME] [--num-classes K] \
-      [--image-key image] [--label-key label]
+      [--image-key image] [--label-key label] [--encoding raw|png|jpeg]
 
 Reads the published sets (DeepMind's `cifar10_ddpm.npz`, DM-Improves-AT's 1M-50M
 parts: keys `image` uint8 NHWC and `label`) without loading them: a member
@@ -16,6 +16,10 @@ plus one shard's write buffer, whatever the file size.
 members are first decompressed (streamed) into an uncompressed temporary file
 beside the output (local output) or in the system temp directory, then
 memory-mapped; the file is unlinked at once and vanishes with the process.
+
+`--encoding png` stores each image as a PNG (lossless; see
+`data.records.shard_writer`), `--encoding jpeg --jpeg-quality Q` as a JPEG
+(lossy, only when asked; the manifest records Q); the default keeps raw pixels.
 
 Each sample keeps its index in the file as its `id`, so any record can be traced
 back to the source. Scores are NaN (unknown) unless `--score-key` names one.
@@ -218,7 +222,8 @@ def import_npz(src: str, out: str, *, num_shards: int, shuffle: bool = False,
                seed: int = 0, source: str | None = None,
                num_classes: int | None = None, image_key: str = 'image',
                label_key: str = 'label', score_key: str | None = None,
-               progress: bool = True) -> str:
+               progress: bool = True, encoding: str = 'raw',
+               jpeg_quality: int = 95) -> str:
   """Writes the shard set `out` from `src`; returns the manifest path."""
   images = NpzMember(src, image_key)
   labels = NpzMember(src, label_key)
@@ -246,7 +251,8 @@ def import_npz(src: str, out: str, *, num_shards: int, shuffle: bool = False,
   writer = shard_writer.ShardWriter(
       out, num_shards=num_shards, total=n, image_shape=images.shape[1:],
       num_classes=num_classes, source=name, seed=seed if shuffle else None,
-      metadata={'imported_from': os.path.basename(src), 'shuffled': shuffle})
+      metadata={'imported_from': os.path.basename(src), 'shuffled': shuffle},
+      encoding=encoding, jpeg_quality=jpeg_quality)
   bar = tqdm.tqdm(total=n, unit='img', disable=not progress,
                   desc=f'import {os.path.basename(src)}')
   with writer, bar:
@@ -284,13 +290,18 @@ def main(argv=None) -> int:
   parser.add_argument('--image-key', default='image')
   parser.add_argument('--label-key', default='label')
   parser.add_argument('--score-key', default=None)
+  parser.add_argument('--encoding', default='raw', choices=('raw', 'png', 'jpeg'),
+                      help='how images are stored: raw pixels, PNG (lossless) or JPEG')
+  parser.add_argument('--jpeg-quality', type=int, default=95,
+                      help='with --encoding jpeg (recorded in the manifest)')
   parser.add_argument('--no-progress', action='store_true')
   args = parser.parse_args(argv)
   path = import_npz(
       args.src, args.out, num_shards=args.shards, shuffle=args.shuffle,
       seed=args.seed, source=args.source, num_classes=args.num_classes,
       image_key=args.image_key, label_key=args.label_key,
-      score_key=args.score_key, progress=not args.no_progress)
+      score_key=args.score_key, progress=not args.no_progress,
+      encoding=args.encoding, jpeg_quality=args.jpeg_quality)
   print(path)
   return 0
 

@@ -52,6 +52,7 @@ import grain
 import numpy as np
 
 from data.input import augment
+from data.records import example_format
 from data.records import record_dataset
 
 SKIPPED_RECORDS = 'skipped_records'   # the batch field of the skip count
@@ -209,13 +210,14 @@ class MixedBatchIterDataset(grain.IterDataset):
   def __init__(self, *, plan: BatchPlan, image_shape, real: RealData | None,
                generated: grain.IterDataset | None,
                records: record_dataset.TFRecordIterDataset | None,
-               pad: int, flip: bool, seed: int):
+               pad: int, flip: bool, seed: int, generated_encoding: str = 'raw'):
     super().__init__([generated] if generated is not None else [])
     self.plan = plan
     self.image_shape = tuple(image_shape)
     self.real = real
     self.generated = generated
     self.records = records
+    self.generated_encoding = generated_encoding
     self.pad = pad
     self.flip = flip
     self.seed = seed
@@ -303,8 +305,15 @@ class _MixedBatchIterator(grain.DatasetIterator):
         raise RuntimeError('the generated-data stream ended: no readable '
                            'records left in the shard files') from None
       pixels.append(image)
-    images[start:] = np.frombuffer(b''.join(pixels), np.uint8).reshape(
-        n, *self._ds.image_shape)
+    shape, encoding = self._ds.image_shape, self._ds.generated_encoding
+    if encoding == 'raw':
+      images[start:] = np.frombuffer(b''.join(pixels), np.uint8).reshape(n, *shape)
+      return
+    for i, data in enumerate(pixels, start):   # decoded here: in the loader worker
+      try:
+        images[i] = example_format.decode_image(data, shape, encoding)
+      except ValueError as e:
+        raise ValueError(f'generated record id {ids[i]}: {e}') from e
 
   def __str__(self) -> str:
     return f'MixedBatchIterator(step={self._count})'

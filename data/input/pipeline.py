@@ -75,7 +75,7 @@ def _seed(*parts: int) -> int:
 def _generated_part(config, plan: batch_mix.BatchPlan, image_shape,
                     num_classes, workers: int):
   """Opens the manifest; returns (window-shuffled dataset, record dataset,
-  image shape)."""
+  manifest)."""
   path = config.generated.path
   manifest = shards.load_manifest(path)
   shards.validate_manifest(manifest, path, image_shape=image_shape,
@@ -94,13 +94,14 @@ def _generated_part(config, plan: batch_mix.BatchPlan, image_shape,
       shuffle_seed=_seed(config.seed, 1, h), num_epochs=None,
       on_corrupt=config.generated.on_corrupt,
       parse_fn=example_format.ExampleParser(manifest['image_shape'],
-                                            manifest['num_classes']))
+                                            manifest['num_classes'],
+                                            manifest['image_encoding']))
   generated = records
   if config.generated.shuffle_window > 1:
     generated = window_shuffle.WindowShuffleIterDataset(
         records, window_size=config.generated.shuffle_window,
         seed=_seed(config.seed, 2, h))
-  return generated, records, tuple(manifest['image_shape'])
+  return generated, records, manifest
 
 
 def make_train_dataset(config, real_images, real_labels, real_ids, *,
@@ -132,15 +133,17 @@ def make_train_dataset(config, real_images, real_labels, real_ids, *,
                                _seed(config.seed, 0))
           if global_real else None)
   generated = records = None
+  generated_encoding = 'raw'
   workers = config.loader.worker_count
   if global_real < batch_size:
-    generated, records, generated_shape = _generated_part(
+    generated, records, manifest = _generated_part(
         config, plan, image_shape, num_classes, workers)
-    image_shape = image_shape or generated_shape
+    image_shape = image_shape or tuple(manifest['image_shape'])
+    generated_encoding = manifest['image_encoding']
   ds = batch_mix.MixedBatchIterDataset(
       plan=plan, image_shape=image_shape, real=real, generated=generated,
       records=records, pad=config.dataset.pad, flip=config.dataset.flip,
-      seed=config.seed)
+      seed=config.seed, generated_encoding=generated_encoding)
   if workers > 0:
     if not flags.FLAGS.is_parsed():
       # Grain's workers read its absl flags; outside an absl app (tests,
