@@ -315,3 +315,33 @@ def test_parser_checks_encoded_headers(tmp_path):
   raw_bytes = example_format.serialize_example(images[0].tobytes(), 0, 0, 0.0, b'x')
   with pytest.raises(ValueError, match='not a PNG or JPEG image'):
     ok(raw_bytes)
+
+
+def test_records_know_their_position_across_a_resume(tmp_path):
+  images, labels, _ = _data(30)
+  path = _write(str(tmp_path / 'gen'), images, labels, num_shards=3)
+  files = shards.shard_paths(path)
+
+  def where(record, file, index):   # the position, and a filter: drop every third record
+    id_ = example_format.parse_example(record)['id']
+    return None if id_ % 3 == 0 else (os.path.basename(file), index, id_)
+
+  ds = record_dataset.TFRecordIterDataset(files, cycle_length=2, shuffle_seed=4,
+                                          parse_fn=where, with_position=True)
+  got = list(ds)
+  first = {os.path.basename(f): 10 * i for i, f in enumerate(files)}   # 10 records per file
+  assert sorted(i for _, _, i in got) == [i for i in range(30) if i % 3]
+  assert all(first[f] + index == id_ for f, index, id_ in got)
+  it = iter(ds)
+  head = [next(it) for _ in range(7)]
+  state = json.loads(json.dumps(it.get_state()))
+  resumed = iter(ds)
+  resumed.set_state(state)
+  assert head + list(resumed) == got
+  old = dict(state, slots=[s[:2] for s in state['slots']])   # saved before positions existed
+  plain = record_dataset.TFRecordIterDataset(files, cycle_length=2, shuffle_seed=4)
+  new_it, old_it = iter(plain), iter(plain)
+  new_it.set_state(state)
+  old_it.set_state(old)
+  rest = list(new_it)
+  assert rest and list(old_it) == rest   # the same records follow

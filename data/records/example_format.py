@@ -112,7 +112,7 @@ def serialize_example(image: bytes, label: int, id_: int, score: float,
   return ex.SerializeToString()
 
 
-def _single(feature, key: str, kind: str):
+def single(feature, key: str, kind: str):
   if key not in feature:
     raise ValueError(f'missing feature {key!r}')
   values = getattr(feature[key], kind).value
@@ -125,11 +125,11 @@ def _single(feature, key: str, kind: str):
 def parse_example(record: bytes) -> dict[str, Any]:
   """All five features of one record, as Python values (image as bytes)."""
   feature = Example.FromString(record).features.feature
-  return {'image': _single(feature, 'image', 'bytes_list'),
-          'label': int(_single(feature, 'label', 'int64_list')),
-          'id': int(_single(feature, 'id', 'int64_list')),
-          'score': float(_single(feature, 'score', 'float_list')),
-          'source': _single(feature, 'source', 'bytes_list').decode()}
+  return {'image': single(feature, 'image', 'bytes_list'),
+          'label': int(single(feature, 'label', 'int64_list')),
+          'id': int(single(feature, 'id', 'int64_list')),
+          'score': float(single(feature, 'score', 'float_list')),
+          'source': single(feature, 'source', 'bytes_list').decode()}
 
 
 def check_image(image: bytes, shape: tuple[int, ...], encoding: str) -> None:
@@ -175,9 +175,9 @@ class ExampleParser:
 
   def __call__(self, record: bytes) -> tuple[bytes, int, int]:
     feature = Example.FromString(record).features.feature
-    image = _single(feature, 'image', 'bytes_list')
-    label = _single(feature, 'label', 'int64_list')
-    id_ = _single(feature, 'id', 'int64_list')
+    image = single(feature, 'image', 'bytes_list')
+    label = single(feature, 'label', 'int64_list')
+    id_ = single(feature, 'id', 'int64_list')
     check_image(image, self.image_shape, self.encoding)
     if not 0 <= label < self.num_classes:
       raise ValueError(f'label {label} outside [0, {self.num_classes})')
