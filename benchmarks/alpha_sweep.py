@@ -46,7 +46,7 @@ REAL_ONLY = 'real'  # the runs at α = 1, shared by every generator
 
 def pgd40(workdir, config):
   _, model, variables = checkpointing.restore_for_eval(workdir, 'best')
-  test = real.load(config.dataset.name, 'test')
+  test = real.load(config.dataset, 'test')
   attack = pgd_attack(norm=config.threat.norm, eps=config.threat.eps, steps=40,
                           loss='margin')
   measure = robust_accuracy.make_measure(model, attack, sharding.make_mesh(config),

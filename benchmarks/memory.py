@@ -75,7 +75,7 @@ def _abstract(tree, shardings):
 def measure(config):
   """memory_analysis() of the compiled train step, per device, and its compile time."""
   mesh = sharding.make_mesh(config)
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   model = registry.from_config(config)
   tx = optimizer.make_optimizer(config)
   create = functools.partial(train_state.create, model, tx, info.shape, config.seed)

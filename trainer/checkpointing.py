@@ -193,7 +193,7 @@ def restore_for_eval(workdir, which='best'):
   from trainer import optimizer  # pylint: disable=g-import-not-at-top
   from trainer import train_state  # pylint: disable=g-import-not-at-top
   config = load_config(workdir)
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   model = registry.from_config(config)
   abstract = jax.eval_shape(functools.partial(
       train_state.create, model, optimizer.make_optimizer(config), info.shape, config.seed))

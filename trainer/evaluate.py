@@ -175,7 +175,7 @@ def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None
   model = registry.from_config(stored, dtype=config.eval.dtype)
   step = checkpoint_step(workdir, checkpoint)
 
-  test = real.load(config.dataset.name, 'test', config.dataset.data_dir)
+  test = real.load(config.dataset, 'test')
   n = num_examples or len(test['label'])
   if n > len(test['label']):
     raise ValueError(f'num_examples={n} but the {config.dataset.name} test split has '
@@ -187,7 +187,7 @@ def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None
   logging.info('Evaluating %s checkpoint %s (step %s) on %d %s test images, %s eps=%g: %s',
                workdir, checkpoint, step, n, config.dataset.name, norm, eps, cascades)
 
-  num_classes = real.info(config.dataset.name).num_classes
+  num_classes = real.info(config.dataset).num_classes
   zero_share = {loss: zero_gradient_share(logits_fn, x, y, loss=loss, batch_size=batch_size)
                 for loss in ('ce', 'dlr') if loss == 'ce' or num_classes >= 3}
 

@@ -97,7 +97,7 @@ def load_haiku(source: str, trust_pickle: bool) -> Tuple[dict, dict]:
 
 def abstract_variables(config: ml_collections.ConfigDict) -> Any:
   """ShapeDtypeStructs of the EMA variables a workdir of `config` holds."""
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   create = functools.partial(train_state.create, registry.from_config(config),
                              optimizer.make_optimizer(config), info.shape, config.seed)
   return jax.eval_shape(create).ema_variables()
@@ -127,7 +127,7 @@ def _sha256(source):
 
 def _save_train_state(workdir, config, variables, ckpt):
   """checkpoints/0: a fresh training state whose weights and averages are `variables`."""
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   train_data, _, _ = real.training_splits(config)
   create = functools.partial(train_state.create, registry.from_config(config),
                              optimizer.make_optimizer(config), info.shape, config.seed)

@@ -130,7 +130,7 @@ def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int
     from data import real  # pylint: disable=g-import-not-at-top
     from trainer import checkpointing  # pylint: disable=g-import-not-at-top
     config, model, variables = checkpointing.restore_for_eval(classifier, checkpoint)
-    info = real.info(config.dataset.name)
+    info = real.info(config.dataset)
     if tuple(info.shape) != tuple(generator.image_shape):
       raise ValueError(f'{generator_path}: generates images of shape {generator.image_shape}, '
                        f'but the classifier in {classifier} was trained on '

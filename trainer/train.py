@@ -140,7 +140,7 @@ def train_and_evaluate(config, workdir, *, record_batch_ids=False, progress_name
   config_validation.validate(config)
   workdir = str(workdir)
   mesh = sharding.make_mesh(config)
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   train_data, holdout, test = real.training_splits(config)
   model = registry.from_config(config)
   tx = optimizer.make_optimizer(config)
