@@ -36,6 +36,7 @@ def get_config():
   c.dataset.ram_limit_gb = 4.0       # auto: the largest training split held in RAM, decoded
   c.dataset.shuffle_window = 10_000  # streamed training split: window shuffle (records)
   c.dataset.cycle_length = 16        # streamed training split: shard files read in parallel
+  c.dataset.on_corrupt = 'raise'     # streamed training split: raise | skip (counted, logged)
   c.dataset.holdout = 1024           # first N training images: never trained on, used for selection
   c.dataset.crop = 'pad'             # pad: pad-and-random-crop (pad) + flip | inception: random-
                                      # resized crop (8-100% of the area, aspect 3/4-4/3) to

@@ -323,7 +323,7 @@ def test_rejects_inconsistent_inputs(gen_set, tmp_path):
   path = gen_set[0]   # (a bad alpha is the config validation's: tests/test_config.py)
   with pytest.raises(ValueError, match='not divisible by the process count'):
     _iterator(_config(path, batch_size=18), host=0, hosts=4)
-  with pytest.raises(ValueError, match='8 shard files, but 16 hosts'):
+  with pytest.raises(ValueError, match='8 generated shard files, but 16 hosts'):
     _iterator(_config(path, batch_size=32), host=0, hosts=16)
   images, labels, ids = _real()
   with pytest.raises(shards.ManifestError, match=r'generated images have '

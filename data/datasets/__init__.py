@@ -51,6 +51,8 @@ def check_options(options: dataset.Options) -> None:
     fail('path', f'the {options.name} dataset is read from a path (folder or file); set it')
   if options.storage not in dataset.STORAGE:
     fail('storage', f'must be one of {dataset.STORAGE}')
+  if options.on_corrupt not in ('raise', 'skip'):
+    fail('on_corrupt', "must be 'raise' or 'skip'")
   if options.crop not in dataset.CROPS:
     fail('crop', f'must be one of {dataset.CROPS}')
   if options.name == 'imagenet2012' and options.crop != 'inception':

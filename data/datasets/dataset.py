@@ -51,6 +51,7 @@ class Options:
   crop: str = 'pad'
   shuffle_window: int = 10_000
   cycle_length: int = 16
+  on_corrupt: str = 'raise'
 
   @classmethod
   def of(cls, dataset: Any) -> Options:

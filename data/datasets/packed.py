@@ -91,5 +91,6 @@ def streamed_split(ds, split: str, skip: int = 0) -> streamed.StreamedSplit:
                         manifest['image_encoding'], skip)
   return streamed.StreamedSplit(
       name=f'{ds.name} ({ds.path})', files=tuple(shards.shard_paths(path, manifest)),
-      parser=parser, size=manifest['count'] - skip, shape=tuple(manifest['image_shape']),
-      encoding=manifest['image_encoding'], num_classes=manifest['num_classes'])
+      parser=parser, size=manifest['count'] - skip, shape=tuple(ds.info.shape),
+      stored_shape=tuple(manifest['image_shape']), encoding=manifest['image_encoding'],
+      num_classes=manifest['num_classes'])

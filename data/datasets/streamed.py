@@ -17,14 +17,16 @@ class StreamedSplit:
   """What the pipeline needs to stream a split; see the module docstring.
 
   `parser(record, path, index)` must be picklable (Grain sends it to its workers); `index` is the
-  record's position in its file. `shape` is the stored images' (H, W, C), with H = W = 0 when
-  their sizes vary (they are then cropped to the model's size, `dataset.crop = 'inception'`).
+  record's position in its file. `shape` is the (H, W, C) the model sees; `stored_shape` the
+  stored images', with H = W = 0 when their sizes vary (they are then cropped to `shape`,
+  `dataset.crop = 'inception'`).
   """
   name: str
   files: tuple[str, ...]
   parser: Callable
   size: int
   shape: tuple[int, int, int]
+  stored_shape: tuple[int, int, int]
   encoding: str
   num_classes: int
 

@@ -84,7 +84,8 @@ def _parser(tfds_name, split, data_dir, shape, num_classes, skip):
 
 def streamed_split(tfds_name: str, split: str, data_dir: str, info, *, skip: int = 0,
                    shape=None) -> streamed.StreamedSplit:
-  """The split without its first `skip` examples, for the input workers."""
+  """The split without its first `skip` examples, for the input workers; `shape` is the stored
+  images' (default: the dataset's; H = W = 0 when their sizes vary)."""
   shape = tuple(shape or info.shape)
   files, _, total, parser = _parser(tfds_name, split, data_dir, shape, info.num_classes,
                                     skip)
@@ -92,7 +93,8 @@ def streamed_split(tfds_name: str, split: str, data_dir: str, info, *, skip: int
     raise ValueError(f'{tfds_name} {split}: {total} examples, none left after the '
                      f'{skip} held out')
   return streamed.StreamedSplit(name=tfds_name, files=tuple(files), parser=parser,
-                                size=total - skip, shape=shape, encoding='mixed',
+                                size=total - skip, shape=tuple(info.shape),
+                                stored_shape=shape, encoding='mixed',
                                 num_classes=info.num_classes)
 
 
