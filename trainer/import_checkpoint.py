@@ -135,8 +135,7 @@ def _save_train_state(workdir, config, variables, ckpt):
   params, stats = variables['params'], variables['batch_stats']
   state = state.replace(params=params, batch_stats=stats, ema_params=params,
                         ema_batch_stats=stats)
-  data_iter = pipeline.make_train_iterator(config, train_data['image'], train_data['label'],
-                                           train_data['id'], num_classes=info.num_classes)
+  data_iter = pipeline.make_train_iterator(config, train_data, num_classes=info.num_classes)
   ckpt.save(0, state, data_iter, force=True)
 
 

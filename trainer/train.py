@@ -156,8 +156,7 @@ def train_and_evaluate(config, workdir, *, record_batch_ids=False, progress_name
   create = functools.partial(train_state.create, model, tx, info.shape, config.seed)
   abstract = jax.eval_shape(create)
   state_sh = sharding.state_shardings(mesh, abstract)
-  data_iter = pipeline.make_train_iterator(config, train_data['image'], train_data['label'],
-                                           train_data['id'], num_classes=info.num_classes)
+  data_iter = pipeline.make_train_iterator(config, train_data, num_classes=info.num_classes)
   latest = ckpt.latest_step()
   if latest is None:
     state = jax.jit(create, out_shardings=state_sh)()
