@@ -23,9 +23,16 @@ from data.records import example_format
 from data.records import record_dataset
 
 
+# How to prepare a dataset that tfds cannot download (ImageNet's images need an account).
+MANUAL = {'imagenet2012': (
+    "put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in MANUAL, then python -c \"import "
+    "tensorflow_datasets as tfds; tfds.builder('imagenet2012', data_dir='DIR')"
+    ".download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir='MANUAL'))\"")}
+
+
 def _not_prepared(tfds_name, data_dir):
   from data.datasets import tfds_sets  # pylint: disable=g-import-not-at-top
-  return tfds_sets.not_prepared(tfds_name, data_dir)
+  return tfds_sets.not_prepared(tfds_name, data_dir, MANUAL.get(tfds_name, ''))
 
 
 def split_files(tfds_name: str, split: str, data_dir: str) -> tuple[list[str], list[int]]:
