@@ -33,7 +33,6 @@ DatasetInfo = dataset_lib.DatasetInfo
 DatasetNotPreparedError = tfds_sets.DatasetNotPreparedError
 # The built-in datasets whose description needs no data.
 DATASETS = {**{name: spec[0] for name, spec in tfds_sets.SETS.items()}, 'digits': digits.INFO}
-DIGITS_TEST_SIZE = digits.TEST_SIZE
 
 
 def _options(dataset, data_dir: str = ''):
