@@ -111,8 +111,8 @@ def test_real_repeats_copy_streamed_images(folder, gen_set):
   it.close()
 
 
-@pytest.mark.parametrize('workers', [0, 2])
-def test_resume_from_the_saved_state(folder, gen_set, workers):
+@pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.integration)])
+def test_resume_from_the_saved_state(folder, gen_set, workers):   # 2: worker processes, ~30 s
   config = _config(folder, gen_set[0], pad=2, workers=workers)
   it = _iterator(config)
   want = [next(it) for _ in range(9)]
