@@ -186,3 +186,14 @@ def test_training_splits_hold_out_the_head_and_keep_ids(tiny):
   np.testing.assert_array_equal(train['image'], full['image'][5:])
   np.testing.assert_array_equal(train['id'], np.arange(5, 24))
   assert len(test['label']) == 6
+
+
+def test_stored_facts_are_measured_again_when_images_are_added(tmp_path):
+  root = fake.image_folder(str(tmp_path), split=True)
+  options = _options('image_folder', root)
+  before = _fresh(options).info.mean
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(
+      os.path.join(root, 'train', 'cat', 'cat99.png'))
+  ds = _fresh(options)
+  assert ds.size('train') == 16 and all(a < b for a, b in zip(ds.info.mean, before))
+  assert json.load(open(statistics.sidecar_path(root)))['sizes'] == {'train': 16, 'test': 6}

@@ -1,6 +1,7 @@
 """A real training split streamed by the input workers, mixed with streamed generated data:
 exact counts, per-host files, the held-out head dropped, resume, the packed copy's checks."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -140,6 +141,15 @@ def test_a_missing_or_stale_packed_copy_is_named(tmp_path, folder):
   other.dataset.split_seed = 7   # another order than the one packed
   with pytest.raises(dataset_lib.StreamingError, match='was packed with other dataset options'):
     real.training_splits(other)
+  packed.pack(datasets.get(config.dataset), 'train', num_shards=2, progress=False)
+  real.training_splits(config)   # packed now
+  extra = os.path.join(root, 'cat', 'cat99.png')
+  with open(extra, 'wb') as f:
+    f.write(fake.encode(fake.image(0, 16, 16, np.random.default_rng(0)), 'PNG'))
+  datasets._cache.clear()   # as a new run would list the files again
+  with pytest.raises(dataset_lib.StreamingError, match='holds 12 images, the train split now '
+                     'has 13; pack it again'):
+    real.training_splits(config)
 
 
 def test_auto_streams_above_the_ram_limit(folder):

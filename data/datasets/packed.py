@@ -85,6 +85,10 @@ def streamed_split(ds, split: str, skip: int = 0) -> streamed.StreamedSplit:
     raise dataset.StreamingError(
         f'{path} was packed with other dataset options ({stamp}, this run: '
         f'{_stamp(ds, split)}); pack it again: {command}')
+  if manifest['count'] != ds.size(split):
+    raise dataset.StreamingError(
+        f'{path} holds {manifest["count"]} images, the {split} split now has '
+        f'{ds.size(split)}; pack it again: {command}')
   if manifest['count'] <= skip:
     raise ValueError(f'{path}: {manifest["count"]} images, none left after the {skip} held out')
   parser = PackedParser(manifest['image_shape'], manifest['num_classes'],

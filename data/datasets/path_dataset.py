@@ -3,9 +3,10 @@ splits in a fixed seeded order, facts measured once and stored beside the data, 
 copy to stream from.
 
 A subclass says how to find its splits (`_find_splits`: a source per split, each with
-`len(source)`, `take(indices)` and `load(start, stop)` giving uint8 images of one shape, and
-`encoded(i)` giving one image as PNG or JPEG bytes) and may add facts of its own
-(`_more_facts`: class names, a class map). The order of each split is fixed by
+`len(source)`, `take(indices)` and `load(start, stop)` giving uint8 images of one shape,
+`labels_at(indices)`, and `encoded(i)` giving one image as PNG or JPEG bytes) and may add facts
+of its own (`_more_facts`: class names, a class map). Stored facts whose split sizes no longer
+match the files (images added or removed) are measured again. The order of each split is fixed by
 `dataset.split_seed`, so the first `holdout` training images (held out for selection) and the
 first `test_size` test images span the classes however the files are named.
 """
@@ -61,7 +62,9 @@ class PathDataset(dataset.Dataset):
   @property
   def facts(self) -> dict:
     if self._facts is None:
-      self._facts = statistics.stored(self.path, self.depends_on(), self._measure)
+      sizes = {'train': len(self.splits.train), 'test': len(self.splits.test)}
+      self._facts = statistics.stored(self.path, self.depends_on(), self._measure,
+                                      valid=lambda facts: facts.get('sizes') == sizes)
     return self._facts
 
   def _measure(self) -> dict:
@@ -79,8 +82,7 @@ class PathDataset(dataset.Dataset):
         class_map=tuple(f.get('class_map', ())))
 
   def size(self, split):
-    dataset.check_split(split)
-    return int(self.facts['sizes'][split])
+    return len(self.source(split))
 
   def source(self, split):
     dataset.check_split(split)

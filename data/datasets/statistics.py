@@ -48,8 +48,10 @@ def mean_std(images_at: Callable[[np.ndarray], np.ndarray], n: int, seed: int = 
   return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def stored(path: str, depends_on: dict[str, Any], measure: Callable[[], dict]) -> dict:
-  """The facts stored beside `path` for these options, measured and stored if missing."""
+def stored(path: str, depends_on: dict[str, Any], measure: Callable[[], dict],
+           valid: Callable[[dict], bool] = lambda facts: True) -> dict:
+  """The facts stored beside `path` for these options, measured and stored if missing (or if
+  `valid(facts)` says they no longer describe the data)."""
   sidecar = sidecar_path(path)
   if tfrecord.exists(sidecar):
     with tfrecord.open_file(sidecar, 'rb') as f:
@@ -58,7 +60,8 @@ def stored(path: str, depends_on: dict[str, Any], measure: Callable[[], dict]) -
       except ValueError:
         facts = {}
         logging.warning('%s is not valid JSON; measuring the dataset again', sidecar)
-    if facts.get('version') == VERSION and facts.get('depends_on') == depends_on:
+    if (facts.get('version') == VERSION and facts.get('depends_on') == depends_on
+        and valid(facts)):
       return facts
   logging.info('Measuring %s once (class names, sizes, mean/std); stored in %s', path, sidecar)
   facts = {'version': VERSION, 'depends_on': depends_on, **measure()}
