@@ -310,6 +310,7 @@ class _MixedBatchIterator(grain.DatasetIterator):
     super().__init__([x for x in (self._gen, self._real) if x is not None])
     self._ds = ds
     self._count = 0
+    self._buffer = None
 
   def get_state(self) -> dict[str, Any]:
     state = lambda it: it.get_state() if it is not None else None
@@ -350,7 +351,8 @@ class _MixedBatchIterator(grain.DatasetIterator):
             SKIPPED_RECORDS: np.array([ds.step_start, skipped], np.int64)}
 
   def _take_real(self, step, n):
-    """(rows, labels, ids): rows an array (in RAM) or a list of stored images."""
+    """(rows, labels, ids): rows the indices of images in RAM, or a list of
+    stored images."""
     ds = self._ds
     real, plan, r = ds.real, ds.plan, ds.plan.real_repeats
     if not n:
@@ -359,9 +361,8 @@ class _MixedBatchIterator(grain.DatasetIterator):
       rows, labels, ids = _next_rows(self._real, n // r, 'real')
       index = np.repeat(np.arange(n // r), r)   # copies; augmented apart later
       return [rows[i] for i in index], labels[index], ids[index]
-    index = real.order.indices(plan.unique_before(step), n // r)
-    index = np.repeat(index, r)
-    return np.take(real.images, index, axis=0), real.labels[index], real.ids[index]
+    index = np.repeat(real.order.indices(plan.unique_before(step), n // r), r)
+    return index, real.labels[index], real.ids[index]
 
   def _take_generated(self, n):
     if not n:
@@ -372,9 +373,13 @@ class _MixedBatchIterator(grain.DatasetIterator):
     """All rows as pixels of the dataset's shape (crop 'pad')."""
     ds = self._ds
     n = len(real)
-    images = np.empty((n + len(gen), *ds.image_shape), np.uint8)
-    if isinstance(real, np.ndarray):
-      images[:n] = real
+    # One buffer for the iterator's life: the batch leaves as a shuffled copy,
+    # and a fresh 3 MB array each step costs its page faults again.
+    if self._buffer is None or len(self._buffer) != n + len(gen):
+      self._buffer = np.empty((n + len(gen), *ds.image_shape), np.uint8)
+    images = self._buffer
+    if isinstance(real, np.ndarray):   # indices into the set in RAM
+      np.take(ds.real.images, real, axis=0, out=images[:n])
     elif n:
       _decode_rows(real, ds.real, ds.image_shape, ids[:n], images[:n])
     if gen:
@@ -389,7 +394,11 @@ class _MixedBatchIterator(grain.DatasetIterator):
     out = np.empty((len(order), *ds.image_shape), np.uint8)
     for row, i in enumerate(order):
       stream = ds.real if i < n else ds.generated
-      image = real[i] if i < n else gen[i - n]
+      if i < n:
+        image = (ds.real.images[real[i]] if isinstance(real, np.ndarray)
+                 else real[i])
+      else:
+        image = gen[i - n]
       try:
         if isinstance(image, bytes):
           image = (np.frombuffer(image, np.uint8).reshape(stream.shape)
