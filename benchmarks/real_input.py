@@ -9,9 +9,11 @@ prefetch thread), alpha = 1 (every row real), CRC checks, 16 files interleaved, 
 photographs, not noise.
 
 - RSS against N: N images of 64x64x3 (PNG, 10K distinct ones cycled, unique ids, 2,000 per shard)
-  streamed once each (global batch 1024, pad-4 crop + flip). A fresh process per size reports
-  its peak RSS; held in RAM instead, the pixels alone would take N x 12,288 bytes.
-- Rate at 64x64: the same path (PNG decode + pad-crop-flip) over 40 batches.
+  streamed once each (global batch 1024, pad-4 crop + flip), and, apart, 100K images of each
+  set (the same stream length whatever N). A fresh process per case reports its peak RSS; held in
+  RAM instead, the pixels alone would take N x 12,288 bytes.
+- Rate at 64x64: the same path (PNG decode + pad-crop-flip) over 40 batches; and with JPEGs
+  (quality 90), as TinyImageNet's packed copy holds them.
 - Rate at 224x224: JPEGs (quality 90) of 300-500 x 300-500 pixels, ImageNet's typical sizes, each
   decoded and cropped Inception-style to 224x224 + flip (`dataset.crop = 'inception'`), global
   batch 256, over 20 batches; in-process and with 2 loader worker processes.
@@ -44,23 +46,26 @@ def _photos():
 
 
 def write_set(prefix: str, n: int, kind: str) -> str:
-  """n records of `kind` ('png64' or 'jpeg224') cycling through a pool; returns the manifest."""
+  """n records of `kind` ('png64', 'jpeg64' or 'jpeg224') cycling through a pool; returns the
+  manifest."""
   from data import image_codec  # pylint: disable=g-import-not-at-top
   from data.records import shard_writer  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   photos = _photos()
   pool = []
-  for i in range(POOL if kind == 'png64' else JPEG_POOL):
+  small = kind.endswith('64')
+  for i in range(POOL if small else JPEG_POOL):
     photo = photos[i % 2]
-    if kind == 'png64':
+    if small:
       y, x = rng.integers(0, photo.shape[0] - 64), rng.integers(0, photo.shape[1] - 64)
-      pool.append(image_codec.encode(np.ascontiguousarray(photo[y:y + 64, x:x + 64]), 'png'))
+      crop = np.ascontiguousarray(photo[y:y + 64, x:x + 64])
+      pool.append(image_codec.encode(crop, kind[:-2], quality=90))
     else:
       h, w = rng.integers(300, min(427, 500) + 1), rng.integers(300, 501)
       y, x = rng.integers(0, photo.shape[0] - h + 1), rng.integers(0, photo.shape[1] - w + 1)
       crop = np.ascontiguousarray(photo[y:y + h, x:x + w])
       pool.append(image_codec.encode(crop, 'jpeg', quality=90))
-  shape = (64, 64, 3) if kind == 'png64' else (0, 0, 3)
+  shape = (64, 64, 3) if small else (0, 0, 3)
   num_shards = max(16, -(-n // PER_SHARD))
   with shard_writer.ShardWriter(prefix, num_shards=num_shards, total=n, image_shape=shape,
                                 num_classes=200, source=kind, encoding='png') as writer:
@@ -99,7 +104,7 @@ def child(args) -> dict:
   """Streams batches of one case; returns its throughput and peak RSS."""
   from configs import base  # pylint: disable=g-import-not-at-top
   from data.input import pipeline  # pylint: disable=g-import-not-at-top
-  size = 64 if args.kind == 'png64' else 224
+  size = 64 if args.kind.endswith('64') else 224
   c = base.get_config()
   c.generated.alpha = 1.0
   c.train.batch_size = args.batch
@@ -166,12 +171,17 @@ def report(args, sizes) -> None:
     manifest = write_set(os.path.join(args.workdir, f'png64_{n}', 'real'), n, 'png64')
     written = time.time() - start
     r = run_child('--kind', 'png64', '--manifest', manifest, '--samples', str(n))
-    rss_rows.append((n, written, r))
-    print(f'N={n:,}: written in {written:.0f} s, streamed: {json.dumps(r)}', flush=True)
+    same = run_child('--kind', 'png64', '--manifest', manifest, '--samples', '100000')
+    rss_rows.append((n, written, r, same))
+    print(f'N={n:,}: written in {written:.0f} s, streamed: {json.dumps(r)}, 100K images: '
+          f'{json.dumps(same)}', flush=True)
     if n == sizes[0]:
       rate_rows.append(('64x64 PNG, pad-crop-flip, batch 1024, in-process',
                         run_child('--kind', 'png64', '--manifest', manifest, '--batches', '40')))
     shutil.rmtree(os.path.dirname(manifest), ignore_errors=True)
+  manifest = write_set(os.path.join(args.workdir, 'jpeg64', 'real'), 20_000, 'jpeg64')
+  rate_rows.append(('64x64 JPEG, pad-crop-flip, batch 1024, in-process',
+                    run_child('--kind', 'jpeg64', '--manifest', manifest, '--batches', '40')))
   manifest = write_set(os.path.join(args.workdir, 'jpeg224', 'real'), 20_000, 'jpeg224')
   for workers in (0, 2):
     where = 'in-process' if not workers else f'{workers} worker processes'
@@ -181,12 +191,13 @@ def report(args, sizes) -> None:
                       r))
     print(f'jpeg224, {where}: {json.dumps(r)}', flush=True)
   print(f'\nStreamed real images, {os.cpu_count()} CPU cores (shared)\n')
-  print('| N (64x64x3) | shard write (s) | peak RSS (MB) | in RAM, pixels alone (MB) | '
-        'start-up (s) | stream (s) | img per CPU-second |')
-  print('|---:|---:|---:|---:|---:|---:|---:|')
-  for n, written, r in rss_rows:
-    print(f'| {n:,} | {written:.0f} | {r["rss_mb"]:,.0f} | {n * 12288 / 2**20:,.0f} | '
-          f'{r["startup"]:.1f} | {r["wall"]:.0f} | {r["images"] / r["cpu"]:,.0f} |')
+  print('| N (64x64x3) | shard write (s) | peak RSS (MB), all N once | peak RSS (MB), 100K '
+        'images | in RAM, pixels alone (MB) | start-up (s) | stream (s) | img per CPU-second |')
+  print('|---:|---:|---:|---:|---:|---:|---:|---:|')
+  for n, written, r, same in rss_rows:
+    print(f'| {n:,} | {written:.0f} | {r["rss_mb"]:,.0f} | {same["rss_mb"]:,.0f} | '
+          f'{n * 12288 / 2**20:,.0f} | {r["startup"]:.1f} | {r["wall"]:.0f} | '
+          f'{r["images"] / r["cpu"]:,.0f} |')
   print('\n| case | img per CPU-second | img/s (wall) | peak RSS (MB), workers |')
   print('|---|---:|---:|---:|')
   for name, r in rate_rows:
