@@ -64,7 +64,7 @@ def test_the_split_streams_and_rows_are_the_datasets_images(folder, gen_set):
   config = _config(folder, gen_set[0])
   train, holdout, _ = real.training_splits(config)
   assert isinstance(train, datasets.streamed.StreamedSplit) and train.size == 48 - HOLDOUT
-  with pytest.raises(TypeError, match='streams from its files'):
+  with pytest.raises(dataset_lib.StreamingError, match='streams from its files'):
     train['image']   # a command that wants arrays is told what to do
   full = datasets.get(config.dataset).load('train')
   np.testing.assert_array_equal(holdout['image'], full['image'][:HOLDOUT])

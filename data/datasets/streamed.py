@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from data.datasets import dataset
+
 
 @dataclasses.dataclass(frozen=True)
 class StreamedSplit:
@@ -31,7 +33,7 @@ class StreamedSplit:
   num_classes: int
 
   def __getitem__(self, key):
-    raise TypeError(
+    raise dataset.StreamingError(
         f'the {self.name} training split streams from its files '
         '(config.dataset.storage), so it has no arrays in RAM; a command that needs them must '
         'run with --config.dataset.storage=ram')
