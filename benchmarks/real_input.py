@@ -143,7 +143,7 @@ def run_child(*flags: str) -> dict:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--sizes', default='10000,100000,1000000')
-  parser.add_argument('--workdir', default='/tmp/real_input_bench')
+  parser.add_argument('--workdir', default='workdirs/real_input_bench')
   parser.add_argument('--keep', action='store_true')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--kind', default='png64', help=argparse.SUPPRESS)
