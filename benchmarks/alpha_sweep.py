@@ -47,7 +47,7 @@ REAL_ONLY = 'real'  # the runs at α = 1, shared by every generator
 
 def pgd40(workdir, config):
   _, model, variables = classifier.load(workdir, 'best')
-  test = real.load(config.dataset.name, 'test')
+  test = real.load(config.dataset, 'test')
   attack = pgd_attack(norm=config.threat.norm, eps=config.threat.eps, steps=40,
                           loss='margin')
   measure = robust_accuracy.make_measure(model, attack, sharding.make_mesh(config),

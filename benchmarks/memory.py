@@ -97,7 +97,7 @@ def measure(config, info=None):
   """memory_analysis() of the compiled train step, per device, and its compile time, for images
   and classes as `info` says (default: the config's dataset)."""
   mesh = sharding.make_mesh(config)
-  info = info or real.info(config.dataset.name)
+  info = info or real.info(config.dataset)
   m = config.model
   model = registry.get_model(m.name, num_classes=info.num_classes, mean=info.mean, std=info.std,
                              dtype=m.dtype, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,

@@ -75,7 +75,7 @@ def _random_batch(config, info, mesh):
 
 def _attack_iteration_flops(config, model, state, batch, mesh, state_sh):
   """FLOPs (per device) of one gradient of the TRADES KL w.r.t. the input, as in the attack."""
-  num_classes = real.info(config.dataset.name).num_classes
+  num_classes = real.info(config.dataset).num_classes
 
   def input_gradient(state, batch):
     def kl(x):
@@ -93,7 +93,7 @@ def _attack_iteration_flops(config, model, state, batch, mesh, state_sh):
 def benchmark(args, model_name, unroll):
   config = _config(args, model_name, unroll)
   mesh = sharding.make_mesh(config)
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   model = registry.from_config(config)
   tx = optimizer.make_optimizer(config)
   create = functools.partial(train_state.create, model, tx, info.shape, config.seed)

@@ -13,9 +13,34 @@ def get_config():
 
   # --- Real data ---------------------------------------------------------------------------------
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'cifar10'         # cifar10 | cifar100 | svhn | digits
-  c.dataset.data_dir = ''            # tfds data_dir ('' = tfds default); may be gs://
+  c.dataset.name = 'cifar10'         # cifar10 | cifar100 | svhn | digits (built in) |
+                                     # tiny_imagenet | imagenet2012 | image_folder | npz
+                                     # (data/datasets/, one module each)
+  c.dataset.data_dir = ''            # tfds data_dir of cifar*, svhn, imagenet2012 ('' = tfds
+                                     # default); may be gs://
+  c.dataset.path = ''                # tiny_imagenet: the tiny-imagenet-200 folder; image_folder: a
+                                     # folder of class sub-folders (or of train/ and test/ ones);
+                                     # npz: the file. Local or gs:// (npz: local)
+  c.dataset.image_size = 0           # side of the square images the model sees (0: the dataset's
+                                     # own; imagenet2012: 224, the crop)
+  c.dataset.resize = False           # path datasets: resize images of another size (shorter side,
+                                     # then the centre square); False refuses them, file named
+  c.dataset.test_fraction = 0.1      # image_folder, npz without a test split of their own: this
+                                     # share, drawn with split_seed, is the test split
+  c.dataset.split_seed = 0           # path datasets: the fixed order of each split (so the first
+                                     # `holdout` / `test_size` images span the classes), the draw
+  c.dataset.storage = 'auto'         # training split: ram | stream (encoded shards, decoded in the
+                                     # input workers: tfds's prepared files, or a path dataset's
+                                     # packed copy, python -m trainer.pack_dataset) | auto (stream
+                                     # above ram_limit_gb, and imagenet2012 always)
+  c.dataset.ram_limit_gb = 4.0       # auto: the largest training split held in RAM, decoded
+  c.dataset.shuffle_window = 10_000  # streamed training split: window shuffle (records)
+  c.dataset.cycle_length = 16        # streamed training split: shard files read in parallel
+  c.dataset.on_corrupt = 'raise'     # streamed training split: raise | skip (counted, logged)
   c.dataset.holdout = 1024           # first N training images: never trained on, used for selection
+  c.dataset.crop = 'pad'             # pad: pad-and-random-crop (pad) + flip | inception: random-
+                                     # resized crop (8-100% of the area, aspect 3/4-4/3) to
+                                     # image_size + flip, generated images too (ImageNet)
   c.dataset.pad = 4                  # pad-and-random-crop augmentation (0 = off)
   c.dataset.flip = True              # random horizontal flip (wrong for digits/SVHN)
   c.dataset.real_repeats = 1         # each real image r times per batch, copies augmented apart;

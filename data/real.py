@@ -1,117 +1,89 @@
-"""Real datasets: CIFAR-10/100 and SVHN through tensorflow_datasets, and sklearn's built-in digits.
+"""Real datasets for the commands: what a run's dataset is, and which of it is held in RAM.
 
-`load(name, split, data_dir)` returns `dict(image=uint8 NHWC, label=int64)` held in memory — the
-real sets are small (≤ 73K images); only generated data is streamed. `digits` ships inside
-scikit-learn, so the demo and the tests run offline.
+  info(config.dataset)             # DatasetInfo: classes, image shape, mean/std, class names
+  load(config.dataset, 'test')     # dict(image=uint8 NHWC, label=int64), the whole split
+  train, holdout, test = training_splits(config)
+
+`config.dataset` (the config's dataset section) names the dataset and where it is; a built-in
+name alone ('cifar10', 'digits', ...) works too. The sources live in `data.datasets`, one module
+each: CIFAR-10/100 and SVHN through tensorflow_datasets, scikit-learn's digits (offline),
+TinyImageNet, ImageNet, an image folder and an npz.
+
+`training_splits` returns the training split without its held-out head (the first
+`dataset.holdout` images, kept for checkpoint selection), the held-out images, and the first
+`dataset.test_size` test images (0: all). The held-out and test images are always in RAM. The
+training split is in RAM as a dict with `id` (the index in the split), or, when it streams, a
+`datasets.streamed.StreamedSplit` that `data.input.pipeline` reads in its workers:
+`dataset.storage` = 'ram' | 'stream' | 'auto' (stream when its pixels would take more than
+`dataset.ram_limit_gb`, and always for ImageNet, whose training images keep their sizes).
 """
+from __future__ import annotations
+
 import dataclasses
+import math
 
 import numpy as np
 
+from data import datasets
+from data.datasets import dataset as dataset_lib
+from data.datasets import digits
+from data.datasets import tfds_sets
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  shape: tuple  # (H, W, C)
-  mean: tuple   # per channel, in [0, 1] pixel units
-  std: tuple
-  tfds_name: str = ''
-
-
-DATASETS = {
-    'cifar10': DatasetInfo(10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616),
-                           'cifar10'),
-    'cifar100': DatasetInfo(100, (32, 32, 3), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                            'cifar100'),
-    'svhn': DatasetInfo(10, (32, 32, 3), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-                        'svhn_cropped'),
-    # Mean/std of the digits training split below, measured once.
-    'digits': DatasetInfo(10, (8, 8, 1), (0.3054,), (0.3758,)),
-}
-
-DIGITS_TEST_SIZE = 500  # of 1,797 images; a fixed shuffled split since sklearn ships no split
+DatasetInfo = dataset_lib.DatasetInfo
+DatasetNotPreparedError = tfds_sets.DatasetNotPreparedError
+# The built-in datasets whose description needs no data.
+DATASETS = {**{name: spec[0] for name, spec in tfds_sets.SETS.items()}, 'digits': digits.INFO}
 
 
-def info(name):
-  if name not in DATASETS:
-    raise ValueError(f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.')
-  return DATASETS[name]
+def _options(dataset, data_dir: str = ''):
+  options = dataset_lib.Options.of(dataset)
+  if data_dir:
+    options = dataclasses.replace(options, data_dir=data_dir)
+  return options
 
 
-def load(name, split, data_dir=''):
-  """Loads a whole split ('train' or 'test') as uint8 images and int64 labels."""
-  info(name)
-  if split not in ('train', 'test'):
-    raise ValueError(f'Unknown split {split!r}; expected train or test.')
-  if name == 'digits':
-    data = _load_digits(split)
-  else:
-    data = _load_tfds(DATASETS[name].tfds_name, split, data_dir)
-  check(data, name)
-  return data
+def check_config(dataset) -> None:
+  """Rejects a dataset section that cannot work, without reading any data."""
+  datasets.check_options(_options(dataset))
+
+
+def info(dataset) -> DatasetInfo:
+  return datasets.get(_options(dataset)).info
+
+
+def load(dataset, split: str, data_dir: str = '', stop: int | None = None):
+  """A whole split (or its first `stop` images) as uint8 images and int64 labels."""
+  return datasets.get(_options(dataset, data_dir)).load(split, 0, stop)
+
+
+def streams(dataset) -> bool:
+  """Whether the training split is streamed by the input workers (see the module docstring)."""
+  ds = datasets.get(_options(dataset))
+  storage = ds.options.storage
+  if storage != 'auto':
+    return storage == 'stream'
+  if ds.varying_sizes():
+    return True
+  pixels = ds.size('train') * math.prod(ds.info.shape)
+  return pixels > ds.options.ram_limit_gb * 2 ** 30
 
 
 def training_splits(config):
   """Train split without the held-out head, the held-out head, and the (truncated) test split."""
-  train = load(config.dataset.name, 'train', config.dataset.data_dir)
-  test = load(config.dataset.name, 'test', config.dataset.data_dir)
-  h = config.dataset.holdout
-  if h >= len(train['label']):
-    raise ValueError(f'config.dataset.holdout={h} leaves no training data '
-                     f'({len(train["label"])} images).')
-  n_test = config.dataset.test_size or len(test['label'])
-  return ({'image': train['image'][h:], 'label': train['label'][h:],
-           'id': np.arange(h, len(train['label']), dtype=np.int64)},
-          {'image': train['image'][:h], 'label': train['label'][:h]},
-          {'image': test['image'][:n_test], 'label': test['label'][:n_test]})
+  ds = datasets.get(_options(config.dataset))
+  h, n = config.dataset.holdout, ds.size('train')
+  if h >= n:
+    raise ValueError(f'config.dataset.holdout={h} leaves no training data ({n} images).')
+  holdout = ds.load('train', 0, h)
+  test = ds.load('test', 0, config.dataset.test_size or None)
+  if streams(ds.options):
+    return ds.stream('train', skip=h), holdout, test
+  train = ds.load('train', h, None)
+  train['id'] = np.arange(h, h + len(train['label']), dtype=np.int64)
+  return train, holdout, test
 
 
-def check(data, name):
+def check(data, dataset) -> None:
   """Rejects images or labels that do not match the dataset's declared shape and classes."""
-  spec = DATASETS[name]
-  image, label = data['image'], data['label']
-  if image.dtype != np.uint8 or image.shape[1:] != spec.shape:
-    shape = ', '.join(map(str, spec.shape))
-    raise ValueError(f'{name}: expected uint8 images of shape (N, {shape})'
-                     f', got {image.dtype} {image.shape}.')
-  if len(label) != len(image):
-    raise ValueError(f'{name}: {len(image)} images but {len(label)} labels.')
-  bad = (label < 0) | (label >= spec.num_classes)
-  if bad.any():
-    i = int(np.argmax(bad))
-    raise ValueError(f'{name}: label {label[i]} at index {i} is outside [0, {spec.num_classes}).')
-
-
-def _load_digits(split):
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-  digits = datasets.load_digits()
-  order = np.random.default_rng(0).permutation(len(digits.target))
-  images = np.round(digits.images[order] * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  labels = digits.target[order].astype(np.int64)
-  cut = len(labels) - DIGITS_TEST_SIZE
-  sl = slice(0, cut) if split == 'train' else slice(cut, None)
-  return {'image': images[sl], 'label': labels[sl]}
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-  """A tfds dataset that is not on disk: training never downloads (TPU workers may be offline)."""
-
-
-def _load_tfds(tfds_name, split, data_dir):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    ds = tfds.load(tfds_name, split=split, data_dir=data_dir or None, as_supervised=True,
-                   download=False)
-  except AssertionError as e:  # tfds's way of saying "could not find data in DIR"
-    where = data_dir or 'the tfds default folder'
-    prepare = (f"tfds.builder('{tfds_name}', data_dir='DIR').download_and_prepare()")
-    raise DatasetNotPreparedError(
-        f'the tfds dataset {tfds_name!r} is not prepared in {where}: prepare it once on a machine '
-        f'with internet (python -c "import tensorflow_datasets as tfds; {prepare}") and pass '
-        '--config.dataset.data_dir=DIR (a local folder or gs://)') from e
-  images, labels = [], []
-  for image, label in tfds.as_numpy(ds.batch(4096)):
-    images.append(image)
-    labels.append(label)
-  return {'image': np.concatenate(images).astype(np.uint8),
-          'label': np.concatenate(labels).astype(np.int64)}
+  options = _options(dataset)
+  dataset_lib.check(data, options.name, info(options))

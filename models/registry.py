@@ -109,7 +109,7 @@ def from_config(config: ml_collections.ConfigDict, *, name: Optional[str] = None
   Returns:
     The (unbound) flax module.
   """
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   m = config.model
   return get_model(name or m.name, num_classes=info.num_classes, mean=info.mean, std=info.std,
                    dtype=dtype or m.dtype, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from configs import base
+from data import datasets
 from trainer.diffusion import ddpm
 from trainer.diffusion import edm
 from trainer.diffusion import generator
@@ -32,6 +33,8 @@ def test_presets_differ_from_base_only_in_known_keys(name):
   assert set(_flat(preset)) == base_keys  # presets change values, never invent keys
   if preset.generated.alpha < 1.0 and not preset.generated.path:
     preset.generated.path = 'gs://bucket/set/manifest.json'  # the user passes this
+  if preset.dataset.name in datasets.PATH_NAMES:
+    preset.dataset.path = 'gs://bucket/dataset'              # and this
   config_validation.validate(preset, device_count=1, process_count=1)
 
 
@@ -127,3 +130,19 @@ def test_unknown_command_line_key_stops_the_run(tmp_path):
   assert proc.returncode != 0
   assert 'bogus_key' in proc.stderr
   assert not os.listdir(tmp_path)  # nothing was started
+
+
+def test_the_tinyimagenet_and_imagenet_presets_say_what_the_paper_ran():
+  from configs import imagenet_linf_resnet152, tinyimagenet_linf_wrn28_10  # pylint: disable=g-import-not-at-top
+  tiny = tinyimagenet_linf_wrn28_10.get_config()   # Table 2's row
+  assert (tiny.dataset.name, tiny.model.name, tiny.train.loss) == (
+      'tiny_imagenet', 'wrn-28-10', 'trades')
+  assert tiny.threat.eps == 8 / 255 and tiny.generated.alpha == 0.3
+  assert tiny.train.num_epochs * tiny.train.epoch_size == 400 * 50_000
+  inet = imagenet_linf_resnet152.get_config()      # App. B
+  assert (inet.dataset.name, inet.model.name, inet.train.loss) == (
+      'imagenet2012', 'resnet-152', 'madry')
+  assert inet.threat.eps == 4 / 255 and inet.generated.alpha == 0.8
+  assert inet.train.num_epochs == 200 and inet.train.epoch_size == 1_281_167
+  assert inet.train.batch_size == 1024 and inet.optim.ema_decay == 0.995
+  assert (inet.dataset.crop, inet.dataset.image_size) == ('inception', 224)

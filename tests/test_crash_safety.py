@@ -190,7 +190,7 @@ def _copy_until(src, dst, step):
 
 def _abstract_state(config, mesh):
   model, tx = registry.from_config(config), optimizer.make_optimizer(config)
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   abstract = jax.eval_shape(functools.partial(train_state.create, model, tx, info.shape, 0))
   shardings = sharding.state_shardings(mesh, abstract)
   return jax.tree_util.tree_map(

@@ -79,8 +79,8 @@ def imported(gcs, cwd):
   images = rng.integers(0, 256, (NUM_IMPORTED, 8, 8, 1), dtype=np.uint8)
   labels = rng.integers(0, 10, NUM_IMPORTED)
   np.savez(cwd / 'set.npz', image=images, label=labels)
-  _run(gcs, cwd, 'data.generation.import_npz', 'set.npz', '--out', gcs.url('gen/imported'),
-       '--shards', '2')
+  _run(gcs, cwd, 'trainer.import_npz', '--npz=set.npz', f'--out={gcs.url("gen/imported")}',
+       '--shards=2')
   return images, labels
 
 
@@ -177,16 +177,19 @@ def test_export_a_bucket_workdir_to_the_bucket(gcs, cwd):
   """RobustBench's 32x32 WRN (digits are 8x8): a workdir with random EMA weights saved to the
   bucket here, exported by the command to the bucket, read back equal to an export made here."""
   import torch  # pylint: disable=g-import-not-at-top
-  from trainer import checkpointing, export, import_checkpoint  # pylint: disable=g-import-not-at-top
+  from trainer.harness import checkpoints  # pylint: disable=g-import-not-at-top
+  from trainer.harness import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from trainer.interop import export  # pylint: disable=g-import-not-at-top
+  from trainer.robust import classifier  # pylint: disable=g-import-not-at-top
   config = base.get_config()
   config.model.name = 'wrn-16-2'
   rng = np.random.default_rng(0)
   variables = jax.tree_util.tree_map(
       lambda a: rng.normal(0.0, 0.1, a.shape).astype(np.float32),
-      import_checkpoint.abstract_variables(config))
+      classifier.abstract_state(config).ema_variables())
   workdir = gcs.url('cifar')
-  checkpointing.save_config(workdir, config)
-  ckpt = checkpointing.Checkpoints(workdir, config)
+  workdir_lib.save_config(workdir, config)
+  ckpt = checkpoints.Checkpoints(workdir, config, keeps_best=True)
   ckpt.maybe_save_best(5, variables, {'holdout/robust_accuracy': 0.5}, 'holdout/robust_accuracy')
   ckpt.close()
   _run(gcs, cwd, 'trainer.export', f'--workdir={workdir}', f'--out={gcs.url("export/m.pt")}')

@@ -132,3 +132,12 @@ def test_crash_mid_import_leaves_no_valid_looking_set(source, tmp_path,
     import_npz.import_npz(str(d / 'plain.npz'), str(tmp_path / 'gen'),
                           num_shards=4, progress=False)
   assert os.listdir(tmp_path) == []
+
+
+def test_import_writes_png_shards(source, tmp_path):
+  d, images, labels = source
+  path = import_npz.import_npz(str(d / 'plain.npz'), str(tmp_path / 'gen'), num_shards=2,
+                               encoding='png', progress=False)
+  assert path == str(tmp_path / 'gen.json')
+  assert shards.load_manifest(path)['image_encoding'] == 'png'
+  _check_same_samples(path, images, labels)   # lossless

@@ -44,7 +44,7 @@ def launch_both(workdir, environ, port, name):
 def one_process_reference(config, hosts=2):
   """The 8-device run of the same global batches, with its per-step losses and host slices."""
   mesh = sharding.make_mesh(config)
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   data, _, _ = real.training_splits(config)
   model, tx = registry.from_config(config), optimizer.make_optimizer(config)
   create = functools.partial(train_state.create, model, tx, info.shape, config.seed)

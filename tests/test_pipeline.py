@@ -87,6 +87,19 @@ def test_batch_contents_match_the_sources(gen_set):
   it.close()
 
 
+def test_png_generated_shards_give_the_same_batches_as_raw_ones(gen_set, tmp_path):
+  path, gen_images, gen_labels = gen_set
+  with shard_writer.ShardWriter(str(tmp_path / 'png'), num_shards=8, total=64,
+                                image_shape=SHAPE, num_classes=10, source='test',
+                                seed=0, encoding='png') as writer:
+    writer.write_batch(gen_images, gen_labels)
+  raw = _iterator(_config(path, alpha=0.25, workers=0))
+  png = _iterator(_config(writer.manifest_path, alpha=0.25, workers=0))
+  _same(_take(raw, 6), _take(png, 6))   # decoded in the loader, bit for bit
+  raw.close()
+  png.close()
+
+
 def test_augmentation_pads_with_zeros_around_a_shifted_image():
   # Images with no zero pixel: after pad-and-crop, the zeros of each image are exactly the
   # padding, i.e. the complement of one (H - |dy|) x (W - |dx|) rectangle of source pixels.
@@ -311,7 +324,7 @@ def test_rejects_inconsistent_inputs(gen_set, tmp_path):
   path = gen_set[0]   # (a bad alpha is the config validation's: tests/test_config.py)
   with pytest.raises(ValueError, match='not divisible by the process count'):
     _iterator(_config(path, batch_size=18), host=0, hosts=4)
-  with pytest.raises(ValueError, match='8 shard files, but 16 hosts'):
+  with pytest.raises(ValueError, match='8 generated shard files, but 16 hosts'):
     _iterator(_config(path, batch_size=32), host=0, hosts=16)
   images, labels, ids = _real()
   with pytest.raises(shards.ManifestError, match=r'generated images have '

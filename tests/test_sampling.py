@@ -207,6 +207,17 @@ def test_writes_every_sample_once_with_its_label(tmp_path):
     write(str(tmp_path / 'gen' / 'toy'), num=101, shards=3)
 
 
+def test_png_samples_are_the_raw_samples_and_the_encoding_is_a_setting(tmp_path):
+  raw = write(str(tmp_path / 'raw' / 'toy'), num=40, shards=2)
+  png = write(str(tmp_path / 'png' / 'toy'), num=40, shards=2, encoding='png')
+  assert json.load(open(png.manifest))['image_encoding'] == 'png'
+  want, got = read_set(raw.manifest)[0], read_set(png.manifest)[0]
+  np.testing.assert_array_equal(got['image'], want['image'])
+  np.testing.assert_array_equal(got['label'], want['label'])
+  with pytest.raises(ValueError, match='other settings.*encoding'):
+    write(str(tmp_path / 'png' / 'toy'), num=40, shards=2, encoding='jpeg')
+
+
 def _kill_when(proc, condition, timeout=120):
   deadline = time.time() + timeout
   while not condition():

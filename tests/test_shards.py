@@ -199,3 +199,149 @@ def test_parser_rejects_records_that_disagree_with_the_manifest(tmp_path):
   few_classes = example_format.ExampleParser((4, 4, 3), num_classes=1)
   with pytest.raises(tfrecord.CorruptRecordError, match=r'outside \[0, 1\)'):
     list(record_dataset.TFRecordIterDataset([shard], parse_fn=few_classes))
+
+
+# --- Encoded images --------------------------------------------------------------------------
+
+
+def _smooth(n, size=16, seed=0):
+  """Images with some structure (JPEG's error on pure noise says little)."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:size, 0:size] / size
+  base = np.stack([np.sin(3 * x + 2 * y), np.cos(4 * y), x * y], -1)
+  images = [(base + 0.02 * rng.standard_normal(base.shape) + k) for k in rng.random(n)]
+  return (np.clip(np.stack(images) * 80 + 100, 0, 255)).astype(np.uint8)
+
+
+def _write_encoded(prefix, images, labels, encoding, quality=95, num_shards=2):
+  with shard_writer.ShardWriter(prefix, num_shards=num_shards, total=len(images),
+                                image_shape=images.shape[1:], num_classes=10,
+                                source='adm', encoding=encoding,
+                                jpeg_quality=quality) as writer:
+    writer.write_batch(images, labels)
+  return writer.manifest_path
+
+
+def test_png_shards_are_lossless_and_say_so(tmp_path):
+  images, labels = _smooth(12), np.arange(12) % 10
+  path = _write_encoded(str(tmp_path / 'gen'), images, labels, 'png')
+  manifest = shards.load_manifest(path)
+  assert manifest['image_encoding'] == 'png' and manifest['jpeg_quality'] is None
+  assert manifest['features']['image'] == 'bytes: PNG file'
+  records = list(tfrecord.read_records(shards.shard_paths(path)[0]))
+  image = example_format.parse_example(records[0])['image']
+  assert image[:8] == b'\x89PNG\r\n\x1a\n' and len(image) < images[0].nbytes
+  got = np.stack([e['image'] for e in shards.read_examples(path)])
+  np.testing.assert_array_equal(got, images)
+
+
+def test_jpeg_only_when_asked_with_its_quality_recorded(tmp_path):
+  images, labels = _smooth(12), np.arange(12) % 10
+  error = {}
+  for quality in (90, 10):
+    path = _write_encoded(str(tmp_path / f'q{quality}'), images, labels, 'jpeg', quality)
+    manifest = shards.load_manifest(path)
+    assert manifest['image_encoding'] == 'jpeg' and manifest['jpeg_quality'] == quality
+    got = np.stack([e['image'] for e in shards.read_examples(path)]).astype(int)
+    error[quality] = np.abs(got - images).mean()
+  assert 0 < error[90] < 3.5 and error[10] > 3 * error[90]   # lossy, as much as asked
+  with pytest.raises(ValueError, match="image encoding 'webp'"):
+    _write_encoded(str(tmp_path / 'bad'), images, labels, 'webp')
+
+
+def test_manifests_without_an_encoding_are_raw(tmp_path):
+  images, labels, _ = _data(10)
+  path = _write(str(tmp_path / 'gen'), images, labels, num_shards=2)
+  manifest = json.load(open(path))
+  for key in ('image_encoding', 'jpeg_quality'):
+    del manifest[key]   # as written before encoded images existed
+  (tmp_path / 'gen.json').write_text(json.dumps(manifest))
+  assert shards.load_manifest(path)['image_encoding'] == 'raw'
+  got = np.stack([e['image'] for e in shards.read_examples(path)])
+  np.testing.assert_array_equal(got, images)
+  manifest['image_encoding'] = 'webp'
+  (tmp_path / 'gen.json').write_text(json.dumps(manifest))
+  with pytest.raises(shards.ManifestError, match="image_encoding 'webp'"):
+    shards.load_manifest(path)
+
+
+def test_tensorflow_decodes_encoded_shards():
+  tf = pytest.importorskip('tensorflow')
+  images, labels = _smooth(6, size=8), np.arange(6)
+  path = _write_encoded('ram://bucket/enc/gen', images, labels, 'png', num_shards=1)
+  spec = {'image': tf.io.FixedLenFeature([], tf.string),
+          'label': tf.io.FixedLenFeature([], tf.int64)}
+  ds = tf.data.TFRecordDataset(shards.shard_paths(path)).map(
+      lambda r: tf.io.decode_png(tf.io.parse_single_example(r, spec)['image']))
+  np.testing.assert_array_equal(np.stack(list(ds.as_numpy_iterator())), images)
+
+
+def test_copied_files_keep_their_bytes_and_are_checked(tmp_path):
+  from data import image_codec  # pylint: disable=g-import-not-at-top
+  images = _smooth(4, size=8)
+  blobs = [image_codec.encode(images[0], 'png'), image_codec.encode(images[1], 'jpeg'),
+           image_codec.encode(images[2], 'png'), image_codec.encode(images[3], 'png')]
+  with shard_writer.ShardWriter(str(tmp_path / 'real'), num_shards=1, total=4,
+                                image_shape=(0, 0, 3), num_classes=10, source='folder',
+                                encoding='png') as writer:
+    writer.write_encoded(blobs, [0, 1, 2, 3], ids=[7, 8, 9, 10])
+  manifest = shards.load_manifest(writer.manifest_path)
+  assert manifest['image_encoding'] == 'mixed' and manifest['image_shape'] == [0, 0, 3]
+  records = [example_format.parse_example(r)
+             for r in tfrecord.read_records(shards.shard_paths(writer.manifest_path)[0])]
+  assert [r['image'] for r in records] == blobs and [r['id'] for r in records] == [7, 8, 9, 10]
+  sized = shard_writer.ShardWriter(str(tmp_path / 'sized'), num_shards=1, total=2,
+                                   image_shape=(16, 16, 3), num_classes=10, source='x',
+                                   encoding='png')
+  with pytest.raises(ValueError, match=r'image 1 of the batch \(id 5\): image is 8x8, the '
+                     r'manifest shape is \(16, 16, 3\)'):
+    sized.write_encoded([image_codec.encode(_smooth(1)[0], 'png'), blobs[0]], [0, 0],
+                        ids=[4, 5])
+  with pytest.raises(ValueError, match='not a PNG or JPEG'):
+    sized.write_encoded([b'GIF89a....'], [0], ids=[4])
+  sized.abort()
+
+
+def test_parser_checks_encoded_headers(tmp_path):
+  images, labels = _smooth(3, size=8), np.arange(3)
+  path = _write_encoded(str(tmp_path / 'gen'), images, labels, 'png', num_shards=1)
+  (shard,) = shards.shard_paths(path)
+  ok = example_format.ExampleParser((8, 8, 3), 10, 'png')
+  assert len(list(record_dataset.TFRecordIterDataset([shard], parse_fn=ok))) == 3
+  wrong = example_format.ExampleParser((16, 16, 3), 10, 'png')
+  with pytest.raises(tfrecord.CorruptRecordError,
+                     match=r'byte offset 0: image is 8x8, the manifest shape is \(16, 16, 3\)'):
+    list(record_dataset.TFRecordIterDataset([shard], parse_fn=wrong))
+  raw_bytes = example_format.serialize_example(images[0].tobytes(), 0, 0, 0.0, b'x')
+  with pytest.raises(ValueError, match='not a PNG or JPEG image'):
+    ok(raw_bytes)
+
+
+def test_records_know_their_position_across_a_resume(tmp_path):
+  images, labels, _ = _data(30)
+  path = _write(str(tmp_path / 'gen'), images, labels, num_shards=3)
+  files = shards.shard_paths(path)
+
+  def where(record, file, index):   # the position, and a filter: drop every third record
+    id_ = example_format.parse_example(record)['id']
+    return None if id_ % 3 == 0 else (os.path.basename(file), index, id_)
+
+  ds = record_dataset.TFRecordIterDataset(files, cycle_length=2, shuffle_seed=4,
+                                          parse_fn=where, with_position=True)
+  got = list(ds)
+  first = {os.path.basename(f): 10 * i for i, f in enumerate(files)}   # 10 records per file
+  assert sorted(i for _, _, i in got) == [i for i in range(30) if i % 3]
+  assert all(first[f] + index == id_ for f, index, id_ in got)
+  it = iter(ds)
+  head = [next(it) for _ in range(7)]
+  state = json.loads(json.dumps(it.get_state()))
+  resumed = iter(ds)
+  resumed.set_state(state)
+  assert head + list(resumed) == got
+  old = dict(state, slots=[s[:2] for s in state['slots']])   # saved before positions existed
+  plain = record_dataset.TFRecordIterDataset(files, cycle_length=2, shuffle_seed=4)
+  new_it, old_it = iter(plain), iter(plain)
+  new_it.set_state(state)
+  old_it.set_state(old)
+  rest = list(new_it)
+  assert rest and list(old_it) == rest   # the same records follow

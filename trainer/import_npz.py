@@ -3,7 +3,7 @@
 
   python -m trainer.import_npz --npz=SET.npz --out=DIR/NAME --shards=N [--shuffle --seed=S]
       [--generator=NAME] [--num_classes=K] [--image_key=image] [--label_key=label]
-      [--score_key=KEY]
+      [--score_key=KEY] [--encoding=raw|png|jpeg --jpeg_quality=Q]
 
 Reads the published sets (DeepMind's `cifar10_ddpm.npz`, DM-Improves-AT's 1M-50M parts) without
 loading them whole. Each sample keeps its index in the file as its `id`.
@@ -24,6 +24,10 @@ _NUM_CLASSES = flags.DEFINE_integer('num_classes', None, 'Classes (default: larg
 _IMAGE_KEY = flags.DEFINE_string('image_key', 'image', 'Array of uint8 NHWC images.')
 _LABEL_KEY = flags.DEFINE_string('label_key', 'label', 'Array of integer labels.')
 _SCORE_KEY = flags.DEFINE_string('score_key', None, 'Array of scores (default: none, NaN).')
+_ENCODING = flags.DEFINE_enum('encoding', 'raw', ['raw', 'png', 'jpeg'],
+                              'How images are stored: raw pixels, PNG (lossless) or JPEG.')
+_JPEG_QUALITY = flags.DEFINE_integer('jpeg_quality', 95,
+                                     'With --encoding=jpeg (recorded in the manifest).')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['npz', 'out', 'shards'])
 
@@ -36,7 +40,7 @@ def main():
       cli.absolute(_NPZ.value), out, num_shards=_SHARDS.value, shuffle=_SHUFFLE.value,
       seed=_SEED.value, source=_GENERATOR.value, num_classes=_NUM_CLASSES.value,
       image_key=_IMAGE_KEY.value, label_key=_LABEL_KEY.value, score_key=_SCORE_KEY.value,
-      progress=_PROGRESS.value)
+      progress=_PROGRESS.value, encoding=_ENCODING.value, jpeg_quality=_JPEG_QUALITY.value)
   print(path, flush=True)
 
 

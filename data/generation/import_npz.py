@@ -14,6 +14,10 @@ members are first decompressed (streamed) into an uncompressed temporary file
 beside the output (local output) or in the system temp directory, then
 memory-mapped; the file is unlinked at once and vanishes with the process.
 
+`encoding='png'` stores each image as a PNG (lossless; see
+`data.records.shard_writer`), `encoding='jpeg'` (with `jpeg_quality`) as a JPEG
+(lossy, only when asked; the manifest records Q); the default keeps raw pixels.
+
 Each sample keeps its index in the file as its `id`, so any record can be traced
 back to the source. Scores are NaN (unknown) unless `score_key` names one.
 The output is atomic: shards appear under their final names only when
@@ -213,7 +217,8 @@ def import_npz(src: str, out: str, *, num_shards: int, shuffle: bool = False,
                seed: int = 0, source: str | None = None,
                num_classes: int | None = None, image_key: str = 'image',
                label_key: str = 'label', score_key: str | None = None,
-               progress: bool = True) -> str:
+               progress: bool = True, encoding: str = 'raw',
+               jpeg_quality: int = 95) -> str:
   """Writes the shard set `out` from `src`; returns the manifest path."""
   images = NpzMember(src, image_key)
   labels = NpzMember(src, label_key)
@@ -241,7 +246,8 @@ def import_npz(src: str, out: str, *, num_shards: int, shuffle: bool = False,
   writer = shard_writer.ShardWriter(
       out, num_shards=num_shards, total=n, image_shape=images.shape[1:],
       num_classes=num_classes, source=name, seed=seed if shuffle else None,
-      metadata={'imported_from': os.path.basename(src), 'shuffled': shuffle})
+      metadata={'imported_from': os.path.basename(src), 'shuffled': shuffle},
+      encoding=encoding, jpeg_quality=jpeg_quality)
   bar = tqdm.tqdm(total=n, unit='img', disable=not progress,
                   desc=f'import {os.path.basename(src)}')
   with writer, bar:

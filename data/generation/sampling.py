@@ -6,6 +6,9 @@
                          seed=0, process_index=jax.process_index(),
                          process_count=jax.process_count(), barrier=sync_hosts)
 
+`encoding='png'` (lossless) or `'jpeg'` (with `jpeg_quality`, lossy) stores each image encoded,
+as `data.records.shard_writer` describes; the default keeps raw pixels.
+
 The callables come jitted and placed on the devices by the caller (trainer/sample.py):
 `sample_batch(key, b)` returns the `batch_size` images of global batch b (uint8 NHWC, a device
 array is fine) and must be a pure function of (key, b), where key = jax.random.key(seed);
@@ -309,7 +312,8 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
                   process_index: int = 0, process_count: int = 1,
                   barrier: Callable[[], None] | None = None, progress: bool = True,
                   checkpoint_every: int = _CHECKPOINT_EVERY,
-                  metadata: dict[str, Any] | None = None) -> SamplingResult:
+                  metadata: dict[str, Any] | None = None, encoding: str = 'raw',
+                  jpeg_quality: int = 95) -> SamplingResult:
   """Samples `num` images (or keeps the top-K of them) into OUT's shards; see module docstring.
 
   `barrier()` must return once every host has reached it (jax's sync_global_devices); it is
@@ -327,6 +331,9 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
                   sampler=sampler, steps=steps, seed=seed, top_k=top_k,
                   process_index=process_index, process_count=process_count,
                   image_shape=list(image_shape), num_classes=num_classes)
+  if encoding != 'raw':   # absent for raw sets, so runs started before encodings still resume
+    settings.update(encoding=encoding,
+                    jpeg_quality=jpeg_quality if encoding == 'jpeg' else None)
   host_manifest = shards.manifest_path(prefix)
   tfrecord.makedirs(posixpath.dirname(prefix))
   if _finished(host_manifest, settings):
@@ -337,7 +344,8 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
     _remove_leftovers(prefix)
     writer_args = dict(num_shards=plan.num_shards, image_shape=image_shape,
                        num_classes=num_classes, source=generator, seed=seed,
-                       metadata={**(metadata or {}), 'sampling': settings})
+                       metadata={**(metadata or {}), 'sampling': settings},
+                       encoding=encoding, jpeg_quality=jpeg_quality)
     key = jax.random.key(seed)
     start = time.time()
     if top_k:

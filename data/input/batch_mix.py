@@ -15,6 +15,13 @@ slices are disjoint and cover the real set. The positions step t consumes are a
 closed-form function of t, vectorised per batch, so the real stream has no state
 besides the step counter.
 
+Real data (streamed, a `Stream` of TFRecord files like the generated data):
+host h (and, within it, each loader worker) reads its own slice of the files,
+interleaved, in a file order reshuffled every epoch, through a window shuffle;
+each step takes exactly the count above from it, and its reader position is part
+of the iterator state. Hosts' real epochs are then aligned only as far as their
+files hold the same number of images.
+
 Real repeats (`real_repeats` = r, default 1): DeepMind's reference code
 (adversarial_robustness/jax: experiment.py's `emulated_workers` = 4, divided by
 the host count, passed as `repeat` to datasets.py's `_repeat_batch`, which
@@ -32,15 +39,19 @@ r 4, 8 devices; 308 here) and keeps the copies adjacent on one device, where its
 BatchNorm statistics are computed; our rows are shuffled (see below). The real
 epoch advances U, not R, images per step.
 
-Augmentation (pad + random crop + optional flip) is applied to the whole uint8
-batch, both parts, with an RNG seeded from (seed, host, step); real and
-generated rows are then shuffled together. `MixedBatchIterDataset` yields dicts
+Stored images (raw, PNG, JPEG) are decoded here, in the loader worker.
+Augmentation, with an RNG seeded from (seed, host, step), after real and
+generated rows are shuffled together: `crop='pad'` pads, randomly crops and
+optionally flips the whole uint8 batch (every image has the dataset's shape);
+`crop='inception'` crops each image, whatever its size, Inception-style to the
+dataset's shape (`crops.random_resized_crop`), then flips. `MixedBatchIterDataset` yields dicts
 of numpy arrays: `image` (b, H, W, C) uint8, `label` int32, `is_generated`
 bool (for label smoothing), `id` int64 (the original training index for real
 images, the shard set's id for generated ones) and `SKIPPED_RECORDS`: int64
-(stream, count), the corrupt generated records this stream (a loader worker, or
-0 without workers) has skipped so far; the pipeline takes it off the batch and
-sums it over the streams, since workers run in processes of their own.
+(stream, count), the corrupt records this stream (a loader worker, or 0
+without workers) has skipped so far in its generated and streamed real files;
+the pipeline takes it off the batch and sums it over the streams, since workers
+run in processes of their own.
 """
 from __future__ import annotations
 
@@ -51,7 +62,10 @@ from typing import Any
 import grain
 import numpy as np
 
+from data import image_codec
 from data.input import augment
+from data.input import crops
+from data.records import example_format
 from data.records import record_dataset
 
 SKIPPED_RECORDS = 'skipped_records'   # the batch field of the skip count
@@ -198,27 +212,43 @@ def real_data(images, labels, ids, plan: BatchPlan, seed: int) -> RealData:
 # ------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class Stream:
+  """A shuffled stream of (image bytes, label, id) from TFRecord files.
+
+  `dataset` yields the tuples; `records` is the `TFRecordIterDataset` at its
+  root, sliced by file when Grain slices the batches for its workers;
+  `encoding` and `shape` are the stored images' (H = W = 0: sizes vary).
+  """
+  dataset: grain.IterDataset
+  records: record_dataset.TFRecordIterDataset
+  encoding: str
+  shape: tuple
+  what: str    # 'generated' or 'real', for messages
+
+
 class MixedBatchIterDataset(grain.IterDataset):
   """Per-host batches of real and generated examples; see module docstring.
 
-  `generated` yields (image bytes, label, id) tuples; `records` is the
-  `TFRecordIterDataset` at its root, sliced by file when Grain slices this
-  dataset for its workers.
+  `real` is the real set in RAM (`RealData`) or streamed (`Stream`);
+  `generated` a `Stream`. `crop` 'pad' assembles images of `image_shape` and
+  pads-and-crops them; 'inception' crops every row (of any size) to
+  `image_shape` (`crops.random_resized_crop`), and flips.
   """
 
-  def __init__(self, *, plan: BatchPlan, image_shape, real: RealData | None,
-               generated: grain.IterDataset | None,
-               records: record_dataset.TFRecordIterDataset | None,
-               pad: int, flip: bool, seed: int):
-    super().__init__([generated] if generated is not None else [])
+  def __init__(self, *, plan: BatchPlan, image_shape,
+               real: RealData | Stream | None, generated: Stream | None,
+               pad: int, flip: bool, seed: int, crop: str = 'pad'):
+    self.streams = [x for x in (generated, real) if isinstance(x, Stream)]
+    super().__init__([x.dataset for x in self.streams])
     self.plan = plan
     self.image_shape = tuple(image_shape)
     self.real = real
     self.generated = generated
-    self.records = records
     self.pad = pad
     self.flip = flip
     self.seed = seed
+    self.crop = crop
     self.step_start, self.step_stride = 0, 1
 
   def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
@@ -229,10 +259,10 @@ class MixedBatchIterDataset(grain.IterDataset):
     start, stride = sl.start or 0, sl.step or 1
     self.step_start += self.step_stride * start
     self.step_stride *= stride
-    if self.records is not None:
-      self.records.set_slice(sl)
-      if not self.records.paths:
-        raise ValueError('a Grain worker got no generated shard files; use '
+    for stream in self.streams:
+      stream.records.set_slice(sl)
+      if not stream.records.paths:
+        raise ValueError(f'a Grain worker got no {stream.what} shard files; use '
                          'fewer workers or more shards')
 
   def __iter__(self) -> grain.DatasetIterator:
@@ -243,68 +273,141 @@ class MixedBatchIterDataset(grain.IterDataset):
             f'global_real={self.plan.global_real})')
 
 
+def _next_rows(iterator, n: int, what: str):
+  """n (image bytes, label, id) tuples of a stream, as (list, labels, ids)."""
+  rows, labels, ids = [], np.empty(n, np.int32), np.empty(n, np.int64)
+  for i in range(n):
+    try:
+      image, labels[i], ids[i] = next(iterator)
+    except StopIteration:
+      raise RuntimeError(f'the {what}-data stream ended: no readable records '
+                         'left in its shard files') from None
+    rows.append(image)
+  return rows, labels, ids
+
+
+def _decode_rows(rows, stream: Stream, shape, ids, out) -> None:
+  """Stored images -> pixels of `shape` in `out` (in the loader worker)."""
+  if stream.encoding == 'raw' and tuple(stream.shape) == tuple(shape):
+    out[:] = np.frombuffer(b''.join(rows), np.uint8).reshape(len(rows), *shape)
+    return
+  for i, data in enumerate(rows):
+    try:
+      out[i] = example_format.decode_image(data, shape, stream.encoding)
+    except ValueError as e:
+      raise ValueError(f'{stream.what} record id {ids[i]}: {e}') from e
+
+
 class _MixedBatchIterator(grain.DatasetIterator):
-  """State: {'step': batches produced, 'generated': generated-stream state}
-  (the skip count lives in the record reader's state)."""
+  """State: {'step': batches produced, 'generated': generated-stream state,
+  'real': real-stream state (None when the real set is in RAM)} (the skip
+  counts live in the record readers' states)."""
 
   def __init__(self, ds: MixedBatchIterDataset):
-    self._gen = iter(ds.generated) if ds.generated is not None else None
-    super().__init__([self._gen] if self._gen is not None else [])
+    self._gen = iter(ds.generated.dataset) if ds.generated is not None else None
+    self._real = (iter(ds.real.dataset) if isinstance(ds.real, Stream)
+                  else None)
+    super().__init__([x for x in (self._gen, self._real) if x is not None])
     self._ds = ds
     self._count = 0
+    self._buffer = None
 
   def get_state(self) -> dict[str, Any]:
-    generated = self._gen.get_state() if self._gen is not None else None
-    return {'step': self._count, 'generated': generated}
+    state = lambda it: it.get_state() if it is not None else None
+    return {'step': self._count, 'generated': state(self._gen),
+            'real': state(self._real)}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._count = int(state['step'])
     if self._gen is not None:
       self._gen.set_state(state['generated'])
+    if self._real is not None:
+      self._real.set_state(state['real'])
 
   def __next__(self) -> dict[str, np.ndarray]:
     self._assert_not_closed()
     ds = self._ds
     step = ds.step_start + ds.step_stride * self._count
     b, num_real = ds.plan.host_batch, ds.plan.real_at(step)
-    images = np.empty((b, *ds.image_shape), np.uint8)
-    labels = np.empty(b, np.int32)
-    ids = np.empty(b, np.int64)
-    if num_real:
-      self._take_real(step, num_real, images, labels, ids)
-    if b > num_real:
-      self._take_generated(num_real, images, labels, ids)
+    real, real_labels, real_ids = self._take_real(step, num_real)
+    gen, gen_labels, gen_ids = self._take_generated(b - num_real)
+    labels = np.concatenate([real_labels, gen_labels])
+    ids = np.concatenate([real_ids, gen_ids])
     is_generated = np.arange(b) >= num_real
     rng = np.random.default_rng([ds.seed, 3, ds.plan.process_index, step])
     order = rng.permutation(b)   # mix real and generated rows
-    images = augment.pad_crop_flip(images[order], rng, pad=ds.pad,
-                                   flip=ds.flip)
+    if ds.crop == 'inception':
+      images = self._crop_rows(real, gen, ids, order, rng)
+      images = augment.pad_crop_flip(images, rng, pad=0, flip=ds.flip)
+    else:
+      images = self._fixed_rows(real, gen, ids)
+      images = augment.pad_crop_flip(images[order], rng, pad=ds.pad,
+                                     flip=ds.flip)
     self._count += 1
-    skipped = record_dataset.skipped_in(self._gen) if self._gen else 0
+    skipped = sum(record_dataset.skipped_in(it)
+                  for it in (self._gen, self._real) if it is not None)
     return {'image': images, 'label': labels[order],
             'is_generated': is_generated[order], 'id': ids[order],
             SKIPPED_RECORDS: np.array([ds.step_start, skipped], np.int64)}
 
-  def _take_real(self, step, n, images, labels, ids) -> None:
-    real, plan = self._ds.real, self._ds.plan
-    index = real.order.indices(plan.unique_before(step), n // plan.real_repeats)
-    index = np.repeat(index, plan.real_repeats)   # copies; augmented apart later
-    np.take(real.images, index, axis=0, out=images[:n])
-    labels[:n] = real.labels[index]
-    ids[:n] = real.ids[index]
+  def _take_real(self, step, n):
+    """(rows, labels, ids): rows the indices of images in RAM, or a list of
+    stored images."""
+    ds = self._ds
+    real, plan, r = ds.real, ds.plan, ds.plan.real_repeats
+    if not n:
+      return [], np.empty(0, np.int32), np.empty(0, np.int64)
+    if isinstance(real, Stream):
+      rows, labels, ids = _next_rows(self._real, n // r, 'real')
+      index = np.repeat(np.arange(n // r), r)   # copies; augmented apart later
+      return [rows[i] for i in index], labels[index], ids[index]
+    index = np.repeat(real.order.indices(plan.unique_before(step), n // r), r)
+    return index, real.labels[index], real.ids[index]
 
-  def _take_generated(self, start, images, labels, ids) -> None:
-    n = len(images) - start
-    pixels, gen = [], self._gen
-    for i in range(start, len(images)):
+  def _take_generated(self, n):
+    if not n:
+      return [], np.empty(0, np.int32), np.empty(0, np.int64)
+    return _next_rows(self._gen, n, 'generated')
+
+  def _fixed_rows(self, real, gen, ids) -> np.ndarray:
+    """All rows as pixels of the dataset's shape (crop 'pad')."""
+    ds = self._ds
+    n = len(real)
+    # One buffer for the iterator's life: the batch leaves as a shuffled copy,
+    # and a fresh 3 MB array each step costs its page faults again.
+    if self._buffer is None or len(self._buffer) != n + len(gen):
+      self._buffer = np.empty((n + len(gen), *ds.image_shape), np.uint8)
+    images = self._buffer
+    if isinstance(real, np.ndarray):   # indices into the set in RAM
+      np.take(ds.real.images, real, axis=0, out=images[:n])
+    elif n:
+      _decode_rows(real, ds.real, ds.image_shape, ids[:n], images[:n])
+    if gen:
+      _decode_rows(gen, ds.generated, ds.image_shape, ids[n:], images[n:])
+    return images
+
+  def _crop_rows(self, real, gen, ids, order, rng) -> np.ndarray:
+    """Every row cropped Inception-style to the dataset's shape (crop 'inception')."""
+    ds = self._ds
+    size, channels = ds.image_shape[0], ds.image_shape[2]
+    n = len(real)
+    out = np.empty((len(order), *ds.image_shape), np.uint8)
+    for row, i in enumerate(order):
+      stream = ds.real if i < n else ds.generated
+      if i < n:
+        image = (ds.real.images[real[i]] if isinstance(real, np.ndarray)
+                 else real[i])
+      else:
+        image = gen[i - n]
       try:
-        image, labels[i], ids[i] = next(gen)
-      except StopIteration:
-        raise RuntimeError('the generated-data stream ended: no readable '
-                           'records left in the shard files') from None
-      pixels.append(image)
-    images[start:] = np.frombuffer(b''.join(pixels), np.uint8).reshape(
-        n, *self._ds.image_shape)
+        if isinstance(image, bytes):
+          image = (np.frombuffer(image, np.uint8).reshape(stream.shape)
+                   if stream.encoding == 'raw' else image_codec.open_image(image))
+        out[row] = crops.random_resized_crop(image, rng, size, channels)
+      except ValueError as e:
+        what = 'real' if i < n else 'generated'
+        raise ValueError(f'{what} record id {ids[i]}: {e}') from e
+    return out
 
   def __str__(self) -> str:
     return f'MixedBatchIterator(step={self._count})'

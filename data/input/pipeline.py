@@ -1,6 +1,7 @@
 """Training input pipeline: real and generated images mixed at an exact ratio.
 
   it = make_train_iterator(config, real_images, real_labels, real_ids)
+  it = make_train_iterator(config, train)   # train from data.real.training_splits
   batch = next(it)   # this host's share of one global batch
 
 Each batch is a dict of numpy arrays for this host, b = batch_size // P rows
@@ -13,7 +14,8 @@ host-only field the train loop keeps off the devices).
 This module assembles the pieces from a config. `batch_mix` holds the exact
 mix: every global batch has round(alpha * batch_size) real examples, split
 across hosts so the count is exact at every step, real data permuted per epoch
-in RAM, and augmentation (`config.dataset.pad/flip`) on the whole batch.
+in RAM (or streamed), images decoded, and augmentation (`config.dataset.crop`:
+pad/flip on the whole batch, or Inception-style crops) in the loader.
 alpha == 1, or generated.path == '', means generated data is never opened.
 
 Generated data: `config.generated.path` is the shard set's manifest (local or
@@ -23,11 +25,17 @@ order reshuffled every epoch, repeated forever, CRCs checked) and shuffled in
 consecutive windows of `shuffle_window` records
 (`window_shuffle.WindowShuffleIterDataset`).
 
+Streamed real data (a `data.datasets.streamed.StreamedSplit`: tfds's prepared
+files, or a path dataset's packed copy) is read the same way with its own keys
+(`config.dataset.cycle_length`, `shuffle_window`, `on_corrupt`) and seeds, its
+held-out head dropped by id; its position is part of the iterator state.
+
 Loader: `config.loader.worker_count` > 0 runs Grain `mp_prefetch` workers; each
-produces whole batches for steps w, w+W, ... (its generated files are a further
-file slice, so generated order depends on the worker count; real order and all
-counts do not). `config.loader.prefetch` > 0 adds a prefetch thread in this
-process (after the workers, if any).
+produces whole batches for steps w, w+W, ... (its generated files, and a
+streamed real set's, are a further file slice, so their order depends on the
+worker count; the order of real data in RAM and all counts do not).
+`config.loader.prefetch` > 0 adds a prefetch thread in this process (after the
+workers, if any).
 
 Checkpointing: the iterator state (step, file positions, window-shuffle
 position, skip count) is JSON and goes through Grain's Orbax handler:
@@ -37,8 +45,9 @@ position, skip count) is JSON and goes through Grain's Orbax handler:
   mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), data=restore_args(it)))
 
-`it.skipped_records` is the number of corrupt generated records skipped so far
-on this host (with `config.generated.on_corrupt = 'skip'`), for logging to
+`it.skipped_records` is the number of corrupt records skipped so far on this
+host (with `config.generated.on_corrupt` or `config.dataset.on_corrupt` =
+'skip'), for logging to
 TensorBoard; each batch brings its loader worker's count (`TrainIterator`).
 """
 from __future__ import annotations
@@ -51,6 +60,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from data.datasets import streamed
 from data.input import batch_mix
 from data.records import example_format
 from data.records import record_dataset
@@ -72,38 +82,69 @@ def _seed(*parts: int) -> int:
   return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
 
 
-def _generated_part(config, plan: batch_mix.BatchPlan, image_shape,
-                    num_classes, workers: int):
-  """Opens the manifest; returns (window-shuffled dataset, record dataset,
-  image shape)."""
-  path = config.generated.path
-  manifest = shards.load_manifest(path)
-  shards.validate_manifest(manifest, path, image_shape=image_shape,
-                           num_classes=num_classes)
-  files = sorted(shards.shard_paths(path, manifest))
+def _files_for_host(paths, plan: batch_mix.BatchPlan, workers: int, what: str,
+                    where: str) -> list[str]:
   needed = plan.process_count * max(1, workers)
-  if len(files) < needed:
+  if len(paths) < needed:
     raise ValueError(
-        f'{path}: {len(files)} shard files, but {plan.process_count} hosts x '
+        f'{where}: {len(paths)} {what} shard files, but {plan.process_count} hosts x '
         f'{max(1, workers)} workers need at least {needed} (each reads whole '
         'files); re-shard the set with more files')
+  return list(paths)[plan.process_index::plan.process_count]
+
+
+def _generated_part(config, plan: batch_mix.BatchPlan, image_shape,
+                    num_classes, workers: int) -> batch_mix.Stream:
+  """Opens the manifest; returns the generated stream."""
+  path = config.generated.path
+  manifest = shards.load_manifest(path)
+  inception = config.dataset.get('crop', 'pad') == 'inception'
+  shards.validate_manifest(manifest, path,
+                           image_shape=None if inception else image_shape,
+                           num_classes=num_classes)
+  if inception and image_shape and manifest['image_shape'][-1] != image_shape[-1]:
+    raise shards.ManifestError(
+        f'{path}: generated images have {manifest["image_shape"][-1]} channels, the '
+        f'real ones {image_shape[-1]}')
+  files = sorted(shards.shard_paths(path, manifest))
   h = plan.process_index
   records = record_dataset.TFRecordIterDataset(
-      files[h::plan.process_count],
+      _files_for_host(files, plan, workers, 'generated', path),
       cycle_length=config.generated.cycle_length,
       shuffle_seed=_seed(config.seed, 1, h), num_epochs=None,
       on_corrupt=config.generated.on_corrupt,
       parse_fn=example_format.ExampleParser(manifest['image_shape'],
-                                            manifest['num_classes']))
+                                            manifest['num_classes'],
+                                            manifest['image_encoding']))
   generated = records
   if config.generated.shuffle_window > 1:
     generated = window_shuffle.WindowShuffleIterDataset(
         records, window_size=config.generated.shuffle_window,
         seed=_seed(config.seed, 2, h))
-  return generated, records, tuple(manifest['image_shape'])
+  return batch_mix.Stream(generated, records, manifest['image_encoding'],
+                          tuple(manifest['image_shape']), 'generated')
 
 
-def make_train_dataset(config, real_images, real_labels, real_ids, *,
+def _real_stream(config, plan: batch_mix.BatchPlan, split: streamed.StreamedSplit,
+                 workers: int) -> batch_mix.Stream:
+  """The streamed real training split: this host's files, interleaved, file
+  order reshuffled per epoch (seed stream 4), window-shuffled (stream 5)."""
+  d, h = config.dataset, plan.process_index
+  records = record_dataset.TFRecordIterDataset(
+      _files_for_host(split.files, plan, workers, 'real', split.name),
+      cycle_length=d.get('cycle_length', 16), shuffle_seed=_seed(config.seed, 4, h),
+      num_epochs=None, on_corrupt=d.get('on_corrupt', 'raise'),
+      parse_fn=split.parser, with_position=True)
+  stream = records
+  if d.get('shuffle_window', 10_000) > 1:
+    stream = window_shuffle.WindowShuffleIterDataset(
+        records, window_size=d.get('shuffle_window', 10_000),
+        seed=_seed(config.seed, 5, h))
+  return batch_mix.Stream(stream, records, split.encoding, tuple(split.stored_shape),
+                          'real')
+
+
+def make_train_dataset(config, real_images, real_labels=None, real_ids=None, *,
                        process_index: int | None = None,
                        process_count: int | None = None,
                        num_classes: int | None = None) -> grain.IterDataset:
@@ -124,23 +165,29 @@ def make_train_dataset(config, real_images, real_labels, real_ids, *,
     global_real = batch_size
   plan = batch_mix.BatchPlan(batch_size, global_real, process_index,
                               process_count, real_repeats=repeats)
-  real_images = np.asarray(real_images)
-  image_shape = real_images.shape[1:] if real_images.size else None
-  if num_classes is None and np.size(real_labels):
-    num_classes = int(np.max(real_labels)) + 1
-  real = (batch_mix.real_data(real_images, real_labels, real_ids, plan,
-                               _seed(config.seed, 0))
-          if global_real else None)
-  generated = records = None
   workers = config.loader.worker_count
+  split = real_images if real_labels is None else {
+      'image': real_images, 'label': real_labels, 'id': real_ids}
+  if isinstance(split, streamed.StreamedSplit):
+    image_shape = split.shape
+    num_classes = num_classes or split.num_classes
+    real = _real_stream(config, plan, split, workers) if global_real else None
+  else:
+    real_images, real_labels = np.asarray(split['image']), split['label']
+    image_shape = real_images.shape[1:] if real_images.size else None
+    if num_classes is None and np.size(real_labels):
+      num_classes = int(np.max(real_labels)) + 1
+    real = (batch_mix.real_data(real_images, real_labels, split['id'], plan,
+                                 _seed(config.seed, 0))
+            if global_real else None)
+  generated = None
   if global_real < batch_size:
-    generated, records, generated_shape = _generated_part(
-        config, plan, image_shape, num_classes, workers)
-    image_shape = image_shape or generated_shape
+    generated = _generated_part(config, plan, image_shape, num_classes, workers)
+    image_shape = image_shape or generated.shape
   ds = batch_mix.MixedBatchIterDataset(
       plan=plan, image_shape=image_shape, real=real, generated=generated,
-      records=records, pad=config.dataset.pad, flip=config.dataset.flip,
-      seed=config.seed)
+      pad=config.dataset.pad, flip=config.dataset.flip, seed=config.seed,
+      crop=config.dataset.get('crop', 'pad'))
   if workers > 0:
     if not flags.FLAGS.is_parsed():
       # Grain's workers read its absl flags; outside an absl app (tests,
@@ -190,13 +237,18 @@ class _SkipCounted(grain.IterDataset):
     return TrainIterator(self._parent.__iter__())
 
 
-def make_train_iterator(config, real_images, real_labels, real_ids, *,
+def make_train_iterator(config, real_images, real_labels=None, real_ids=None, *,
                         process_index: int | None = None,
                         process_count: int | None = None,
                         num_classes: int | None = None) -> TrainIterator:
   """Returns a `TrainIterator` (a grain DatasetIterator: get_state()/set_state())
-  of per-host batches; see the module docstring. `num_classes` defaults to the
-  largest real label + 1 and must match the shard manifest."""
+  of per-host batches; see the module docstring.
+
+  The real training data is given as arrays (images, labels, ids), or as the
+  one training split `data.real.training_splits` returns (a dict of those
+  arrays, or a `StreamedSplit` that the loader streams). `num_classes`
+  defaults to the largest real label + 1 (a streamed split's classes) and must
+  match the shard manifest."""
   iterator = iter(make_train_dataset(
       config, real_images, real_labels, real_ids, process_index=process_index,
       process_count=process_count, num_classes=num_classes))

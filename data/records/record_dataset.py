@@ -12,6 +12,11 @@ Records come from `tfrecord.RecordReader`, so a bad record raises
 (`state['skipped']`; `skipped_in(it)` sums it over a dataset chain). The state
 is a few integers per interleave slot, so checkpoints stay small however large
 the files are.
+
+With `with_position=True`, `parse_fn(record, path, index)` also gets the
+record's file and its position in that file (a foreign set, such as tfds's
+prepared files, numbers its examples by position); a `parse_fn` that returns
+None drops the record (a filter, not a corrupt record).
 """
 from __future__ import annotations
 
@@ -41,7 +46,8 @@ class TFRecordIterDataset(grain.IterDataset):
   def __init__(self, paths: Sequence[str], *, cycle_length: int = 1,
                shuffle_seed: int | None = None, num_epochs: int | None = 1,
                on_corrupt: str = 'raise',
-               parse_fn: Callable[[bytes], Any] | None = None):
+               parse_fn: Callable[..., Any] | None = None,
+               with_position: bool = False):
     super().__init__()
     tfrecord.check_on_corrupt(on_corrupt)
     if cycle_length < 1:
@@ -54,6 +60,7 @@ class TFRecordIterDataset(grain.IterDataset):
     self._num_epochs = num_epochs
     self._on_corrupt = on_corrupt
     self._parse_fn = parse_fn
+    self._with_position = with_position
 
   @property
   def paths(self) -> list[str]:
@@ -66,7 +73,8 @@ class TFRecordIterDataset(grain.IterDataset):
   def __iter__(self) -> grain.DatasetIterator:
     return _TFRecordIterator(self._paths, self._cycle_length,
                              self._shuffle_seed, self._num_epochs,
-                             self._on_corrupt, self._parse_fn)
+                             self._on_corrupt, self._parse_fn,
+                             self._with_position)
 
   def __str__(self) -> str:
     return (f'TFRecordIterDataset({len(self._paths)} files, '
@@ -77,15 +85,18 @@ class _TFRecordIterator(grain.DatasetIterator):
   """Iterator of `TFRecordIterDataset`; its state is a few integers per slot.
 
   State: `epoch` and `next_file` (position in that epoch's file order) say
-  which file is opened next; `slots` holds `[file_index, byte_offset]` per
-  interleave slot (`[-1, 0]` when idle); `cursor` is the slot read next;
+  which file is opened next; `slots` holds `[file_index, byte_offset,
+  record_index]` per interleave slot (`[-1, 0, 0]` when idle; states saved
+  before record indices existed have pairs, and resume with indices from 0);
+  `cursor` is the slot read next;
   `skipped` counts bad records skipped so far. A fresh iterator has all slots
   idle, so its state does not depend on the file list (as `mp_prefetch` needs).
   """
 
   def __init__(self, paths, cycle_length, shuffle_seed, num_epochs, on_corrupt,
-               parse_fn):
+               parse_fn, with_position=False):
     super().__init__()
+    self._with_position = with_position
     self._paths = paths
     self._cycle = max(1, min(cycle_length, len(paths)))
     self._shuffle_seed = shuffle_seed
@@ -95,15 +106,16 @@ class _TFRecordIterator(grain.DatasetIterator):
     self._order_cache = (-1, None)
     self._readers: list[tfrecord.RecordReader | None] = [None] * self._cycle
     self.set_state({'epoch': 0, 'next_file': 0,
-                    'slots': [[-1, 0]] * self._cycle, 'cursor': 0,
+                    'slots': [[-1, 0, 0]] * self._cycle, 'cursor': 0,
                     'skipped': 0})
 
   # -- state ------------------------------------------------------------------
 
   def get_state(self) -> dict[str, Any]:
     slots = []
-    for (file_index, offset), reader in zip(self._slots, self._readers):
-      slots.append([file_index, reader.offset if reader else offset])
+    for (file_index, offset, index), reader in zip(self._slots, self._readers):
+      slots.append([file_index, reader.offset, reader.index] if reader
+                   else [file_index, offset, index])
     skipped = self._skipped + sum(r.skipped for r in self._readers if r)
     return {'epoch': self._epoch, 'next_file': self._next_file,
             'slots': slots, 'cursor': self._cursor, 'skipped': skipped}
@@ -117,7 +129,8 @@ class _TFRecordIterator(grain.DatasetIterator):
     self._close_readers()
     self._epoch = int(state['epoch'])
     self._next_file = int(state['next_file'])
-    self._slots = [[int(f), int(o)] for f, o in state['slots']]
+    self._slots = [[int(f), int(o), int(rest[0]) if rest else 0]
+                   for f, o, *rest in state['slots']]
     self._cursor = int(state['cursor'])
     self._skipped = int(state['skipped'])
     self._idle_files = 0
@@ -148,9 +161,9 @@ class _TFRecordIterator(grain.DatasetIterator):
   def _reader(self, slot: int) -> tfrecord.RecordReader:
     reader = self._readers[slot]
     if reader is None:
-      file_index, offset = self._slots[slot]
+      file_index, offset, index = self._slots[slot]
       reader = tfrecord.RecordReader(self._paths[file_index], offset,
-                                     on_corrupt=self._on_corrupt)
+                                     on_corrupt=self._on_corrupt, index=index)
       self._readers[slot] = reader
     return reader
 
@@ -160,7 +173,7 @@ class _TFRecordIterator(grain.DatasetIterator):
       self._skipped += reader.skipped
       reader.close()
     self._readers[slot] = None
-    self._slots[slot] = [-1, 0]
+    self._slots[slot] = [-1, 0, 0]
 
   def __next__(self):
     self._assert_not_closed()
@@ -171,11 +184,11 @@ class _TFRecordIterator(grain.DatasetIterator):
       if self._slots[slot][0] < 0:
         file_index = self._take_next_file()
         if file_index is None:
-          if all(f < 0 for f, _ in self._slots):
+          if all(f < 0 for f, _, _ in self._slots):
             raise StopIteration
           self._cursor = (slot + 1) % self._cycle
           continue
-        self._slots[slot] = [file_index, 0]
+        self._slots[slot] = [file_index, 0, 0]
       reader = self._reader(slot)
       record = reader.read()
       if record is None:
@@ -191,7 +204,10 @@ class _TFRecordIterator(grain.DatasetIterator):
       if self._parse_fn is None:
         return record
       try:
-        return self._parse_fn(record)
+        if self._with_position:
+          parsed = self._parse_fn(record, reader.path, reader.index - 1)
+        else:
+          parsed = self._parse_fn(record)
       except Exception as e:  # pylint: disable=broad-except
         error = tfrecord.CorruptRecordError(reader.path, reader.record_offset,
                                             str(e))
@@ -199,6 +215,9 @@ class _TFRecordIterator(grain.DatasetIterator):
           raise error from e
         logging.warning('Skipping %s', error)
         self._skipped += 1
+        continue
+      if parsed is not None:
+        return parsed
 
   def _close_readers(self) -> None:
     for slot, reader in enumerate(self._readers):

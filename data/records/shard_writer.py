@@ -9,6 +9,12 @@ Gaussian-fit sampling, pseudo-labelling and npz import all stream here:
       writer.write_batch(images, labels, scores)    # ids: 0, 1, 2, ...
   # writer.manifest_path == 'gs://bucket/gen/ddpm.json'
 
+`encoding='png'` stores each image as a PNG file (lossless: 5M generated 256x256
+images are ~1 TB raw), `encoding='jpeg'` as a JPEG of `jpeg_quality` (lossy:
+only when asked for; the manifest records the quality). `write_encoded` stores
+PNG or JPEG bytes as they are (a real set packed from its files, without
+re-encoding them).
+
 The layout and manifest are described in `shards`, the record schema in
 `example_format`. The writer streams records straight to the open shard, so it
 holds at most one shard's write buffer. Shards are written under temporary
@@ -26,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from data import image_codec
 from data.records import example_format
 from data.records import shards
 from data.records import tfrecord
@@ -45,10 +52,16 @@ class ShardWriter:
   def __init__(self, prefix: str, *, num_shards: int, total: int,
                image_shape: Sequence[int], num_classes: int, source: str,
                seed: int | None = None, first_id: int = 0,
-               metadata: dict[str, Any] | None = None):
+               metadata: dict[str, Any] | None = None, encoding: str = 'raw',
+               jpeg_quality: int = 95):
     if num_shards < 1 or total < num_shards:
       raise ValueError(f'need 1 <= num_shards <= total, got num_shards='
                        f'{num_shards}, total={total}')
+    image_codec.check_encoding(encoding, jpeg_quality)
+    self._encoding = encoding
+    self._jpeg_quality = jpeg_quality
+    self._formats = set()   # image formats written so far ('raw', 'png', 'jpeg')
+    self._encoded_here = False   # write_batch encoded images (at jpeg_quality if JPEG)
     self.prefix = prefix
     self.manifest_path = shards.manifest_path(prefix)
     self._name = posixpath.basename(prefix)
@@ -97,14 +110,16 @@ class ShardWriter:
     self._done.append(self._path(self._shard))
     self._tmp_path = None
 
-  def _check_batch(self, images, labels, scores, ids):
+  def _check_images(self, images) -> np.ndarray:
     images = np.asarray(images)
-    labels = np.asarray(labels)
-    n = len(images)
     if images.dtype != np.uint8 or images.shape[1:] != self._image_shape:
       raise ValueError(f'images must be uint8 of shape '
                        f'(n, *{self._image_shape}), got {images.dtype} '
                        f'{images.shape}')
+    return np.ascontiguousarray(images)
+
+  def _check_rows(self, n, labels, scores, ids):
+    labels = np.asarray(labels)
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
       raise ValueError(f'labels must be integers of shape ({n},), got '
                        f'{labels.dtype} {labels.shape}')
@@ -122,13 +137,42 @@ class ShardWriter:
     if self._written + n > self._total:
       raise ValueError(f'{self.prefix}: writing {n} more records would exceed '
                        f'the declared total {self._total}')
-    return np.ascontiguousarray(images), labels, scores, ids
+    return labels, scores, ids
 
   def write_batch(self, images, labels, scores=None, ids=None) -> None:
     """Appends uint8 images (n, H, W, C) with labels, scores and ids."""
     if self._closed:
       raise ValueError(f'{self.prefix}: writer is closed')
-    images, labels, scores, ids = self._check_batch(images, labels, scores, ids)
+    images = self._check_images(images)
+    labels, scores, ids = self._check_rows(len(images), labels, scores, ids)
+    self._formats.add(self._encoding)
+    self._encoded_here = True
+    if self._encoding == 'raw':
+      blobs = [image.tobytes() for image in images]
+    else:
+      blobs = [image_codec.encode(image, self._encoding, self._jpeg_quality)
+               for image in images]
+    self._write(blobs, labels, scores, ids)
+
+  def write_encoded(self, blobs, labels, scores=None, ids=None) -> None:
+    """Appends PNG or JPEG files' bytes as they are (a writer made with an
+    encoded `encoding`); each image's header must fit `image_shape`."""
+    if self._closed:
+      raise ValueError(f'{self.prefix}: writer is closed')
+    if self._encoding == 'raw':
+      raise ValueError(f'{self.prefix}: write_encoded needs a writer with a PNG or '
+                       'JPEG encoding')
+    labels, scores, ids = self._check_rows(len(blobs), labels, scores, ids)
+    for i, blob in enumerate(blobs):
+      try:
+        example_format.check_image(blob, self._image_shape, 'mixed')
+      except ValueError as e:
+        raise ValueError(f'{self.prefix}: image {i} of the batch (id {ids[i]}): {e}') from e
+      self._formats.add(image_codec.sniff(blob))
+    self._write(list(blobs), labels, scores, ids)
+
+  def _write(self, images, labels, scores, ids) -> None:
+    """Frames and appends records; `images` are the image fields' bytes."""
     self._label_counts += np.bincount(labels, minlength=self._num_classes)
     start = 0
     while start < len(images):
@@ -139,7 +183,7 @@ class ShardWriter:
                  start + _WRITE_GROUP)
       self._file.write(b''.join(
           tfrecord.frame(example_format.serialize_example(
-              images[i].tobytes(), int(labels[i]), int(ids[i]),
+              images[i], int(labels[i]), int(ids[i]),
               float(scores[i]), self._source_bytes))
           for i in range(start, stop)))
       self._written += stop - start
@@ -162,7 +206,10 @@ class ShardWriter:
         'count': self._total, 'image_shape': list(self._image_shape),
         'num_classes': self._num_classes, 'generator': self._source,
         'seed': self._seed, 'label_counts': self._label_counts.tolist(),
-        'features': example_format.FEATURES,
+        'features': example_format.features(self._manifest_encoding()),
+        'image_encoding': self._manifest_encoding(),
+        'jpeg_quality': (self._jpeg_quality
+                         if self._encoding == 'jpeg' and self._encoded_here else None),
         'shards': [{'file': shards.shard_name(self._name, i, self._num_shards),
                     'count': self._bounds(i)[1] - self._bounds(i)[0]}
                    for i in range(self._num_shards)],
@@ -174,6 +221,11 @@ class ShardWriter:
     tfrecord.rename(tmp, self.manifest_path)
     self._closed = True
     return self.manifest_path
+
+  def _manifest_encoding(self) -> str:
+    if len(self._formats) > 1:
+      return 'mixed'
+    return next(iter(self._formats), self._encoding)
 
   def abort(self) -> None:
     """Removes everything written so far; no manifest is left behind."""

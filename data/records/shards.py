@@ -11,7 +11,15 @@ per-class counts and the shard files (names relative to the manifest), e.g.
 
   {"format": "tfrecord-example", "version": 1, "count": 1000000,
    "image_shape": [32, 32, 3], "num_classes": 10, "generator": "ddpm",
-   "seed": 0, "label_counts": [...], "shards": [{"file": ..., "count": ...}]}
+   "seed": 0, "label_counts": [...], "shards": [{"file": ..., "count": ...}],
+   "image_encoding": "png", "jpeg_quality": null}
+
+`image_encoding` says what the records' `image` bytes hold: 'raw' pixels, one
+'png' or 'jpeg' file each (`jpeg_quality` records the quality the writer used;
+null when the bytes were copied from source files), or 'mixed' (PNG or JPEG, as
+the packed source files were). A manifest without the key is a raw set (every
+set written before encoded images existed). An encoded set whose images vary in
+size says so with H = W = 0 in `image_shape` (e.g. [0, 0, 3]).
 
 `shard_writer.ShardWriter` writes a set. Reading:
 
@@ -28,7 +36,6 @@ split across hosts); `read_examples` is the plain in-order stream the tools use.
 from __future__ import annotations
 
 import json
-import math
 import posixpath
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -86,6 +93,10 @@ def load_manifest(path: str) -> dict[str, Any]:
   for i, shard in enumerate(shards):
     if not isinstance(shard, dict) or 'file' not in shard:
       raise ManifestError(f'{path}: shards[{i}] needs a "file" entry')
+  encoding = manifest.setdefault('image_encoding', 'raw')
+  if encoding not in example_format.ENCODINGS:
+    raise ManifestError(f'{path}: image_encoding {encoding!r} is not one of '
+                        f'{example_format.ENCODINGS}')
   total = sum(int(s.get('count', 0)) for s in shards)
   if all('count' in s for s in shards) and total != manifest['count']:
     raise ManifestError(f'{path}: shard counts sum to {total}, "count" says '
@@ -106,8 +117,10 @@ def validate_manifest(manifest: dict[str, Any], path: str = '<manifest>', *,
     raise ManifestError(
         f'{path}: generated labels have {manifest["num_classes"]} classes but '
         f'the real dataset has {num_classes}')
-  if len(shape) != 3 or min(shape) < 1:
-    raise ManifestError(f'{path}: image_shape must be [H, W, C], got {shape}')
+  variable = manifest.get('image_encoding', 'raw') != 'raw' and shape[:2] == (0, 0)
+  if len(shape) != 3 or (min(shape) < 1 and not variable) or shape[-1] < 1:
+    raise ManifestError(f'{path}: image_shape must be [H, W, C] (H = W = 0: sizes vary, '
+                        f'encoded sets only), got {shape}')
   if manifest['num_classes'] < 1:
     raise ManifestError(f'{path}: num_classes must be >= 1')
 
@@ -138,7 +151,8 @@ def read_examples(path: str, *, batch_size: int | None = None,
   records = record_dataset.TFRecordIterDataset(
       shard_paths(path, manifest), on_corrupt=on_corrupt,
       parse_fn=example_format.parse_example)
-  examples = (_with_array(e, shape) for e in records)
+  encoding = manifest['image_encoding']
+  examples = (_with_array(e, shape, encoding) for e in records)
   if batch_size is None:
     yield from examples
     return
@@ -152,12 +166,12 @@ def read_examples(path: str, *, batch_size: int | None = None,
     yield _stack(batch)
 
 
-def _with_array(example: dict[str, Any], shape) -> dict[str, Any]:
-  image = np.frombuffer(example['image'], np.uint8)
-  if image.size != math.prod(shape):
-    raise ValueError(f'example id {example["id"]}: image has {image.size} '
-                     f'bytes, manifest shape {shape} needs {math.prod(shape)}')
-  example['image'] = image.reshape(shape)
+def _with_array(example: dict[str, Any], shape, encoding: str) -> dict[str, Any]:
+  try:
+    example_format.check_image(example['image'], shape, encoding)
+    example['image'] = example_format.decode_image(example['image'], shape, encoding)
+  except ValueError as e:
+    raise ValueError(f'example id {example["id"]}: {e}') from e
   return example
 
 

@@ -12,6 +12,7 @@ TensorFlow). Grain's own TFRecord reader skips both CRCs and opens files with
   for record in read_records(path):           # bytes
     ...
   reader = RecordReader(path, offset)         # resumable: reader.offset
+  reader.index                                # records framed before reader.offset
 
 On a bad record the reader raises `CorruptRecordError`, whose message names the
 file and the byte offset of the record. With `on_corrupt='skip'` it logs the
@@ -81,6 +82,17 @@ def exists(path: str) -> bool:
   return os.path.exists(path) if is_local(path) else _gfile().exists(path)
 
 
+def isdir(path: str) -> bool:
+  return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+  """Names in a directory (no trailing slashes), sorted."""
+  if is_local(path):
+    return sorted(os.listdir(path))
+  return sorted(name.rstrip('/') for name in _gfile().listdir(path))
+
+
 def makedirs(path: str) -> None:
   if not path:
     return
@@ -136,13 +148,16 @@ class RecordReader:
 
   Reads in large chunks, since per-call overhead (and, on GCS, per-request
   latency) dominates for ~3 KB records. `offset` is always the byte offset of
-  the next record, which is what a checkpoint needs.
+  the next record, which is what a checkpoint needs; `index` counts the records
+  framed before it (give both to resume), so `index - 1` is the position in the
+  file of the record last returned. A record with a bad data CRC still counts.
   """
 
   def __init__(self, path: str, offset: int = 0, *, on_corrupt: str = 'raise',
-               chunk_size: int = _READ_CHUNK):
+               chunk_size: int = _READ_CHUNK, index: int = 0):
     check_on_corrupt(on_corrupt)
     self.path = path
+    self.index = index
     self.offset = offset
     self.record_offset = offset   # offset of the record last returned
     self.skipped = 0
@@ -214,6 +229,7 @@ class RecordReader:
       self.record_offset = self.offset
       self._pos += size
       self.offset += size
+      self.index += 1
       if masked_crc32c(data) != data_crc:
         self._bad(self.record_offset, 'data CRC mismatch',
                   fatal_for_file=False)
@@ -248,7 +264,7 @@ def check_on_corrupt(on_corrupt: str) -> None:
 
 __all__ = [
     'CorruptRecordError', 'ON_CORRUPT_CHOICES', 'RecordReader',
-    'check_on_corrupt', 'exists', 'frame', 'is_local', 'makedirs',
+    'check_on_corrupt', 'exists', 'frame', 'is_local', 'isdir', 'listdir', 'makedirs',
     'masked_crc32c', 'open_file', 'read_records', 'remove', 'rename',
     'write_records',
 ]

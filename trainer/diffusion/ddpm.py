@@ -25,7 +25,7 @@ from trainer.harness import ema as ema_lib
 
 def unet_config(config: ml_collections.ConfigDict) -> unet_lib.UNetConfig:
   """The UNet of `config.unet` for the dataset's image shape (and classes, if conditional)."""
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   fields = {k: v for k, v in config.unet.items() if k not in ('class_conditional', 'dtype')}
   h, w, c = info.shape
   if h != w:

@@ -29,7 +29,7 @@ _NOT_NETWORK = ('class_conditional', 'dtype')
 
 def network_config(config) -> song_unet.SongUNetConfig:
   """The DDPM++ of `config.network` for the dataset's images (and classes, if conditional)."""
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   h, w, c = info.shape
   if h != w:
     raise ValueError(f'config.dataset.name={config.dataset.name!r}: images {info.shape} are not '

@@ -201,7 +201,7 @@ def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None
   model = registry.from_config(stored, dtype=config.eval.dtype)
   step = checkpoint_step(workdir, checkpoint)
 
-  test = real.load(config.dataset.name, 'test', config.dataset.data_dir)
+  test = real.load(config.dataset, 'test')
   n = num_examples or len(test['label'])
   if n > len(test['label']):
     raise ValueError(f'num_examples={n} but the {config.dataset.name} test split has '
@@ -221,7 +221,7 @@ def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None
           'dataset': config.dataset.name}
   chunk = config.eval.chunk_size
 
-  num_classes = real.info(config.dataset.name).num_classes
+  num_classes = real.info(config.dataset).num_classes
   losses = [loss for loss in ('ce', 'dlr') if loss == 'ce' or num_classes >= 3]
   zero_share = _zero_gradient_shares(workdir, plan, x, y, losses, logits_fn, mesh, batch_size,
                                      chunk)

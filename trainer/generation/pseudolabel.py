@@ -15,7 +15,7 @@ def label_with(classifier, source, out, *, num_shards, top_k=0, which='best', ba
                seed=0, source_name=None):
   """Restores the classifier of workdir `classifier` and labels `source`; the manifest path."""
   config, model, variables = classifier_lib.load(classifier, which)
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   return pseudolabel_lib.pseudolabel(
       labeller.on_host(model, variables, batch_size), source, out, num_shards=num_shards,
       num_classes=info.num_classes, image_shape=info.shape, top_k=top_k, batch_size=batch_size,

@@ -71,7 +71,7 @@ def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int
   num_classes, label_batch = generator.num_classes, None
   if classifier:
     config, model, variables = classifier_lib.load(classifier, checkpoint)
-    info = real.info(config.dataset.name)
+    info = real.info(config.dataset)
     if tuple(info.shape) != tuple(generator.image_shape):
       raise ValueError(f'{generator_path}: generates images of shape {generator.image_shape}, '
                        f'but the classifier in {classifier} was trained on '

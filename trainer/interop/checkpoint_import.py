@@ -95,7 +95,7 @@ def read_variables(source: str, config: ml_collections.ConfigDict,
   abstract = classifier.abstract_state(config).ema_variables()
   name = config.model.name
   if source.endswith(TORCH_SUFFIXES) and torchvision_resnet.handles(name):
-    info = real.info(config.dataset.name)
+    info = real.info(config.dataset)
     return torchvision_resnet.from_torch(load_torch(source), abstract, name, source=source,
                                          mean=info.mean, std=info.std), 'torch'
   if source.endswith(TORCH_SUFFIXES):

@@ -35,7 +35,7 @@ def import_torch(command):
 
 def check_image_shape(config: ml_collections.ConfigDict) -> None:
   """The PyTorch classes pool a fixed window (8 for the WRN, 4 for ResNet-18): 32x32 inputs."""
-  shape = real.info(config.dataset.name).shape
+  shape = real.info(config.dataset).shape
   if tuple(shape[:2]) != (32, 32):
     raise ValueError(f'{config.dataset.name} images are {shape[0]}x{shape[1]}; RobustBench\'s '
                      'DMWideResNet and DMPreActResNet take 32x32 images only (fixed pooling).')
@@ -60,7 +60,7 @@ def export(workdir: str, out: str, checkpoint: str = 'best') -> Tuple[str, Dict[
   torch = import_torch('trainer.export')
   config, _, variables = classifier.load(workdir, checkpoint)
   check_image_shape(config)
-  info = real.info(config.dataset.name)
+  info = real.info(config.dataset)
   name = config.model.name
   step = evaluate.checkpoint_step(workdir, checkpoint) or 0
   variables = jax.tree_util.tree_map(np.asarray, jax.device_get(variables))

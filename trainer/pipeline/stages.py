@@ -111,7 +111,7 @@ def stage_generator(config, workdir, console):
     if not _done(path):
       train_data, _, _ = real.training_splits(config)
       fit = gaussian_fit.fit(train_data['image'], train_data['label'],
-                             real.info(config.dataset.name).num_classes, n_components=k)
+                             real.info(config.dataset).num_classes, n_components=k)
       epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
       gaussian_fit.save(fit, path)
     stage['headline'] = f'{k} PCA components per class'
@@ -122,7 +122,7 @@ def _describe_generator(config, path):
   """The generator's kind and size, after checking it makes the dataset's images."""
   generator = generators.load(path)
   params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(generator.params))
-  shape = real.info(config.dataset.name).shape
+  shape = real.info(config.dataset).shape
   if tuple(generator.image_shape) != tuple(shape):
     raise ValueError(f'{path} generates images of shape {tuple(generator.image_shape)}, but '
                      f'{config.dataset.name} images have shape {tuple(shape)}')
@@ -259,10 +259,10 @@ def _write_tensorboard(logdir, result):
 
 def _compute_data_metrics(config, manifest, classifier, n):
   train_data, holdout, _ = real.training_splits(config)
-  test = real.load(config.dataset.name, 'test', config.dataset.data_dir)  # whole split
+  test = real.load(config.dataset, 'test')  # whole split
   generated = next(shards.read_examples(manifest, batch_size=shards.load_manifest(
       manifest)['count']))
-  num_classes = real.info(config.dataset.name).num_classes
+  num_classes = real.info(config.dataset).num_classes
   images = {'train': train_data['image'], 'test': test['image'], 'generated': generated['image']}
   labels = {'train': train_data['label'], 'test': test['label'], 'generated': generated['label']}
   n = min(n, *(len(v) for v in labels.values()))  # a small top-K set bounds N

@@ -16,7 +16,7 @@ def abstract_state(config):
   """ShapeDtypeStructs of the TrainState a workdir of `config` holds."""
   create = functools.partial(train_state.create, registry.from_config(config),
                              optimizer.make_optimizer(config),
-                             real.info(config.dataset.name).shape, config.seed)
+                             real.info(config.dataset).shape, config.seed)
   return jax.eval_shape(create)
 
 

@@ -18,7 +18,7 @@ def _require(ok, key, value, why):
 def validate(config, device_count=None, process_count=None):
   device_count = jax.device_count() if device_count is None else device_count
   process_count = jax.process_count() if process_count is None else process_count
-  real.info(config.dataset.name)
+  real.check_config(config.dataset)
   objectives.get(config.train.loss)
   projections.check_norm(config.threat.norm)
   _require(config.threat.eps >= 0, 'threat.eps', config.threat.eps, 'must be ≥ 0.')

@@ -35,7 +35,7 @@ class RobustTraining(loop.Task):
   def __init__(self, config):
     config_validation.validate(config)
     self.config = config
-    self.info = real.info(config.dataset.name)
+    self.info = real.info(config.dataset)
     self.train_data, self.holdout, self.test = real.training_splits(config)
     self.model = registry.from_config(config)
     self.tx = optimizer.make_optimizer(config)
@@ -48,9 +48,8 @@ class RobustTraining(loop.Task):
 
   def data(self, first_step):
     del first_step  # the iterator's own position, restored from the checkpoint by the harness
-    self.iterator = pipeline.make_train_iterator(
-        self.config, self.train_data['image'], self.train_data['label'], self.train_data['id'],
-        num_classes=self.info.num_classes)
+    self.iterator = pipeline.make_train_iterator(  # arrays in RAM, or a split it streams
+        self.config, self.train_data, num_classes=self.info.num_classes)
     return self.iterator
 
   def setup(self, run):
