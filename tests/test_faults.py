@@ -188,3 +188,28 @@ def test_a_gs_path_without_credentials_is_one_line(tmp_path, command, args, name
   trainer_runs.one_line_error(proc, f'cannot read {named}', 'no Google Cloud credentials',
                               'gcloud auth application-default login')
   assert not (tmp_path / 'runs').exists() and not (tmp_path / 'gen').exists()
+
+
+# --- Short shards --------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_training_on_a_cut_shard_stops_in_one_line_naming_it(tmp_path):
+  """A shard cut at a record boundary (CRCs intact) used to train to exit 0, 40 records short."""
+  from data.generation import import_npz  # pylint: disable=g-import-not-at-top
+  from data.records import tfrecord  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / 'set.npz', image=rng.integers(0, 256, (200, 8, 8, 1), dtype=np.uint8),
+           label=rng.integers(0, 10, 200))
+  manifest = import_npz.import_npz(str(tmp_path / 'set.npz'), str(tmp_path / 'gen' / 'set'),
+                                   num_shards=2, progress=False)
+  cut = str(tmp_path / 'gen' / 'set-00001-of-00002.tfrecord')
+  tfrecord.write_records(cut, list(tfrecord.read_records(cut))[:60])
+  overrides = trainer_runs.tiny_overrides(steps=30, **{
+      'generated.alpha': 0.5, 'generated.path': manifest, 'generated.shuffle_window': 1,
+      'checkpoint.every_steps': 100})
+  proc = trainer_runs.run_command(str(tmp_path), 'trainer.main', f'--config={CONFIG}',
+                                  '--workdir=runs/x',
+                                  *[f'--config.{k}={v}' for k, v in overrides.items()])
+  trainer_runs.one_line_error(proc, 'set-00001-of-00002.tfrecord',
+                              'ends after 60 records, its manifest counts 100')
+  assert not (tmp_path / 'runs' / 'x' / 'done.json').exists()

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+import trainer_runs
 from data.generation import import_npz
 from data.records import shard_writer
 from data.records import shards
@@ -94,25 +95,49 @@ def test_command_line(source, tmp_path):
 
 
 def test_bad_inputs_are_rejected_clearly(tmp_path):
+  """Every malformed npz is a ValueError naming the file and what is wrong (one console line)."""
   images = np.zeros((8, 4, 4, 3), np.uint8)
-  np.savez(tmp_path / 'floats.npz', image=images.astype(np.float32),
-           label=np.zeros(8, int))
+  nan = images.astype(np.float32)
+  nan[0, 0, 0, 0] = np.nan
+  np.savez(tmp_path / 'floats.npz', image=images.astype(np.float64), label=np.zeros(8, int))
+  np.savez(tmp_path / 'nan.npz', image=nan, label=np.zeros(8, int))
+  np.savez(tmp_path / 'rank.npz', image=images[..., 0], label=np.zeros(8, int))
   np.savez(tmp_path / 'short.npz', image=images, label=np.zeros(7, int))
   np.savez(tmp_path / 'nokey.npz', images=images, label=np.zeros(8, int))
   np.savez(tmp_path / 'range.npz', image=images, label=np.full(8, 12))
+  np.savez(tmp_path / 'negative.npz', image=images, label=np.full(8, -1))
+  np.savez(tmp_path / 'float_labels.npz', image=images, label=np.full(8, 0.5))
+  np.savez(tmp_path / 'empty.npz', image=images[:0], label=np.zeros(0, int))
   np.savez(tmp_path / 'objects.npz', image=images,
            label=np.array([None] * 8, dtype=object))
+  (tmp_path / 'text.npz').write_text('not a zip')
   out = str(tmp_path / 'out' / 'x')
-  cases = [('floats', "must be uint8 NHWC, got float32"),
+  cases = [('floats', 'must be uint8 NHWC, got float64'),
+           ('nan', 'must be uint8 NHWC, got float32'),
+           ('rank', r'must be uint8 NHWC, got uint8 \(8, 4, 4\)'),
            ('short', '8 images but 7 labels'),
-           ('nokey', r"no array 'image'; it has \['images', 'label'\]"),
+           ('nokey', r"no array 'image'; it has \['images', 'label'\] \(name the arrays with "
+                     '--image_key'),
            ('range', r'labels span \[12, 12\], outside \[0, 10\)'),
-           ('objects', 'holds Python objects; refusing to unpickle')]
+           ('negative', r'labels span \[-1, -1\], outside \[0, 10\)'),
+           ('float_labels', "'label' must be a 1-D integer array, got float64"),
+           ('empty', "'image' holds no images"),
+           ('objects', 'holds Python objects; refusing to unpickle'),
+           ('text', 'is not an .npz file')]
   for name, message in cases:
-    with pytest.raises((ValueError, KeyError), match=message):
+    with pytest.raises(ValueError, match=f'{name}.npz.*{message}'):
       import_npz.import_npz(str(tmp_path / f'{name}.npz'), out, num_shards=2,
                             num_classes=10, progress=False)
-  assert not os.path.exists(tmp_path / 'out' / 'x.json')
+  assert not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.integration
+def test_a_bad_npz_is_one_console_line(tmp_path):
+  (tmp_path / 'text.npz').write_text('not a zip')
+  proc = trainer_runs.run_command(str(tmp_path), 'trainer.import_npz', '--npz=text.npz',
+                                  '--out=gen/x', '--shards=2')
+  trainer_runs.one_line_error(proc, 'text.npz is not an .npz file')
+  assert not (tmp_path / 'gen').exists()
 
 
 def test_crash_mid_import_leaves_no_valid_looking_set(source, tmp_path,

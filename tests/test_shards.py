@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 
+from data import files
 from data.records import example_format
 from data.records import record_dataset
 from data.records import shard_writer
@@ -78,7 +79,7 @@ def test_tensorflow_reads_the_shards_and_remote_paths_work():
   tf = pytest.importorskip('tensorflow')
   images, labels, scores = _data(20, seed=1)
   prefix = 'ram://bucket/sets/gen'   # non-local: goes through tf.io.gfile
-  assert not tfrecord.is_local(prefix) and not tfrecord.is_local('gs://b/x')
+  assert not files.is_local(prefix) and not files.is_local('gs://b/x')
   path = _write(prefix, images, labels, scores, num_shards=2)
   assert tf.io.gfile.exists(path)
   assert not [p for p in tf.io.gfile.listdir('ram://bucket/sets')
@@ -345,3 +346,39 @@ def test_records_know_their_position_across_a_resume(tmp_path):
   old_it.set_state(old)
   rest = list(new_it)
   assert rest and list(old_it) == rest   # the same records follow
+
+
+def _cut_at_record(path, keep):
+  """The first `keep` records of a TFRecord file, written back whole: a clean cut."""
+  tfrecord.write_records(path, list(tfrecord.read_records(path))[:keep])
+
+
+def test_a_shard_cut_at_a_record_boundary_is_named(tmp_path):
+  """60 of 100 records, every CRC intact: the count in the manifest catches it."""
+  images, labels, _ = _data(100)
+  manifest = _write(str(tmp_path / 'gen'), images, labels, num_shards=1)
+  path = shards.shard_paths(manifest)[0]
+  _cut_at_record(path, 60)
+  with pytest.raises(tfrecord.CorruptRecordError,
+                     match=r'gen-00000-of-00001.tfrecord.*ends after 60 records, its manifest '
+                           r'counts 100'):
+    list(shards.read_examples(manifest))
+  kept = list(shards.read_examples(manifest, on_corrupt='skip'))
+  assert len(kept) == 60
+
+
+def test_a_manifest_that_overstates_a_shard_is_named(tmp_path):
+  images, labels, _ = _data(40)
+  manifest = _write(str(tmp_path / 'gen'), images, labels, num_shards=2)
+  record = json.loads(open(manifest).read())
+  record['shards'][1]['count'] += 50
+  record['count'] += 50
+  with open(manifest, 'w') as f:
+    json.dump(record, f)
+  with pytest.raises(tfrecord.CorruptRecordError, match='ends after 20 records, its manifest '
+                                                        'counts 70'):
+    list(shards.read_examples(manifest))
+  it = iter(record_dataset.TFRecordIterDataset(
+      shards.shard_paths(manifest), on_corrupt='skip',
+      counts=shards.shard_counts(manifest, shards.load_manifest(manifest))))
+  assert len(list(it)) == 40 and record_dataset.skipped_in(it) == 50

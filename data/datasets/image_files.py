@@ -17,9 +17,9 @@ import posixpath
 
 import numpy as np
 
+from data import files
 from data import image_codec
 from data.input import crops
-from data.records import tfrecord
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg')
 _THREADS = 8
@@ -31,7 +31,7 @@ def is_image(name: str) -> bool:
 
 def list_images(folder: str) -> list[str]:
   """The image files directly in `folder`, sorted by name."""
-  return [posixpath.join(folder, n) for n in tfrecord.listdir(folder) if is_image(n)]
+  return [posixpath.join(folder, n) for n in files.listdir(folder) if is_image(n)]
 
 
 def to_shape(data: bytes, shape: tuple[int, int, int], resize: bool, where: str) -> np.ndarray:
@@ -69,7 +69,7 @@ class ImageFiles:
     return self.labels[np.asarray(indices, np.int64)]
 
   def read(self, i: int) -> bytes:
-    with tfrecord.open_file(self.paths[i], 'rb') as f:
+    with files.open_file(self.paths[i], 'rb') as f:
       return f.read()
 
   def encoded(self, i: int) -> bytes:

@@ -20,22 +20,22 @@ import posixpath
 
 import numpy as np
 
+from data import files
 from data import image_codec
 from data.datasets import image_files
 from data.datasets import path_dataset
-from data.records import tfrecord
 
 
 def _class_files(root: str, classes=None) -> tuple[list[str], list[int], list[str]]:
   """(paths, labels, class names) under root/CLASS/; `classes` fixes the class list."""
-  names = classes or [n for n in tfrecord.listdir(root) if tfrecord.isdir(posixpath.join(root, n))]
+  names = classes or [n for n in files.listdir(root) if files.isdir(posixpath.join(root, n))]
   if not names:
     raise ValueError(f'{root}: no class sub-folders (expected {root}/CLASS/IMAGE.png|jpg)')
   index = {name: i for i, name in enumerate(names)}
   paths, labels = [], []
-  for name in tfrecord.listdir(root):
+  for name in files.listdir(root):
     folder = posixpath.join(root, name)
-    if not tfrecord.isdir(folder):
+    if not files.isdir(folder):
       continue
     if name not in index:
       raise ValueError(f'{folder}: a class folder that the training split does not have')
@@ -49,7 +49,7 @@ def _class_files(root: str, classes=None) -> tuple[list[str], list[int], list[st
 
 def shape_of(path: str, image_size: int, channels: int | None = None) -> tuple[int, int, int]:
   """The dataset's (H, W, C): `image_size` square, else the size of the image at `path`."""
-  with tfrecord.open_file(path, 'rb') as f:
+  with files.open_file(path, 'rb') as f:
     try:
       h, w, c = image_codec.peek(f.read())
     except ValueError as e:
@@ -62,8 +62,8 @@ class ImageFolder(path_dataset.PathDataset):
 
   def _find_splits(self):
     o, root = self.options, self.path.rstrip('/')
-    own = (tfrecord.isdir(posixpath.join(root, 'train'))
-           and tfrecord.isdir(posixpath.join(root, 'test')))
+    own = (files.isdir(posixpath.join(root, 'train'))
+           and files.isdir(posixpath.join(root, 'test')))
     if own:
       paths, labels, names = _class_files(posixpath.join(root, 'train'))
       test_paths, test_labels, _ = _class_files(posixpath.join(root, 'test'), names)

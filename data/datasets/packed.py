@@ -21,12 +21,12 @@ import posixpath
 import numpy as np
 import tqdm
 
+from data import files
 from data.datasets import dataset
 from data.datasets import streamed
 from data.records import example_format
 from data.records import shard_writer
 from data.records import shards
-from data.records import tfrecord
 
 RECORDS_PER_SHARD = 2_000   # default shard count: one per this many images, at least 64
 _CHUNK = 256
@@ -75,7 +75,7 @@ def streamed_split(ds, split: str, skip: int = 0) -> streamed.StreamedSplit:
   path = shards.manifest_path(prefix(ds, split))
   command = (f'python -m trainer.pack_dataset --config=CONFIG --config.dataset.name={ds.name} '
              f'--config.dataset.path={ds.path} (with the run\'s dataset options)')
-  if not tfrecord.exists(path):
+  if not files.exists(path):
     raise dataset.StreamingError(
         f'{ds.name} at {ds.path}: its {split} split streams from a packed copy, which is not '
         f'there ({path}); pack it once: {command}')

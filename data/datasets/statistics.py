@@ -14,14 +14,13 @@ cannot be written (a read-only bucket), the run goes on with what it measured an
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from absl import logging
 import numpy as np
 
-from data.records import tfrecord
+from data import files
 
 SAMPLE = 10_000
 VERSION = 1
@@ -53,8 +52,8 @@ def stored(path: str, depends_on: dict[str, Any], measure: Callable[[], dict],
   """The facts stored beside `path` for these options, measured and stored if missing (or if
   `valid(facts)` says they no longer describe the data)."""
   sidecar = sidecar_path(path)
-  if tfrecord.exists(sidecar):
-    with tfrecord.open_file(sidecar, 'rb') as f:
+  if files.exists(sidecar):
+    with files.open_file(sidecar, 'rb') as f:
       try:
         facts = json.loads(f.read())
       except ValueError:
@@ -65,11 +64,8 @@ def stored(path: str, depends_on: dict[str, Any], measure: Callable[[], dict],
       return facts
   logging.info('Measuring %s once (class names, sizes, mean/std); stored in %s', path, sidecar)
   facts = {'version': VERSION, 'depends_on': depends_on, **measure()}
-  tmp = f'{sidecar}.tmp-{uuid.uuid4().hex[:8]}'
   try:
-    with tfrecord.open_file(tmp, 'wb') as f:
-      f.write(json.dumps(facts, indent=1).encode())
-    tfrecord.rename(tmp, sidecar)
+    files.write_atomic(sidecar, json.dumps(facts, indent=1))
   except Exception as e:  # pylint: disable=broad-except  (OSError, or gfile's own errors)
     logging.warning('Could not store %s (%s); using the measured values in this run only',
                     sidecar, e)

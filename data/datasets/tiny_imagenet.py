@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import posixpath
 
+from data import files
 from data.datasets import image_files
 from data.datasets import imagenet
 from data.datasets import path_dataset
-from data.records import tfrecord
 
 SHAPE = (64, 64, 3)
 
 
 def _read_text(path: str) -> str:
-  if not tfrecord.exists(path):
+  if not files.exists(path):
     raise ValueError(f'{path} not found: dataset.path must be the tiny-imagenet-200 folder as '
                      'distributed (wnids.txt, words.txt, train/, val/)')
-  with tfrecord.open_file(path, 'rb') as f:
+  with files.open_file(path, 'rb') as f:
     return f.read().decode()
 
 

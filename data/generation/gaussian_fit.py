@@ -18,12 +18,11 @@ Storage is a plain .npz of numeric arrays (no pickle), read back with allow_pick
 import dataclasses
 import io
 import os
-import uuid
 from typing import Iterator
 
 import numpy as np
 
-from data.records import tfrecord
+from data import files
 
 _FORMAT_VERSION = 1
 _FIELDS = ('image_shape', 'centres', 'components', 'num_components', 'mean', 'covariance',
@@ -217,20 +216,13 @@ def save(gaussian_fit: GaussianFit, path) -> None:
   arrays['format_version'] = np.array(_FORMAT_VERSION)
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-  try:
-    with tfrecord.open_file(tmp, 'wb') as f:
-      f.write(buffer.getvalue())
-    tfrecord.rename(tmp, path)
-  except BaseException:
-    tfrecord.remove(tmp)
-    raise
+  files.write_atomic(path, buffer.getvalue())
 
 
 def load(path) -> GaussianFit:
   """Reads a fit written by `save`; never unpickles."""
   path = os.fspath(path)
-  with tfrecord.open_file(path, 'rb') as f:
+  with files.open_file(path, 'rb') as f:
     raw = f.read()
   with np.load(io.BytesIO(raw), allow_pickle=False) as data:
     missing = [k for k in _FIELDS + ('format_version',) if k not in data.files]

@@ -35,11 +35,18 @@ import zipfile
 import numpy as np
 import tqdm
 
+from data import files
 from data.records import shard_writer
-from data.records import tfrecord
 
 _CHUNK_BYTES = 16 << 20
 _LOCAL_HEADER = struct.Struct('<4s22xHH')  # signature, name length, extra len
+
+
+def _open_zip(path: str) -> zipfile.ZipFile:
+  try:
+    return zipfile.ZipFile(path)
+  except zipfile.BadZipFile as e:
+    raise ValueError(f'{path} is not an .npz file (not a zip archive): {e}') from e
 
 
 class NpzMember:
@@ -51,11 +58,12 @@ class NpzMember:
 
   def __init__(self, npz_path: str, key: str):
     self.path, self.key = npz_path, key
-    with zipfile.ZipFile(npz_path) as zf:
+    with _open_zip(npz_path) as zf:
       name = f'{key}.npy'
       if name not in zf.namelist():
         keys = sorted(n[:-4] for n in zf.namelist() if n.endswith('.npy'))
-        raise KeyError(f'{npz_path}: no array {key!r}; it has {keys}')
+        raise ValueError(f'{npz_path}: no array {key!r}; it has {keys} (name the arrays with '
+                         '--image_key / --label_key)')
       self._info = zf.getinfo(name)
       with zf.open(name) as f:
         self.shape, self.dtype, header_size = _read_npy_header(f, npz_path,
@@ -126,7 +134,7 @@ class NpzMember:
 
   def _open_stream(self) -> None:
     self.close_stream()
-    self._zip = zipfile.ZipFile(self.path)
+    self._zip = _open_zip(self.path)
     self._stream = self._zip.open(self._info)
     _read_npy_header(self._stream, self.path, self.key)
     self._stream_row = 0
@@ -236,7 +244,7 @@ def import_npz(src: str, out: str, *, num_shards: int, shuffle: bool = False,
   order = None
   if shuffle:
     order = np.random.default_rng(seed).permutation(n)
-    tmp_dir = posixpath.dirname(out) if tfrecord.is_local(out) else None
+    tmp_dir = posixpath.dirname(out) if files.is_local(out) else None
     if tmp_dir:
       os.makedirs(tmp_dir, exist_ok=True)
     images = images.materialize(tmp_dir or None)

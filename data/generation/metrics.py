@@ -60,8 +60,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from data import files
 from data.generation import gaussian_fit
-from data.records import tfrecord
 
 _BLOCK = 2048
 KEYS = ('c_train', 'c_test', 'c_self', 'v_train', 'v_test')
@@ -313,8 +313,8 @@ def _write_png(grid, path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   directory = os.path.dirname(os.fspath(path))
   if directory:
-    tfrecord.makedirs(directory)
+    files.makedirs(directory)
   buffer = io.BytesIO()  # PIL writes local files only; the path may be gs://
   Image.fromarray(grid).save(buffer, format='PNG')
-  with tfrecord.open_file(os.fspath(path), 'wb') as f:
+  with files.open_file(os.fspath(path), 'wb') as f:
     f.write(buffer.getvalue())

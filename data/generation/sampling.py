@@ -43,17 +43,16 @@ import json
 import logging
 import posixpath
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tqdm
 
+from data import files
 from data.generation import topk
 from data.records import shard_writer
 from data.records import shards
-from data.records import tfrecord
 
 _CHECKPOINT_EVERY = 50   # batches between top-K selector saves
 
@@ -111,21 +110,14 @@ class SamplingResult:
 
 
 # ------------------------------------------------------------------------------------------------
-# Small files, written whole or not at all.
+# Small files, and what a killed run leaves.
 # ------------------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-  with tfrecord.open_file(tmp, 'wb') as f:
-    f.write(data)
-  tfrecord.rename(tmp, path)
-
-
 def _read(path: str) -> bytes | None:
-  if not tfrecord.exists(path):
+  if not files.exists(path):
     return None
-  with tfrecord.open_file(path, 'rb') as f:
+  with files.open_file(path, 'rb') as f:
     return f.read()
 
 
@@ -139,7 +131,7 @@ def _remove_leftovers(prefix: str) -> None:
   for pattern in patterns:
     for path in epath.Path(directory or '.').glob(pattern):
       logging.info('Removing leftover %s', path)
-      tfrecord.remove(str(path))
+      files.remove(str(path))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,7 +216,7 @@ def _write_all(sample_batch, label_batch, key, plan, prefix, writer_args, settin
     committed = state['committed']
 
   def on_commit(shard_counts):
-    _write_atomic(state_path, json.dumps({'settings': settings,
+    files.write_atomic(state_path, json.dumps({'settings': settings,
                                           'committed': shard_counts}).encode())
 
   writer = _ResumableWriter(prefix, committed=committed, on_commit=on_commit,
@@ -243,7 +235,7 @@ def _write_all(sample_batch, label_batch, key, plan, prefix, writer_args, settin
     bar.update(len(ids))
   bar.close()
   manifest = writer.close()
-  tfrecord.remove(state_path)
+  files.remove(state_path)
   return manifest, plan.total, sampled, 0
 
 
@@ -255,7 +247,7 @@ def _save_selector(path, selector, batches_done, settings):
            id=kept.payload.get('id', np.zeros((0,), np.int64))[order],
            label=kept.labels[order], score=kept.scores[order],
            batches_done=np.int64(batches_done), settings=np.str_(json.dumps(settings)))
-  _write_atomic(path, buffer.getvalue())
+  files.write_atomic(path, buffer.getvalue())
 
 
 def _load_selector(path, selector, settings) -> int:
@@ -300,7 +292,7 @@ def _write_top_k(sample_batch, label_batch, key, plan, prefix, writer_args, sett
     writer.write_batch(kept.payload['image'][idx], kept.labels[idx], kept.scores[idx],
                        ids=kept.payload['id'][idx])
   manifest = writer.close()
-  tfrecord.remove(state_path)
+  files.remove(state_path)
   logging.info('%s: kept %d of %d samples (%s per class).', prefix, len(order), plan.total,
                kept.counts.tolist())
   return manifest, len(order), sampled, peak
@@ -335,11 +327,11 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
     settings.update(encoding=encoding,
                     jpeg_quality=jpeg_quality if encoding == 'jpeg' else None)
   host_manifest = shards.manifest_path(prefix)
-  tfrecord.makedirs(posixpath.dirname(prefix))
+  files.makedirs(posixpath.dirname(prefix))
   if _finished(host_manifest, settings):
     written, sampled, peak = shards.load_manifest(host_manifest)['count'], 0, 0
     for state in ('.progress.json', '.topk.npz'):   # left when killed just after the manifest
-      tfrecord.remove(prefix + state)
+      files.remove(prefix + state)
   else:
     _remove_leftovers(prefix)
     writer_args = dict(num_shards=plan.num_shards, image_shape=image_shape,
@@ -388,5 +380,5 @@ def _merge_manifests(out: str, process_count: int) -> str:
   merged['hosts'] = [posixpath.basename(host_prefix(out, h, process_count)) + '.json'
                      for h in range(process_count)]
   path = shards.manifest_path(out)
-  _write_atomic(path, json.dumps(merged, indent=1).encode())
+  files.write_atomic(path, json.dumps(merged, indent=1).encode())
   return path

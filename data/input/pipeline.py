@@ -112,7 +112,7 @@ def _generated_part(config, plan: batch_mix.BatchPlan, image_shape,
       _files_for_host(files, plan, workers, 'generated', path),
       cycle_length=config.generated.cycle_length,
       shuffle_seed=_seed(config.seed, 1, h), num_epochs=None,
-      on_corrupt=config.generated.on_corrupt,
+      on_corrupt=config.generated.on_corrupt, counts=shards.shard_counts(path, manifest),
       parse_fn=example_format.ExampleParser(manifest['image_shape'],
                                             manifest['num_classes'],
                                             manifest['image_encoding']))

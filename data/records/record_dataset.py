@@ -13,6 +13,12 @@ Records come from `tfrecord.RecordReader`, so a bad record raises
 is a few integers per interleave slot, so checkpoints stay small however large
 the files are.
 
+With `counts` ({path: records}, from a manifest), a file that ends after
+another number of records than its count (a shard cut at a record boundary,
+or a manifest of another set) is reported like a corrupt record: an error
+naming the file and both numbers, or with `on_corrupt='skip'` a warning and
+the missing records counted as skipped.
+
 With `with_position=True`, `parse_fn(record, path, index)` also gets the
 record's file and its position in that file (a foreign set, such as tfds's
 prepared files, numbers its examples by position); a `parse_fn` that returns
@@ -20,7 +26,7 @@ None drops the record (a filter, not a corrupt record).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from absl import logging
@@ -47,7 +53,7 @@ class TFRecordIterDataset(grain.IterDataset):
                shuffle_seed: int | None = None, num_epochs: int | None = 1,
                on_corrupt: str = 'raise',
                parse_fn: Callable[..., Any] | None = None,
-               with_position: bool = False):
+               with_position: bool = False, counts: Mapping[str, int] | None = None):
     super().__init__()
     tfrecord.check_on_corrupt(on_corrupt)
     if cycle_length < 1:
@@ -61,6 +67,7 @@ class TFRecordIterDataset(grain.IterDataset):
     self._on_corrupt = on_corrupt
     self._parse_fn = parse_fn
     self._with_position = with_position
+    self._counts = dict(counts or {})
 
   @property
   def paths(self) -> list[str]:
@@ -74,7 +81,7 @@ class TFRecordIterDataset(grain.IterDataset):
     return _TFRecordIterator(self._paths, self._cycle_length,
                              self._shuffle_seed, self._num_epochs,
                              self._on_corrupt, self._parse_fn,
-                             self._with_position)
+                             self._with_position, self._counts)
 
   def __str__(self) -> str:
     return (f'TFRecordIterDataset({len(self._paths)} files, '
@@ -94,9 +101,10 @@ class _TFRecordIterator(grain.DatasetIterator):
   """
 
   def __init__(self, paths, cycle_length, shuffle_seed, num_epochs, on_corrupt,
-               parse_fn, with_position=False):
+               parse_fn, with_position=False, counts=None):
     super().__init__()
     self._with_position = with_position
+    self._counts = counts or {}
     self._paths = paths
     self._cycle = max(1, min(cycle_length, len(paths)))
     self._shuffle_seed = shuffle_seed
@@ -192,6 +200,7 @@ class _TFRecordIterator(grain.DatasetIterator):
       reader = self._reader(slot)
       record = reader.read()
       if record is None:
+        self._check_count(reader)
         self._release(slot)
         self._idle_files += 1
         # Every file ended without a record: nothing readable, stop rather
@@ -218,6 +227,19 @@ class _TFRecordIterator(grain.DatasetIterator):
         continue
       if parsed is not None:
         return parsed
+
+  def _check_count(self, reader: tfrecord.RecordReader) -> None:
+    """A file read to its end must hold the records its manifest counts."""
+    want = self._counts.get(reader.path)
+    if want is None or reader.index == want:
+      return
+    error = tfrecord.CorruptRecordError(
+        reader.path, reader.offset, f'the file ends after {reader.index} records, its manifest '
+        f'counts {want} (cut short, or a manifest of another set)')
+    if self._on_corrupt == 'raise':
+      raise error
+    logging.warning('Skipping %s', error)
+    self._skipped += max(0, want - reader.index)
 
   def _close_readers(self) -> None:
     for slot, reader in enumerate(self._readers):

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 import posixpath
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from data import files
 from data import image_codec
 from data.records import example_format
 from data.records import shards
@@ -78,13 +78,12 @@ class ShardWriter:
     self._written = 0
     self._label_counts = np.zeros(self._num_classes, np.int64)
     self._shard = -1
-    self._file = None
-    self._tmp_path = None
+    self._file: files.AtomicFile | None = None
     self._done: list[str] = []
     self._closed = False
-    tfrecord.makedirs(self._dir)
+    files.makedirs(self._dir)
     # An old manifest must not describe shards that are being replaced.
-    tfrecord.remove(self.manifest_path)
+    files.remove(self.manifest_path)
 
   @property
   def written(self) -> int:
@@ -100,15 +99,11 @@ class ShardWriter:
 
   def _open_next(self) -> None:
     self._shard += 1
-    self._tmp_path = f'{self._path(self._shard)}.tmp-{uuid.uuid4().hex[:8]}'
-    self._file = tfrecord.open_file(self._tmp_path, 'wb')
+    self._file = files.AtomicFile(self._path(self._shard))  # clears a killed writer's leftovers
 
   def _finish_shard(self) -> None:
-    self._file.close()
+    self._done.append(self._file.commit())
     self._file = None
-    tfrecord.rename(self._tmp_path, self._path(self._shard))
-    self._done.append(self._path(self._shard))
-    self._tmp_path = None
 
   def _check_images(self, images) -> np.ndarray:
     images = np.asarray(images)
@@ -215,10 +210,7 @@ class ShardWriter:
                    for i in range(self._num_shards)],
         'metadata': self._metadata,
     }
-    tmp = f'{self.manifest_path}.tmp-{uuid.uuid4().hex[:8]}'
-    with tfrecord.open_file(tmp, 'wb') as f:
-      f.write(json.dumps(manifest, indent=1).encode())
-    tfrecord.rename(tmp, self.manifest_path)
+    files.write_atomic(self.manifest_path, json.dumps(manifest, indent=1))
     self._closed = True
     return self.manifest_path
 
@@ -230,12 +222,10 @@ class ShardWriter:
   def abort(self) -> None:
     """Removes everything written so far; no manifest is left behind."""
     if self._file is not None:
-      self._file.close()
+      self._file.abort()
       self._file = None
-    if self._tmp_path:
-      tfrecord.remove(self._tmp_path)
     for path in self._done:
-      tfrecord.remove(path)
+      files.remove(path)
     self._done = []
     self._closed = True
 

@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from data import files
 from data.records import example_format
 from data.records import record_dataset
-from data.records import tfrecord
 
 FORMAT = 'tfrecord-example'
 VERSION = 1
@@ -71,9 +71,9 @@ def manifest_path(prefix: str) -> str:
 
 def load_manifest(path: str) -> dict[str, Any]:
   """Reads and structurally checks a manifest; ManifestError names the path."""
-  if not tfrecord.exists(path):
+  if not files.exists(path):
     raise ManifestError(f'{path}: shard manifest not found')
-  with tfrecord.open_file(path, 'rb') as f:
+  with files.open_file(path, 'rb') as f:
     text = f.read()
   try:
     manifest = json.loads(text)
@@ -125,6 +125,13 @@ def validate_manifest(manifest: dict[str, Any], path: str = '<manifest>', *,
     raise ManifestError(f'{path}: num_classes must be >= 1')
 
 
+def shard_counts(path: str, manifest: dict[str, Any]) -> dict[str, int]:
+  """{full shard path: records} as the manifest counts them (checked as each shard ends); a
+  shard the manifest gives no count is not checked."""
+  return {p: int(s['count']) for p, s in zip(shard_paths(path, manifest), manifest['shards'])
+          if 'count' in s}
+
+
 def shard_paths(path: str, manifest: dict[str, Any] | None = None) -> list[str]:
   """Full paths of the shards a manifest lists (relative to its directory)."""
   manifest = manifest if manifest is not None else load_manifest(path)
@@ -150,7 +157,7 @@ def read_examples(path: str, *, batch_size: int | None = None,
   shape = tuple(manifest['image_shape'])
   records = record_dataset.TFRecordIterDataset(
       shard_paths(path, manifest), on_corrupt=on_corrupt,
-      parse_fn=example_format.parse_example)
+      parse_fn=example_format.parse_example, counts=shard_counts(path, manifest))
   encoding = manifest['image_encoding']
   examples = (_with_array(e, shape, encoding) for e in records)
   if batch_size is None:

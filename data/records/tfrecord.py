@@ -29,12 +29,13 @@ time in every worker process, which local pipelines should not pay.
 """
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Sequence
 
 from absl import logging
 import google_crc32c
+
+from data import files
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct('<QI')   # length, masked crc of length
@@ -57,69 +58,6 @@ class CorruptRecordError(ValueError):
 
 
 # ------------------------------------------------------------------------------
-# Files.
-# ------------------------------------------------------------------------------
-
-
-def is_local(path: str) -> bool:
-  """True for plain filesystem paths (no `scheme://` prefix)."""
-  return '://' not in str(path)
-
-
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.io.gfile
-
-
-def open_file(path: str, mode: str = 'rb'):
-  """Opens a local file with `open`, anything else with `tf.io.gfile.GFile`."""
-  if is_local(path):
-    return open(path, mode)
-  return _gfile().GFile(path, mode)
-
-
-def exists(path: str) -> bool:
-  return os.path.exists(path) if is_local(path) else _gfile().exists(path)
-
-
-def isdir(path: str) -> bool:
-  return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
-
-
-def listdir(path: str) -> list[str]:
-  """Names in a directory (no trailing slashes), sorted."""
-  if is_local(path):
-    return sorted(os.listdir(path))
-  return sorted(name.rstrip('/') for name in _gfile().listdir(path))
-
-
-def makedirs(path: str) -> None:
-  if not path:
-    return
-  if is_local(path):
-    os.makedirs(path, exist_ok=True)
-  else:
-    _gfile().makedirs(path)
-
-
-def rename(src: str, dst: str) -> None:
-  """Renames `src` over `dst` (atomic on local filesystems)."""
-  if is_local(src):
-    os.replace(src, dst)
-  else:
-    _gfile().rename(src, dst, overwrite=True)
-
-
-def remove(path: str) -> None:
-  """Removes a file if it exists."""
-  if is_local(path):
-    if os.path.exists(path):
-      os.remove(path)
-  elif _gfile().exists(path):
-    _gfile().remove(path)
-
-
-# ------------------------------------------------------------------------------
 # Framing.
 # ------------------------------------------------------------------------------
 
@@ -139,8 +77,7 @@ def frame(data: bytes) -> bytes:
 
 def write_records(path: str, records: Sequence[bytes]) -> None:
   """Writes `records` to a new TFRecord file (small files, tests, tools)."""
-  with open_file(path, 'wb') as f:
-    f.write(b''.join(frame(r) for r in records))
+  files.write_atomic(path, b''.join(frame(r) for r in records))
 
 
 class RecordReader:
@@ -169,7 +106,7 @@ class RecordReader:
     self._eof = False
 
   def _open(self):
-    self._file = open_file(self.path, 'rb')
+    self._file = files.open_file(self.path, 'rb')
     if self.offset:
       self._file.seek(self.offset)
 
@@ -263,8 +200,6 @@ def check_on_corrupt(on_corrupt: str) -> None:
 
 
 __all__ = [
-    'CorruptRecordError', 'ON_CORRUPT_CHOICES', 'RecordReader',
-    'check_on_corrupt', 'exists', 'frame', 'is_local', 'isdir', 'listdir', 'makedirs',
-    'masked_crc32c', 'open_file', 'read_records', 'remove', 'rename',
-    'write_records',
+    'CorruptRecordError', 'ON_CORRUPT_CHOICES', 'RecordReader', 'check_on_corrupt', 'frame',
+    'masked_crc32c', 'read_records', 'write_records',
 ]

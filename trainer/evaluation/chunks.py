@@ -18,6 +18,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from data import files
 from trainer.attacks.autoattack import AutoAttackResult
 
 DIRECTORY = 'eval_chunks'
@@ -57,9 +58,7 @@ def _barrier(name):
 def _save(path, arrays):
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  tmp = path.parent / f'{path.name}.tmp-{jax.process_index()}'
-  tmp.write_bytes(buffer.getvalue())
-  tmp.replace(path)  # whole or not at all: a kill mid-write leaves no chunk
+  files.write_atomic(path, buffer.getvalue())  # a kill mid-write leaves no chunk
 
 
 def _load(path):

@@ -19,6 +19,7 @@ from absl import logging
 from clu import metric_writers
 from etils import epath
 
+from data import files
 from data import images
 from data import real
 from models import registry
@@ -184,7 +185,7 @@ def _write_points(workdir, results):
     arrays[f'{cascade}/broken_by'] = result.broken_by.astype('U32')
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  workdir_lib.write_atomic(epath.Path(workdir, 'eval_points.npz'), buffer.getvalue())
+  files.write_atomic(os.path.join(workdir, 'eval_points.npz'), buffer.getvalue())
 
 
 def evaluate(config, workdir, *, checkpoint='best', num_examples=0, attacks=None, batch_size=0):

@@ -17,6 +17,8 @@ import time
 import jax
 from etils import epath
 
+from data import files
+
 HEARTBEAT_SECONDS = 30
 STALE_SECONDS = 300
 NAME = 'lease.json'
@@ -102,9 +104,7 @@ class Lease:
         self.path.unlink(missing_ok=True)
         raise
       return
-    tmp = self.path.parent / f'{NAME}.tmp-{os.getpid()}'
-    tmp.write_text(text)
-    tmp.replace(self.path)
+    files.write_atomic(os.fspath(self.path), text)
 
   def _held_by_me(self):
     try:

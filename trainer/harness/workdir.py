@@ -13,6 +13,8 @@ import jax
 import ml_collections
 from etils import epath
 
+from data import files
+
 # Keys that may change between the starts of one run: where it runs and how fast, not what it
 # computes (a run saved on one mesh resumes on another; evaluation settings apply afterwards).
 RESUMABLE_CHANGES = ('distributed', 'mesh.', 'loader.', 'dataset.data_dir', 'eval.attacks',
@@ -31,24 +33,9 @@ class ConfigMismatchError(ValueError):
   """The workdir holds a run of another config; resuming it would mix two experiments."""
 
 
-def write_atomic(path, data: str | bytes) -> None:
-  """Writes `data` whole or not at all: a reader never sees half a file, even after a crash (and
-  a failed write, e.g. a full disk, leaves no temporary file behind)."""
-  path = epath.Path(path)
-  tmp = path.parent / f'{path.name}.tmp-{os.getpid()}'
-  try:
-    if isinstance(data, bytes):
-      tmp.write_bytes(data)
-    else:
-      tmp.write_text(data)
-    tmp.replace(path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-
-
 def write_json(path, value) -> None:
-  write_atomic(path, json.dumps(value, indent=2))
+  """JSON written whole or not at all (data/files.py)."""
+  files.write_atomic(os.fspath(path), json.dumps(value, indent=2))
 
 
 def read_json(path):
@@ -95,7 +82,8 @@ def check_same_run(workdir, config, resumable=()) -> None:
 def save_config(workdir, config) -> None:
   if jax.process_index() == 0:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    write_atomic(epath.Path(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+    files.write_atomic(os.fspath(epath.Path(workdir, 'config.json')),
+                       config.to_json_best_effort(indent=2))
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
