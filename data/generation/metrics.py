@@ -59,6 +59,7 @@ import os
 from typing import Callable, Optional
 
 import numpy as np
+from PIL import Image
 
 from data import files
 from data.generation import gaussian_fit
@@ -310,7 +311,6 @@ def _to_uint8_rgb(images):
 
 
 def _write_png(grid, path):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   directory = os.path.dirname(os.fspath(path))
   if directory:
     files.makedirs(directory)

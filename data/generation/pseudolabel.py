@@ -16,13 +16,13 @@ import tqdm
 
 from data.records import shard_writer
 from data.records import shards
+from data.generation import import_npz
 from data.generation import topk
 
 
 def source_batches(source, batch_size):
   """(count, image_shape, iterator of dicts with uint8 `image` and int64 `id`)."""
   if source.endswith('.npz'):
-    from data.generation import import_npz  # pylint: disable=g-import-not-at-top
     images = import_npz.NpzMember(source, 'image')
     def npz_batches():
       for start in range(0, len(images), batch_size):

@@ -124,14 +124,13 @@ def _read(path: str) -> bytes | None:
 def _remove_leftovers(prefix: str) -> None:
   """Temporary files of a killed run of this set (partial shards, half-written state), and
   nothing of another set in the same folder."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
   directory, name = posixpath.split(prefix)
-  patterns = [f'{name}-[0-9]*-of-[0-9]*.tfrecord.tmp-*'] + [
-      f'{name}{suffix}.tmp-*' for suffix in ('.json', '.progress.json', '.topk.npz')]
+  patterns = [f'{name}-[0-9]*-of-[0-9]*.tfrecord{files.TMP}*'] + [
+      f'{name}{suffix}{files.TMP}*' for suffix in ('.json', '.progress.json', '.topk.npz')]
   for pattern in patterns:
-    for path in epath.Path(directory or '.').glob(pattern):
+    for path in files.glob(posixpath.join(directory or '.', pattern)):
       logging.info('Removing leftover %s', path)
-      files.remove(str(path))
+      files.remove(path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,7 +310,7 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
   `barrier()` must return once every host has reached it (jax's sync_global_devices); it is
   needed, and only called, when process_count > 1.
   """
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top  (data/ stays importable without jax)
   if process_count > 1 and barrier is None:
     raise ValueError('write_samples: a barrier is needed with process_count > 1')
   if top_k and top_k < process_count:

@@ -150,7 +150,7 @@ def make_train_dataset(config, real_images, real_labels=None, real_ids=None, *,
                        num_classes: int | None = None) -> grain.IterDataset:
   """The Grain dataset behind `make_train_iterator` (same arguments)."""
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top  (not in Grain's worker processes)
     process_index = jax.process_index() if process_index is None else (
         process_index)
     process_count = jax.process_count() if process_count is None else (
