@@ -52,6 +52,11 @@ def get_config():
   c.generated = ml_collections.ConfigDict()
   c.generated.path = ''              # manifest JSON of the shards ('' = real data only)
   c.generated.alpha = 0.3            # share of REAL images in every batch (exact: round(alpha*B))
+  c.generated.alpha_schedule = ()    # ((epoch, alpha), ...): from each CIFAR-10-equivalent epoch
+                                     # on, that real share instead (piecewise constant, epochs
+                                     # increasing; () = alpha throughout). Bartoldson et al.:
+                                     # alpha 0, ((6000, 0.125),). Exact and resumable per step
+                                     # (data/input/alpha_schedule.py)
   c.generated.label_smoothing = 0.1  # applied to generated examples only
   c.generated.cycle_length = 16      # shards read in parallel (interleave)
   c.generated.shuffle_window = 10_000
