@@ -309,3 +309,12 @@ def test_a_streamed_real_split_restarts_across_the_changes(folder, gen_set3):
     _same(_take(resumed, len(REAL_ROWS) - stop), want[stop:])
     resumed.close()
 
+
+
+def test_the_methods_pseudo_labeller_drops_the_schedule_and_its_line_shows_it():
+  from trainer.pipeline import stages  # pylint: disable=g-import-not-at-top
+  c = _config('x/manifest.json', alpha=0.0, schedule=((3, 0.125),))
+  labeller = stages.classifier_config(c)   # real data only, whatever the robust run's schedule
+  assert labeller.generated.alpha_schedule == () and labeller.generated.path == ''
+  config_validation.validate(labeller, device_count=1, process_count=1)
+  assert alpha_schedule.describe(c) == 'α = 0 real, 0.125 from epoch 3 (step 12)'
