@@ -58,6 +58,8 @@ def get_config():
                                      # alpha 0, ((6000, 0.125),). Exact and resumable per step
                                      # (data/input/alpha_schedule.py)
   c.generated.label_smoothing = 0.1  # applied to generated examples only
+  c.generated.smooth_real_labels = False  # True: to the real ones too (DM-Improves-AT's and
+                                     # Bartoldson et al.'s code smooth every row)
   c.generated.cycle_length = 16      # shards read in parallel (interleave)
   c.generated.shuffle_window = 10_000
   c.generated.on_corrupt = 'raise'   # raise | skip (skipped records are counted and logged)
