@@ -2,6 +2,7 @@
 exactly, on one host and on two, in RAM and streamed, and a restart anywhere sees the same batches;
 a phase does not read the side it does not use; bad schedules are one line naming the key."""
 import json
+import os
 
 import ml_collections
 import numpy as np
@@ -318,3 +319,48 @@ def test_the_methods_pseudo_labeller_drops_the_schedule_and_its_line_shows_it():
   assert labeller.generated.alpha_schedule == () and labeller.generated.path == ''
   config_validation.validate(labeller, device_count=1, process_count=1)
   assert alpha_schedule.describe(c) == 'α = 0 real, 0.125 from epoch 3 (step 12)'
+
+
+# ------------------------------------------------------------------------------------------------
+# Through the trainer: the harness saves the iterator with every checkpoint.
+# ------------------------------------------------------------------------------------------------
+
+GENERATED_IDS = 10 ** 6   # generated ids start here, so a batch's ids say which rows are real
+
+
+@pytest.mark.integration
+def test_the_trainer_follows_the_schedule_across_a_restart(tmp_path):   # two runs: ~45 CPU-s
+  import shutil  # pylint: disable=g-import-not-at-top
+  import trainer_runs as runs  # pylint: disable=g-import-not-at-top
+  from trainer.robust import train  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  with shard_writer.ShardWriter(str(tmp_path / 'gen'), num_shards=8, total=256,
+                                image_shape=(8, 8, 1), num_classes=10, source='test', seed=0,
+                                first_id=GENERATED_IDS) as writer:
+    writer.write_batch(rng.integers(0, 17, (256, 8, 8, 1), dtype=np.uint8),
+                       rng.integers(0, 10, 256))
+  # Digits, batch 32, 8 steps: real only for the first half epoch, then 8 real rows of 32.
+  config = runs.config(runs.tiny_overrides(
+      8, **{'generated.path': writer.manifest_path, 'generated.alpha': 1.0,
+            'generated.alpha_schedule': ((0.5, 0.25),), 'checkpoint.every_steps': 2,
+            'checkpoint.keep': 4}))
+  whole = str(tmp_path / 'whole')
+  assert train.train_and_evaluate(config, whole, record_batch_ids=True)['finished']
+  lines = runs.batch_id_lines(whole)
+  assert [s for s, _ in lines] == list(range(1, 9))
+  assert [sum(i < GENERATED_IDS for i in ids) for _, ids in lines] == [32] * 4 + [8] * 4
+  # The same run stopped after its step-2 checkpoint (before the change) and started again.
+  resumed = str(tmp_path / 'resumed')
+  shutil.copytree(whole, resumed)
+  os.remove(os.path.join(resumed, 'done.json'))
+  kept = runs.committed_steps(os.path.join(resumed, 'checkpoints'))
+  assert kept == [2, 4, 6, 8]
+  for step in kept[1:]:
+    shutil.rmtree(os.path.join(resumed, 'checkpoints', str(step)))
+  assert train.train_and_evaluate(config, resumed, record_batch_ids=True)['finished']
+  redone = runs.batch_id_lines(resumed)[len(lines):]
+  assert redone == lines[2:]                            # the same ids, step by step
+  want, got = runs.restore_state(whole, 8), runs.restore_state(resumed, 8)
+  assert want.keys() == got.keys()
+  for key in want:                                      # and the same weights, bit for bit
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
