@@ -188,6 +188,26 @@ def test_a_restart_anywhere_gives_the_same_batches(gen_set, hosts, stop):
     resumed.close()
 
 
+@pytest.mark.integration
+def test_loader_workers_keep_the_schedule(gen_set):   # worker processes: ~20 s
+  local = _take(_iterator(_config(gen_set, pad=0)), len(REAL_ROWS))
+  config = _config(gen_set, pad=0, prefetch=1)
+  config.loader.worker_count = 2   # each makes the batches of every other step
+  it = _iterator(config)
+  batches = _take(it, 10)
+  state = it.get_state()
+  more = _take(it, len(REAL_ROWS) - 10)
+  it.close()
+  for x, y, want in zip(local, batches + more, REAL_ROWS):
+    assert (~y['is_generated']).sum() == want
+    np.testing.assert_array_equal(np.sort(x['id'][~x['is_generated']]),
+                                  np.sort(y['id'][~y['is_generated']]))
+  resumed = _iterator(config)
+  resumed.set_state(state)
+  _same(_take(resumed, len(REAL_ROWS) - 10), more)
+  resumed.close()
+
+
 def test_the_state_goes_through_an_orbax_checkpoint(gen_set, tmp_path):
   ocp = pytest.importorskip('orbax.checkpoint')
   config = _config(gen_set, prefetch=2)
