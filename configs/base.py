@@ -52,7 +52,14 @@ def get_config():
   c.generated = ml_collections.ConfigDict()
   c.generated.path = ''              # manifest JSON of the shards ('' = real data only)
   c.generated.alpha = 0.3            # share of REAL images in every batch (exact: round(alpha*B))
+  c.generated.alpha_schedule = ()    # ((epoch, alpha), ...): from each CIFAR-10-equivalent epoch
+                                     # on, that real share instead (piecewise constant, epochs
+                                     # increasing; () = alpha throughout). Bartoldson et al.:
+                                     # alpha 0, ((6000, 0.125),). Exact and resumable per step
+                                     # (data/input/alpha_schedule.py)
   c.generated.label_smoothing = 0.1  # applied to generated examples only
+  c.generated.smooth_real_labels = False  # True: to the real ones too (DM-Improves-AT's and
+                                     # Bartoldson et al.'s code smooth every row)
   c.generated.cycle_length = 16      # shards read in parallel (interleave)
   c.generated.shuffle_window = 10_000
   c.generated.on_corrupt = 'raise'   # raise | skip (skipped records are counted and logged)
@@ -158,4 +165,33 @@ def reference_training(c):
   c.dataset.real_repeats = 4           # 4 emulated workers: each real image 4x, augmented apart
   c.train.attack_adam_eps = 1e-9       # the inner maximisation's Adam
   c.eval.selection_attack = 'reference'  # Adam PGD-40 on the margin loss, last iterate
+  return c
+
+
+def dm_improves_at_training(c, *, batch_size, num_epochs, lr):
+  """The training of DM-Improves-AT's train-wa.py (Wang et al. 2023; Bartoldson et al. 2024 train
+  with a fork of it), where this system can say it: TRADES β = 5 with label smoothing 0.1 on
+  every row, SGD (Nesterov 0.9, weight decay 5e-4 off BatchNorm) at peak `lr` whatever the
+  batch, warm-up over the first 2.5% of the epochs, EMA 0.995, an epoch of ceil(50,000 / B)
+  batches, BatchNorm over the whole batch (Bartoldson et al.'s SyncBatchNorm), each real image
+  once per batch, the first 1,024 training images held out for selection by PGD-40 on the
+  margin (C&W) loss. What it does otherwise is listed in docs/fidelity.md ("The EDM recipes")."""
+  c.train.beta = 5.0
+  c.train.batch_size = batch_size
+  c.train.num_epochs = num_epochs
+  c.train.epoch_size = -(-50_000 // batch_size) * batch_size   # its sampler's num_batches
+  c.optim.lr_per_256 = lr * 256 / batch_size
+  c.optim.warmup_epochs = 0.025 * num_epochs                   # OneCycleLR's pct_start
+  c.optim.ema_decay = 0.995
+  c.optim.weight_decay = 5e-4
+  c.generated.label_smoothing = 0.1
+  c.generated.smooth_real_labels = True
+  c.model.bn_group_size = 0
+  c.dataset.real_repeats = 1
+  c.dataset.holdout = 1024
+  c.eval.selection_attack = 'pgd'
+  c.pipeline.generator = 'edm'             # the whole method: Karras et al.'s generator,
+  c.pipeline.generator_preset = 'edm_cifar10'   # sampled with Heun's 2nd-order method on
+  c.pipeline.sampler = 'heun'              # 20 noise levels (39 network evaluations), as
+  c.pipeline.sampler_steps = 20            # DM-Improves-AT's edm/README.md samples CIFAR-10
   return c

@@ -146,3 +146,33 @@ def test_the_tinyimagenet_and_imagenet_presets_say_what_the_paper_ran():
   assert inet.train.num_epochs == 200 and inet.train.epoch_size == 1_281_167
   assert inet.train.batch_size == 1024 and inet.optim.ema_decay == 0.995
   assert (inet.dataset.crop, inet.dataset.image_size) == ('inception', 224)
+
+
+@pytest.mark.parametrize('name,model,batch,epochs,lr,phases', [
+    # The reference's counts: its sampler draws ceil(50,000 / B) batches per epoch, int(B * f)
+    # generated rows of each at unsup_fraction f, and OneCycleLR warms up over 2.5% of the run.
+    ('cifar10_linf_wrn28_10_edm_20m', 'wrn-28-10', 2048, 2400, 0.2, ((0, 410),)),
+    ('cifar10_linf_wrn70_16_edm_50m', 'wrn-70-16', 1024, 2000, 0.2, ((0, 205),)),
+    ('cifar10_linf_wrn94_16_edm_300m', 'wrn-94-16', 2048, 10_000, 0.1,
+     ((0, 0), (6000 * 25, 2048 - int(2048 * 0.875)))),
+])
+def test_the_edm_recipes_say_what_their_code_ran(name, model, batch, epochs, lr, phases):
+  from data.input import alpha_schedule  # pylint: disable=g-import-not-at-top
+  from data.input import batch_mix  # pylint: disable=g-import-not-at-top
+  from trainer.robust import optimizer  # pylint: disable=g-import-not-at-top
+  c = importlib.import_module(f'configs.{name}').get_config()
+  assert (c.model.name, c.train.batch_size, c.train.num_epochs) == (model, batch, epochs)
+  batches_per_epoch = -(-50_000 // batch)
+  assert optimizer.total_steps(c) == epochs * batches_per_epoch
+  assert optimizer.peak_learning_rate(c) == pytest.approx(lr, rel=1e-12)
+  assert round(c.optim.warmup_epochs * optimizer.steps_per_epoch(c)) == round(
+      0.025 * epochs * batches_per_epoch)
+  assert [(s, batch_mix.real_count(batch, a, c.dataset.real_repeats))
+          for s, a in alpha_schedule.phases(c)] == list(phases)
+  assert (c.train.loss, c.train.beta, c.threat.norm, c.threat.eps) == ('trades', 5.0, 'linf',
+                                                                      8 / 255)
+  assert (c.generated.label_smoothing, c.generated.smooth_real_labels) == (0.1, True)
+  assert (c.optim.ema_decay, c.optim.weight_decay, c.optim.momentum) == (0.995, 5e-4, 0.9)
+  assert (c.model.bn_group_size, c.dataset.real_repeats, c.dataset.holdout) == (0, 1, 1024)
+  assert (c.pipeline.generator, c.pipeline.sampler, c.pipeline.sampler_steps) == (
+      'edm', 'heun', 20)

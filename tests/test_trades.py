@@ -60,6 +60,22 @@ def test_label_smoothing_only_on_generated():
   np.testing.assert_allclose(t[1], [0.025, 0.025, 0.925, 0.025])
 
 
+def test_label_smoothing_on_every_row_when_asked():
+  t = np.asarray(objectives.targets(np.array([2, 2]), np.array([False, True]), 4, 0.1, True))
+  np.testing.assert_allclose(t, [[0.025, 0.025, 0.925, 0.025]] * 2)
+  # The objective reads generated.smooth_real_labels: cross-entropy against the smoothed target.
+  logits = jnp.array([[2.0, -1.0, 0.5, 0.0], [0.3, 0.2, -0.4, 1.0]])
+  batch = {'image': jnp.zeros((2, 1)), 'label': jnp.array([2, 0]),
+           'is_generated': jnp.array([False, False])}
+  forward = lambda params, x: (logits, None)
+  log_p = np.asarray(jax.nn.log_softmax(logits))
+  for real_too, target in ((False, np.eye(4)[[2, 0]]), (True, 0.9 * np.eye(4)[[2, 0]] + 0.025)):
+    c = base.get_config()
+    c.train.loss, c.generated.smooth_real_labels = 'standard', real_too
+    total, _ = objectives.build(c, 4)(forward, None, batch, None)
+    np.testing.assert_allclose(total, -(target * log_p).sum(1).mean(), rtol=1e-6)
+
+
 def _linear_model(k=5, d=3 * 4 * 4, seed=0):
   w = jax.random.normal(jax.random.PRNGKey(seed), (d, k)) * 0.3
   return lambda x: x.reshape(x.shape[0], -1) @ w

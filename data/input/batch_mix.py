@@ -22,6 +22,24 @@ each step takes exactly the count above from it, and its reader position is part
 of the iterator state. Hosts' real epochs are then aligned only as far as their
 files hold the same number of images.
 
+An alpha schedule (`generated.alpha_schedule`, converted to steps by
+`alpha_schedule.phases`) makes R a function of the step: R(t) is the count of
+the phase that holds step t (`BatchPlan.changes`), and all of the above holds
+with R(t) in place of R, the host split included (q, rem from R(t) and P; the
+extra keeps rotating with t), so the count is exact at every step and depends
+on t alone. The real position of a host is the number of distinct real images
+it took before step t, summed phase by phase (`unique_before`): a change of
+alpha only changes how fast the epoch's permutation is walked, from where the
+last phase left it, no image skipped or seen twice, and a phase without real
+rows leaves it where it was (Bartoldson et al.'s run, generated-only for 6,000
+epochs, takes position 0 of epoch 0 at its first real row). A streamed real
+split, and the generated stream, advance by the rows taken, so the same holds
+for their readers: a phase that takes no rows of a side does not read it (its
+files open at the first read), and a side no phase uses is not opened. The
+iterator state needs nothing more than before: the step fixes every count and
+the in-RAM real position, and the readers' positions are in their states. The
+schedule itself is part of the run's config, which a restart must repeat.
+
 Real repeats (`real_repeats` = r, default 1): DeepMind's reference code
 (adversarial_robustness/jax: experiment.py's `emulated_workers` = 4, divided by
 the host count, passed as `repeat` to datasets.py's `_repeat_batch`, which
@@ -82,15 +100,17 @@ def real_count(batch_size: int, alpha: float, repeats: int = 1) -> int:
 class BatchPlan:
   """Real/generated counts per host and step; see module docstring.
 
-  `global_real` counts real rows, copies included; it must divide by
-  `real_repeats`, and U = global_real // real_repeats distinct images are split
-  across hosts.
+  `global_real` counts the real rows of a global batch from step 0, copies included;
+  `changes` holds (first step, global real rows) of each later phase of an alpha schedule, steps
+  increasing. Every count must divide by `real_repeats`; U = count // real_repeats distinct
+  images are split across hosts.
   """
   global_batch: int
   global_real: int
   process_index: int
   process_count: int
   real_repeats: int = 1
+  changes: tuple[tuple[int, int], ...] = ()
 
   def __post_init__(self):
     if self.global_batch % self.process_count:
@@ -100,14 +120,21 @@ class BatchPlan:
     if not 0 <= self.process_index < self.process_count:
       raise ValueError(f'process_index {self.process_index} outside '
                        f'[0, {self.process_count})')
-    if not 0 <= self.global_real <= self.global_batch:
-      raise ValueError(f'global_real {self.global_real} outside '
-                       f'[0, {self.global_batch}]')
+    starts = [start for start, _ in self.phases]
+    if any(b <= a for a, b in zip(starts, starts[1:])):
+      raise ValueError(f'the phases of the real count must start at increasing steps, got '
+                       f'{starts}')
+    for _, real in self.phases:
+      self._check_real(real)
+
+  def _check_real(self, real: int) -> None:
+    if not 0 <= real <= self.global_batch:
+      raise ValueError(f'global_real {real} outside [0, {self.global_batch}]')
     r = self.real_repeats
-    if r < 1 or self.global_real % r:
+    if r < 1 or real % r:
       raise ValueError(f'dataset.real_repeats = {r}: must be >= 1 and divide '
-                       f'the {self.global_real} real rows of a batch')
-    most = -(-self.unique_real // self.process_count) * r
+                       f'the {real} real rows of a batch')
+    most = -(-(real // r) // self.process_count) * r
     if most > self.host_batch:
       raise ValueError(
           f'dataset.real_repeats = {r}: a host would need {most} real rows '
@@ -115,28 +142,55 @@ class BatchPlan:
           f'divides the per-host batch ({self.host_batch})')
 
   @property
-  def unique_real(self) -> int:
-    """Distinct real images per global batch."""
-    return self.global_real // self.real_repeats
+  def phases(self) -> tuple[tuple[int, int], ...]:
+    """((first step, global real rows), ...), the first at step 0."""
+    return ((0, self.global_real),) + tuple(tuple(c) for c in self.changes)
+
+  @property
+  def uses_real(self) -> bool:
+    return any(real for _, real in self.phases)
+
+  @property
+  def uses_generated(self) -> bool:
+    return any(real < self.global_batch for _, real in self.phases)
 
   @property
   def host_batch(self) -> int:
     return self.global_batch // self.process_count
 
-  def _extra(self, step: int) -> bool:
-    rem = self.unique_real % self.process_count
+  def global_real_at(self, step: int) -> int:
+    """Real rows of the global batch of `step` (its phase's count)."""
+    return [real for start, real in self.phases if start <= step][-1]
+
+  def _extra(self, step: int, unique: int) -> bool:
+    """Whether this host takes one of the unique % P leftover images at `step`."""
+    rem = unique % self.process_count
     return (self.process_index - step) % self.process_count < rem
+
+  def _extras_before(self, step: int, unique: int) -> int:
+    """Leftover images this host takes in steps [0, step) at `unique` per batch (the pattern
+    repeats every P steps)."""
+    p, rem = self.process_count, unique % self.process_count
+    cycles, left = divmod(step, p)
+    return cycles * rem + sum(self._extra(u, unique) for u in range(left))
 
   def unique_at(self, step: int) -> int:
     """Distinct real images this host takes at `step`."""
-    return self.unique_real // self.process_count + self._extra(step)
+    unique = self.global_real_at(step) // self.real_repeats
+    return unique // self.process_count + self._extra(step, unique)
 
   def unique_before(self, step: int) -> int:
-    """Distinct real images this host took in steps [0, step)."""
-    p, rem = self.process_count, self.unique_real % self.process_count
-    cycles, left = divmod(step, p)
-    extra = cycles * rem + sum(self._extra(u) for u in range(left))
-    return self.unique_real // p * step + extra
+    """Distinct real images this host took in steps [0, step), summed over the phases."""
+    total = 0
+    phases = self.phases
+    for (start, real), (end, _) in zip(phases, phases[1:] + ((step, 0),)):
+      end = min(end, step)
+      if end <= start:
+        break
+      unique = real // self.real_repeats
+      total += (unique // self.process_count * (end - start)
+                + self._extras_before(end, unique) - self._extras_before(start, unique))
+    return total
 
   def real_at(self, step: int) -> int:
     """Real rows (copies included) this host has at `step`."""

@@ -17,6 +17,10 @@ across hosts so the count is exact at every step, real data permuted per epoch
 in RAM (or streamed), images decoded, and augmentation (`config.dataset.crop`:
 pad/flip on the whole batch, or Inception-style crops) in the loader.
 alpha == 1, or generated.path == '', means generated data is never opened.
+alpha may change over training (`generated.alpha_schedule`: `alpha_schedule`);
+the real count of step s is then a function of s alone, a side no phase uses
+is never opened (alpha 0 throughout: the real split), and a phase that takes
+no rows of a side does not read it.
 
 Generated data: `config.generated.path` is the shard set's manifest (local or
 gs://). Shards are split across hosts by file (host h reads files h::P), read
@@ -61,6 +65,7 @@ import grain
 import numpy as np
 
 from data.datasets import streamed
+from data.input import alpha_schedule
 from data.input import batch_mix
 from data.records import example_format
 from data.records import record_dataset
@@ -144,6 +149,22 @@ def _real_stream(config, plan: batch_mix.BatchPlan, split: streamed.StreamedSpli
                           'real')
 
 
+def _batch_plan(config, process_index: int, process_count: int) -> batch_mix.BatchPlan:
+  """The exact real count of every step: `generated.alpha`, or its schedule's phases (validated
+  in trainer/robust/config_validation.py; data/input/alpha_schedule.py)."""
+  batch_size, repeats = config.train.batch_size, config.dataset.real_repeats
+  phases = [(step, batch_mix.real_count(batch_size, alpha, repeats))
+            for step, alpha in alpha_schedule.phases(config)]
+  if not config.generated.path and any(real < batch_size for _, real in phases):
+    logging.warning('config.generated.path is empty: every batch is real '
+                    '(%s ignored)', alpha_schedule.describe(config))
+    phases = [(step, batch_size) for step, _ in phases[:1]]
+  if len(phases) > 1:
+    logging.info('Real share per batch: %s.', alpha_schedule.describe(config))
+  return batch_mix.BatchPlan(batch_size, phases[0][1], process_index, process_count,
+                             real_repeats=repeats, changes=tuple(phases[1:]))
+
+
 def make_train_dataset(config, real_images, real_labels=None, real_ids=None, *,
                        process_index: int | None = None,
                        process_count: int | None = None,
@@ -155,23 +176,14 @@ def make_train_dataset(config, real_images, real_labels=None, real_ids=None, *,
         process_index)
     process_count = jax.process_count() if process_count is None else (
         process_count)
-  alpha = float(config.generated.alpha)  # validated in trainer/robust/config_validation.py
-  batch_size = config.train.batch_size
-  repeats = config.dataset.real_repeats
-  global_real = batch_mix.real_count(batch_size, alpha, repeats)
-  if not config.generated.path and global_real < batch_size:
-    logging.warning('config.generated.path is empty: every batch is real '
-                    '(alpha=%s ignored)', alpha)
-    global_real = batch_size
-  plan = batch_mix.BatchPlan(batch_size, global_real, process_index,
-                              process_count, real_repeats=repeats)
+  plan = _batch_plan(config, process_index, process_count)
   workers = config.loader.worker_count
   split = real_images if real_labels is None else {
       'image': real_images, 'label': real_labels, 'id': real_ids}
   if isinstance(split, streamed.StreamedSplit):
     image_shape = split.shape
     num_classes = num_classes or split.num_classes
-    real = _real_stream(config, plan, split, workers) if global_real else None
+    real = _real_stream(config, plan, split, workers) if plan.uses_real else None
   else:
     real_images, real_labels = np.asarray(split['image']), split['label']
     image_shape = real_images.shape[1:] if real_images.size else None
@@ -179,9 +191,9 @@ def make_train_dataset(config, real_images, real_labels=None, real_ids=None, *,
       num_classes = int(np.max(real_labels)) + 1
     real = (batch_mix.real_data(real_images, real_labels, split['id'], plan,
                                  _seed(config.seed, 0))
-            if global_real else None)
+            if plan.uses_real else None)
   generated = None
-  if global_real < batch_size:
+  if plan.uses_generated:
     generated = _generated_part(config, plan, image_shape, num_classes, workers)
     image_shape = image_shape or generated.shape
   ds = batch_mix.MixedBatchIterDataset(

@@ -33,6 +33,7 @@ from data import real
 from data.generation import frechet
 from data.generation import gaussian_fit
 from data.generation import metrics
+from data.input import alpha_schedule
 from data.records import shard_writer
 from data.records import shards
 from models import features
@@ -71,6 +72,7 @@ def classifier_config(config):
   c.model.name = config.pipeline.classifier_model
   c.train.num_epochs = config.pipeline.classifier_epochs
   c.generated.alpha, c.generated.path = 1.0, ''
+  c.generated.alpha_schedule = ()
   return c
 
 
@@ -299,7 +301,7 @@ def stage_robust(config, workdir, manifest, console):
   out = os.path.join(workdir, 'robust')
   c = copy.deepcopy(config)
   c.generated.path = manifest
-  with console.stage('robust', f'TRADES on {c.model.name}, α = {c.generated.alpha:g} real '
+  with console.stage('robust', f'TRADES on {c.model.name}, {alpha_schedule.describe(c)} '
                      f'({c.train.num_epochs:g} epochs)', out,
                      _done(os.path.join(out, 'done.json'))) as stage:
     final = _train(c, out, 'robust')

@@ -5,7 +5,9 @@ import jax
 
 import configs
 from data import real
+from data.input import alpha_schedule
 from trainer.robust import objectives
+from trainer.robust import optimizer
 from trainer.attacks import compositions
 from trainer.attacks import projections
 
@@ -24,8 +26,6 @@ def validate(config, device_count=None, process_count=None):
   _require(config.threat.eps >= 0, 'threat.eps', config.threat.eps, 'must be ≥ 0.')
   alpha = config.generated.alpha
   _require(0.0 <= alpha <= 1.0, 'generated.alpha', alpha, 'the real share must lie in [0, 1].')
-  _require(alpha == 1.0 or config.generated.path, 'generated.path', config.generated.path,
-           f'generated.alpha={alpha} < 1 asks for generated data, but no shard manifest is set.')
   _require(0.0 <= config.generated.label_smoothing < 1.0, 'generated.label_smoothing',
            config.generated.label_smoothing, 'must lie in [0, 1).')
   _require(config.generated.on_corrupt in ('raise', 'skip'), 'generated.on_corrupt',
@@ -38,6 +38,7 @@ def validate(config, device_count=None, process_count=None):
   _require(config.eval.batch_size % device_count == 0, 'eval.batch_size', config.eval.batch_size,
            f'must be a multiple of the device count ({device_count}).')
   _require(config.train.num_epochs > 0, 'train.num_epochs', config.train.num_epochs, 'must be > 0.')
+  validate_alpha_schedule(config)
   _require(config.train.attack_steps >= 1 or config.train.loss == 'standard',
            'train.attack_steps', config.train.attack_steps, 'must be ≥ 1.')
   for key in ('model.dtype', 'eval.dtype'):
@@ -57,6 +58,22 @@ def validate(config, device_count=None, process_count=None):
            'must lie in [0, 1).')
   _require(config.dataset.holdout >= 0, 'dataset.holdout', config.dataset.holdout, 'must be ≥ 0.')
   validate_pipeline(config)
+
+
+def validate_alpha_schedule(config):
+  """The real share over training: each phase's alpha in [0, 1], its changes inside the run, and
+  shards whenever some phase asks for generated rows."""
+  phases = alpha_schedule.phases(config)   # malformed entries: one line naming the key
+  schedule = config.generated.get('alpha_schedule', ())
+  steps = optimizer.total_steps(config)
+  _require(phases[-1][0] < steps, alpha_schedule.KEY, schedule,
+           f'its last change falls on step {phases[-1][0]}, at or after the end of training '
+           f'(train.num_epochs={config.train.num_epochs:g}: {steps} steps).')
+  needs = min(alpha for _, alpha in phases) < 1.0
+  what = (f'generated.alpha={config.generated.alpha} < 1' if len(phases) == 1 else
+          f'{alpha_schedule.KEY} (with generated.alpha={config.generated.alpha})')
+  _require(not needs or config.generated.path, 'generated.path', config.generated.path,
+           f'{what} asks for generated data, but no shard manifest is set.')
 
 
 def generator_presets(kind):

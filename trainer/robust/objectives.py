@@ -47,15 +47,17 @@ def build(config, num_classes: int) -> Objective:
   """`objective(forward, params, batch, key)` for `train.loss`, targets from the batch's labels."""
   loss = get(config.train.loss)(config)
   smoothing = config.generated.label_smoothing
+  real_too = config.generated.get('smooth_real_labels', False)
 
   def objective(forward, params, batch, key):
-    one_hot = targets(batch['label'], batch['is_generated'], num_classes, smoothing)
+    one_hot = targets(batch['label'], batch['is_generated'], num_classes, smoothing, real_too)
     return loss(forward, params, batch, one_hot, key)
   return objective
 
 
-def targets(labels, is_generated, num_classes, smoothing):
-  """One-hot targets, smoothed by `smoothing` on generated examples only (paper App. A)."""
+def targets(labels, is_generated, num_classes, smoothing, real_too=False):
+  """One-hot targets, smoothed by `smoothing` on generated examples only (paper App. A), or on
+  every row with `real_too` (DM-Improves-AT's and Bartoldson et al.'s code)."""
   one_hot = jax.nn.one_hot(labels, num_classes)
   smoothed = one_hot * (1.0 - smoothing) + smoothing / num_classes
-  return jnp.where(is_generated[:, None], smoothed, one_hot)
+  return jnp.where(is_generated[:, None] | real_too, smoothed, one_hot)
