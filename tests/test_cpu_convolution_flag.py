@@ -18,6 +18,8 @@ import pytest
 
 import trainer
 
+pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _COUNT = r'''
 import re, sys
@@ -34,8 +36,6 @@ text = jax.jit(jax.grad(loss)).lower(jnp.ones((2, 28, 28, 1))).compile().as_text
 bodies = dict(re.findall(r'\n(%[\w.]+) [^\n]*\{\n(.*?)\n\}', text, re.S))
 ynn = set(re.findall(r'calls=(%[\w.]+),[^\n]*__ynn_fusion', text))
 import os
-
-pytestmark = pytest.mark.integration  # the integration tier (pytest.ini)
 print(sum('convolution(' in bodies.get(c, '') for c in ynn), os.environ.get('XLA_FLAGS', ''))
 '''
 

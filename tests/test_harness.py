@@ -183,3 +183,15 @@ def test_another_hosts_lease_holds_while_its_heartbeat_is_fresh(tmp_path):
   _lease_file(tmp_path, host='tpu-worker-7', heartbeat=time.time() - lease.STALE_SECONDS - 1)
   with lease.Lease(str(tmp_path)):
     pass
+
+
+def test_a_run_from_before_a_key_was_added_resumes_with_its_old_behaviour(tmp_path):
+  """generated.alpha_schedule came later: a config.json without it is the constant alpha."""
+  ran = ml_collections.ConfigDict({'generated': {'alpha': 0.3}, 'train': {'batch_size': 8}})
+  (tmp_path / 'config.json').write_text(ran.to_json_best_effort())
+  new = ml_collections.ConfigDict({'generated': {'alpha': 0.3, 'alpha_schedule': ()},
+                                   'train': {'batch_size': 8}})
+  workdir_lib.check_same_run(str(tmp_path), new)
+  new.generated.alpha_schedule = ((100, 0.5),)
+  with pytest.raises(workdir_lib.ConfigMismatchError, match='generated.alpha_schedule'):
+    workdir_lib.check_same_run(str(tmp_path), new)

@@ -29,6 +29,18 @@ RENAMED = {'ema.decay': 'optim.ema_decay', 'train.eval_every_steps': 'eval.every
            'pipeline.ddpm_steps': 'pipeline.generator_steps'}
 
 
+# Keys added since a run may have started, with the value that keeps what such a run did: a
+# config.json without one still resumes when the config leaves it at that value (JSON's form).
+ADDED = {
+    'objective': 'ddpm', 'unet.init': 'lecun_normal',
+    'dataset.path': '', 'dataset.image_size': 0, 'dataset.resize': False,
+    'dataset.test_fraction': 0.1, 'dataset.split_seed': 0, 'dataset.storage': 'auto',
+    'dataset.ram_limit_gb': 4.0, 'dataset.shuffle_window': 10_000, 'dataset.cycle_length': 16,
+    'dataset.on_corrupt': 'raise', 'dataset.crop': 'pad',
+    'generated.alpha_schedule': [], 'generated.smooth_real_labels': False,
+    'eval.chunk_size': 2048}
+
+
 class ConfigMismatchError(ValueError):
   """The workdir holds a run of another config; resuming it would mix two experiments."""
 
@@ -58,6 +70,14 @@ def flat(tree, prefix=''):
   return out
 
 
+def in_todays_keys(old: dict, new: dict) -> dict:
+  """An older run's flat config under today's key names, a key added since at the value the run
+  ran with (RENAMED, ADDED)."""
+  old = {RENAMED.get(k, k): v for k, v in old.items()}
+  old.update({k: v for k, v in ADDED.items() if k not in old and k in new})
+  return old
+
+
 def check_same_run(workdir, config, resumable=()) -> None:
   """Refuses, before anything is written, a workdir whose config.json is another run's.
 
@@ -66,8 +86,8 @@ def check_same_run(workdir, config, resumable=()) -> None:
   path = epath.Path(workdir, 'config.json')
   if not path.exists():
     return
-  old = {RENAMED.get(k, k): v for k, v in flat(read_json(path)).items()}
   new = flat(json.loads(config.to_json_best_effort()))
+  old = in_todays_keys(flat(read_json(path)), new)
   allowed = RESUMABLE_CHANGES + tuple(resumable)
   changed = [k for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k) and not k.startswith(allowed)]

@@ -89,13 +89,13 @@ def _recorded(workdir):
   return workdir_lib.read_json(path) if path.exists() else {}
 
 
-def _from_training_workdir(workdir, stage):
+def _from_training_workdir(workdir, stage, current):
   """The settings a training stage of a workdir without stages.json ran with, from its own
-  config.json (classifier/ and robust/ have one), or None."""
+  config.json (classifier/ and robust/ have one) under today's key names, or None."""
   path = epath.Path(workdir, stage, 'config.json')
   if stage not in ('classifier', 'robust') or not path.exists():
     return None
-  return _select(_flat(workdir_lib.read_json(path)), stage)
+  return _select(workdir_lib.in_todays_keys(_flat(workdir_lib.read_json(path)), current), stage)
 
 
 def check(workdir, current, finished):
@@ -105,7 +105,7 @@ def check(workdir, current, finished):
   for stage in STAGES:
     if not finished(stage):
       continue
-    old = recorded.get(stage) or _from_training_workdir(workdir, stage)
+    old = recorded.get(stage) or _from_training_workdir(workdir, stage, current[stage])
     if old is None:
       continue
     new = current[stage]
