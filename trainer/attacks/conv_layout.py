@@ -22,6 +22,7 @@ Apply it to what is evaluated, not to a function that is differentiated afterwar
 custom-derivative call keeps its primal computation and loses its rule (e.g. relu's gradient at
 exactly 0). It only matters on CPU; elsewhere XLA assigns convolution layouts in loops too.
 """
+import contextlib
 import functools
 
 import jax
@@ -107,7 +108,8 @@ def _evaluate(jaxpr, consts, args):
   env.update(zip(jaxpr.invars, args))
   for eqn in jaxpr.eqns:
     invals = [read(v) for v in eqn.invars]
-    with eqn.ctx.manager:
+    ctx = getattr(eqn, 'ctx', None)
+    with ctx.manager if ctx is not None else contextlib.nullcontext():
       outvals = _apply(eqn, invals)
     if not eqn.primitive.multiple_results:
       outvals = [outvals]
@@ -121,15 +123,23 @@ def _apply(eqn, invals):
     return _canonical_conv(*invals, **params)
   inner = list(_sub_jaxprs(params))
   if not any(_has_conv(j) for j in inner):
-    return eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
+    return _bind(eqn.primitive, invals, params)
   if eqn.primitive.name in _CALLS and len(inner) == 1:
     sub = next(v for v in params.values() if isinstance(v, (jex_core.ClosedJaxpr, jex_core.Jaxpr)))
     consts = sub.consts if isinstance(sub, jex_core.ClosedJaxpr) else ()
     out = _evaluate(inner[0], consts, invals)
     return out if eqn.primitive.multiple_results else out[0]
   # Loops and branches: the same primitive with its bodies rewritten.
-  params = {k: _rewrite_param(v) for k, v in params.items()}
-  return eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
+  return _bind(eqn.primitive, invals, {k: _rewrite_param(v) for k, v in params.items()})
+
+
+def _bind(primitive, invals, params):
+  """primitive.bind as `eval_jaxpr` does it; older JAX returned (subfuns, params) here."""
+  bind_params = primitive.get_bind_params(params)
+  if isinstance(bind_params, tuple):
+    subfuns, bind_params = bind_params
+    return primitive.bind(*subfuns, *invals, **bind_params)
+  return primitive.bind(*invals, **bind_params)
 
 
 def _rewrite_param(value):
