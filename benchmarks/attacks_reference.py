@@ -488,9 +488,10 @@ def main():
     summary += lines
     print('\n'.join([head] + lines), flush=True)
 
-  print('\nseconds and robust accuracy after each stage (total: accuracy at the end); '
-        f'/ours = fra31 seconds / ours; load average {os.getloadavg()[0]:.2f}\n'
-        + '\n'.join([head] + summary), flush=True)
+  if summary:
+    print('\nseconds and robust accuracy after each stage (total: accuracy at the end); '
+          f'/ours = fra31 seconds / ours; load average {os.getloadavg()[0]:.2f}\n'
+          + '\n'.join([head] + summary), flush=True)
 
 
 if __name__ == '__main__':
