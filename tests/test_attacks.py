@@ -222,14 +222,14 @@ CASCADE = [('apgd-ce', {'n_restarts': 2, 'n_iter': 20}),
            ('mt', {'n_restarts': 3, 'n_steps': 20})]
 
 
-def _cascade(problem, mesh=None, calls=None, logits_fn=None):
+def _cascade(problem, mesh=None, calls=None, logits_fn=None, **kwargs):
   eps = epsilon(problem, 'linf')
   stages = [Stage('cheat', 1, _cheat)] + resolve_stages(CASCADE, CLASSES)
   if calls is not None:
     flat = problem['x'].reshape(N, -1)
     stages = [Spy(s, flat, calls).wrap() for s in stages]
   return autoattack(logits_fn or problem['logits_fn'], problem['x'], problem['y'], norm='linf',
-                    eps=eps, version=stages, seed=1, batch_size=8, mesh=mesh), eps
+                    eps=eps, version=stages, seed=1, batch_size=8, mesh=mesh, **kwargs), eps
 
 
 @pytest.fixture(scope='module')
@@ -294,3 +294,23 @@ def test_cascade_rejects_bad_input(problem):
     autoattack(problem['logits_fn'], problem['x'] * 2, problem['y'], norm='linf', eps=0.1)
   with pytest.raises(ValueError, match='Unknown norm'):
     autoattack(problem['logits_fn'], problem['x'], problem['y'], norm='l1', eps=0.1)
+
+
+def test_a_resumed_cascade_equals_an_uninterrupted_one(problem, spied):
+  """Every finished pass reports its state; resuming from any of them gives the same points."""
+  states = []
+  result, _ = _cascade(problem, on_pass=states.append)
+  # cheat (1 pass), apgd-ce (2), mt (3): a state after every pass, the last one 'all done'.
+  assert [(s.stage, s.next_pass) for s in states] == [(1, 0), (1, 1), (2, 0), (2, 1), (2, 2),
+                                                      (3, 0)]
+  np.testing.assert_array_equal(result.robust, spied[0].robust)
+  for state in (states[1], states[3], states[-1]):
+    resumed, _ = _cascade(problem, resume=state)
+    np.testing.assert_array_equal(resumed.robust, result.robust)
+    np.testing.assert_array_equal(resumed.broken_by, result.broken_by)
+    np.testing.assert_array_equal(resumed.x_adv, result.x_adv)
+    assert resumed.stage_accuracy == result.stage_accuracy
+  # A state of other points is refused, and says why.
+  other = states[1]._replace(robust=states[1].robust[:5])
+  with pytest.raises(ValueError, match='robust has shape'):
+    _cascade(problem, resume=other)

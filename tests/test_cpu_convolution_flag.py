@@ -4,16 +4,12 @@ Each subprocess compiles the gradient of a small VALID-convolution net and count
 fusions that hold a convolution: jaxlib's default makes such fusions (the slow path the flag
 avoids; on a CPU where it makes none there is nothing to check, and the checks skip), a process
 that imports trainer first makes none, and a setting of the flag in XLA_FLAGS is left as it is.
-Square's loop of forward passes is compiled with YNNPACK's fusions off, to the same result.
 """
 import importlib.metadata
 import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import trainer
@@ -81,26 +77,3 @@ def test_a_setting_of_the_flag_in_the_environment_wins(default_fusions):
 def test_other_flags_are_kept():
   _, flags = _run('trainer', '--xla_force_host_platform_device_count=3')
   assert flags.split()[0] == '--xla_force_host_platform_device_count=3'
-
-
-@needs_jaxlib_010
-def test_square_loop_is_compiled_without_ynnpack_and_gives_the_same_result():
-  square = importlib.import_module('trainer.attacks.square')  # the module, not the function
-  r = np.random.RandomState(0)
-  w = [jnp.asarray(r.randn(3, 3, 1, 8), jnp.float32), jnp.asarray(r.randn(26 * 26 * 8, 10) / 40,
-                                                                    jnp.float32)]
-  def apply(w, x):
-    h = jax.nn.relu(jax.lax.conv_general_dilated(x, w[0], (1, 1), 'VALID',
-                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
-    return h.reshape(h.shape[0], -1) @ w[1]
-  logits_fn = jax.tree_util.Partial(apply, w)
-  x = jnp.asarray(r.rand(4, 28, 28, 1), jnp.float32)
-  y = jnp.argmax(logits_fn(x), axis=1)
-  args = (logits_fn, x, y, jax.random.key(0), jnp.float32(0.05))
-  statics = dict(norm='linf', n_queries=20, p_init=0.8, resc_schedule=False)
-  default = jax.jit(square._square.__wrapped__, static_argnames=tuple(statics))
-  texts = [f.lower(*args, **statics).compile().as_text() for f in (square._square, default)]
-  if 'ynn_fusion' not in texts[1]:
-    pytest.skip("this machine's jaxlib makes no YNNPACK fusion of the forward pass")
-  assert 'ynn_fusion' not in texts[0]
-  np.testing.assert_array_equal(square._square(*args, **statics), default(*args, **statics))

@@ -33,9 +33,3 @@ def _set_cpu_convolution_flag():
 
 
 _set_cpu_convolution_flag()
-
-# Compiler options for a loop of forward passes (Square's queries). With the model's weights as
-# arguments of the program, not constants, YNNPACK's dot graph inside a while loop is slower than
-# XLA:CPU's own kernels: 6.3 against 5.5 ms per query on the benchmark CNN at batch 32, the same
-# result (BENCHMARKS.md, "AutoAttack 'standard' against fra31/auto-attack"). Ignored off CPU.
-FORWARD_LOOP_COMPILER_OPTIONS = {_CPU_CONVOLUTION_OPTION: ''} if _jaxlib_0_10() else None

@@ -11,6 +11,12 @@ still robust. A candidate counts as broken only if logits_fn, evaluated again on
 misclassifies it AND it lies in the ε-ball ∩ [0, 1] up to float32 rounding; an attack returning
 infeasible points is reported.
 
+A cascade can be resumed: `on_pass(state)` receives a `CascadeState` after every finished pass
+(the per-point outcome so far and where the cascade stands), and `autoattack(..., resume=state)`
+goes on from it. Every pass is a deterministic function of the seed, the stage and pass indices
+and the points still robust, so a resumed cascade gives the per-point result of an uninterrupted
+one; a caller persists each state (e.g. in the workdir) to survive a kill.
+
 Points go through in batches of at most batch_size, each padded to a size from a short fixed
 ladder (to bound recompilation) and split over all devices of the mesh along the batch axis, by
 the device layer (`trainer.sharding.map_batches` and `shard_rows`). Runs in a single process.
@@ -45,6 +51,17 @@ class AutoAttackResult(NamedTuple):
   @property
   def robust_accuracy(self):
     return float(np.mean(self.robust))
+
+
+class CascadeState(NamedTuple):
+  """Where a cascade stands after a finished pass; what `on_pass` gets and `resume` takes."""
+  stage: int                  # index of the stage to run next (len(stages): all done)
+  next_pass: int              # passes of that stage already finished
+  robust: np.ndarray
+  x_adv: np.ndarray
+  broken_by: np.ndarray
+  stage_accuracy: dict        # the finished stages'
+  stage_seconds: dict
 
 
 @jax.jit
@@ -126,6 +143,30 @@ def _check_black_box(broken_by, stage_accuracy):
                     'the gradients may be masked and the evaluation unreliable.', 100 * share)
 
 
+def _stage_name(stages, index):
+  """The stage's name; a repeated name gets '#index' (e.g. 'apgd-ce#2')."""
+  name = stages[index].name
+  return name if name not in [s.name for s in stages[:index]] else f'{name}#{index}'
+
+
+def _check_resume(state, robust, x_adv, broken_by, n_stages):
+  """The resumed per-point arrays, after checking they fit this cascade and these points."""
+  if not 0 <= state.stage <= n_stages or state.next_pass < 0:
+    raise ValueError(f'resume: stage {state.stage}, pass {state.next_pass} is not a point of '
+                     f'this cascade of {n_stages} stages.')
+  for name, mine, theirs in (('robust', robust, state.robust), ('x_adv', x_adv, state.x_adv),
+                             ('broken_by', broken_by, state.broken_by)):
+    if np.shape(theirs) != mine.shape:
+      raise ValueError(f'resume: {name} has shape {np.shape(theirs)}, expected {mine.shape} '
+                       '(another set of points?).')
+  clean = broken_by == 'clean'
+  if not np.array_equal(np.asarray(state.broken_by) == 'clean', clean):
+    raise ValueError('resume: the saved state disagrees with the model on which points are '
+                     'misclassified before any attack (another model or other points?).')
+  return (np.array(state.robust, bool), np.array(state.x_adv, np.float32),
+          np.array(state.broken_by, '<U32'))
+
+
 def _stage_seed(seed, index):
   return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
@@ -175,7 +216,7 @@ def _final_check(x_adv, x, robust, broken_by, *, norm, eps):
 
 
 def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_size=500,
-               mesh=None, progress=False):
+               mesh=None, progress=False, on_pass=None, resume=None):
   """Runs a cascade of attacks and returns an AutoAttackResult.
 
   Args:
@@ -191,6 +232,9 @@ def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_
     mesh: defaults to `trainer.sharding.make_mesh()` (all devices); any mesh works, the batch
       is split over all of its axes.
     progress: a console progress bar per stage (over its passes), as trainer.evaluate shows.
+    on_pass: called with a `CascadeState` (copies) after every finished pass.
+    resume: a `CascadeState` of an earlier run of the same cascade on the same points, model,
+      seed and batch size: the finished passes are not run again.
   """
   x = np.asarray(x, np.float32)
   y = np.asarray(y).astype(np.int32)
@@ -211,13 +255,24 @@ def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_
                ', '.join(s.name for s in stages))
 
   stage_accuracy, stage_seconds = collections.OrderedDict(), collections.OrderedDict()
+  first_stage, first_pass = 0, 0
+  if resume is not None:
+    robust, x_adv, broken_by = _check_resume(resume, robust, x_adv, broken_by, len(stages))
+    stage_accuracy.update(resume.stage_accuracy)
+    stage_seconds.update(resume.stage_seconds)
+    first_stage, first_pass = resume.stage, resume.next_pass
+  report = lambda stage, p: on_pass and on_pass(CascadeState(
+      stage, p, robust.copy(), x_adv.copy(), broken_by.copy(), dict(stage_accuracy),
+      dict(stage_seconds)))
   start = time.time()
   for index, stage in enumerate(stages):
-    name = stage.name if stage.name not in stage_accuracy else f'{stage.name}#{index}'
+    if index < first_stage:
+      continue
+    name = _stage_name(stages, index)
     stage_start = time.time()
     bar = tqdm.tqdm(total=stage.n_passes, desc=name, unit='pass', dynamic_ncols=True,
                     mininterval=1.0, disable=not progress or jax.process_index() > 0)
-    for p in range(stage.n_passes):
+    for p in range(first_pass if index == first_stage else 0, stage.n_passes):
       if not robust.any():
         break
       attacked = _run_pass(stage, name, p, logits_fn, x, y, robust, x_adv, broken_by, norm=norm,
@@ -228,9 +283,12 @@ def autoattack(logits_fn, x, y, *, norm, eps, version='standard', seed=0, batch_
                    time.time() - start)
       bar.set_postfix(robust=f'{100 * np.mean(robust):.1f}%', refresh=False)
       bar.update(1)
+      if p + 1 < stage.n_passes:
+        report(index, p + 1)
     bar.close()
     stage_accuracy[name] = float(np.mean(robust))
-    stage_seconds[name] = time.time() - stage_start
+    stage_seconds[name] = time.time() - stage_start + stage_seconds.get(name, 0.0)
+    report(index + 1, 0)
     logging.info('robust accuracy after %s: %.2f%% (%.1f s)', name, 100 * stage_accuracy[name],
                  stage_seconds[name])
 

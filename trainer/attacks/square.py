@@ -16,8 +16,10 @@ while `resc_schedule=True` (the Square paper's code default) stretches it to n_q
 Only points not yet fooled are updated, and the loop stops once every point is fooled. The
 batch keeps static shapes (every point is evaluated, only the unfooled ones change), window
 positions are drawn per example and applied through index masks, and the window size comes
-from a per-query table, so the whole attack is one jit-compiled `while_loop`. Pass the model as
-a `jax.tree_util.Partial` so that its weights are arguments of the compiled program:
+from a per-query table, so the whole attack is one jit-compiled `while_loop`. On CPU the model's
+convolutions are rewritten to the layout XLA:CPU runs fast inside a loop (`conv_layout`), so that
+a query costs what one jitted forward pass costs, whatever layout the model is written in. Pass
+the model as a `jax.tree_util.Partial` so that its weights are arguments of the compiled program:
 
     x_adv = square(jax.tree_util.Partial(model.apply, variables), x, y, norm='linf', eps=8/255)
 """
@@ -28,13 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer import FORWARD_LOOP_COMPILER_OPTIONS
 from trainer.attacks import losses as losses_lib
 from trainer.attacks import projections
 from trainer.attacks.common import as_jit_arg
 from trainer.attacks.common import bcast
 from trainer.attacks.common import canonical_norm
 from trainer.attacks.common import compact_random
+from trainer.attacks.common import host_loops
+from trainer.attacks.conv_layout import canonical_convolutions
 
 # The reference's schedule: p_init is halved after each of these (rescaled) query counts.
 _P_BREAKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -240,12 +243,17 @@ def square(logits_fn, x, y, *, norm, eps, n_queries=5000, p_init=0.8, seed=0,
     raise ValueError(f'n_queries must be positive, got {n_queries}.')
   return _square(as_jit_arg(logits_fn), x, y, jax.random.key(seed), jnp.asarray(eps, jnp.float32),
                  norm=norm, n_queries=n_queries, p_init=float(p_init),
-                 resc_schedule=bool(resc_schedule))
+                 resc_schedule=bool(resc_schedule), canonical=host_loops(x))
 
 
-@functools.partial(jax.jit, static_argnames=('norm', 'n_queries', 'p_init', 'resc_schedule'),
-                   compiler_options=FORWARD_LOOP_COMPILER_OPTIONS)
-def _square(logits_fn, x, y, key, eps, *, norm, n_queries, p_init, resc_schedule):
+@functools.partial(jax.jit, static_argnames=('norm', 'n_queries', 'p_init', 'resc_schedule',
+                                             'canonical'))
+def _square(logits_fn, x, y, key, eps, *, norm, n_queries, p_init, resc_schedule,
+            canonical=False):
+  # canonical (on CPU): the model's convolutions in the layout XLA:CPU runs fast inside the loop
+  # body too (trainer/attacks/conv_layout.py): a query then costs one forward pass.
+  if canonical:
+    logits_fn = canonical_convolutions(logits_fn)
   with compact_random():  # every draw of the attack, its start and each query
     x = x.astype(jnp.float32)
     _, h, w, _ = x.shape
