@@ -77,3 +77,19 @@ def test_a_setting_of_the_flag_in_the_environment_wins(default_fusions):
 def test_other_flags_are_kept():
   _, flags = _run('trainer', '--xla_force_host_platform_device_count=3')
   assert flags.split()[0] == '--xla_force_host_platform_device_count=3'
+
+
+@needs_jaxlib_010
+def test_dots_with_a_constant_splat_are_right_under_the_flag():
+  """YNNPACK's dot graphs alone (the flag's earlier value) turned a product with a constant splat
+  into garbage (x @ zeros gave 6.6e36): a fresh model's zero head passed as a closure, or any
+  jitted code multiplying by a constant of one value. Run in a process with the flag set."""
+  script = ('import trainer, jax, jax.numpy as jnp\n'
+            'x = jnp.ones((4, 64))\n'
+            'print(float(jnp.abs(jax.jit(lambda x: x @ jnp.zeros((64, 10)))(x)).max()),\n'
+            '      float(jax.jit(lambda x: x @ jnp.full((64, 10), 0.5))(x)[0, 0]))')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  env.pop('XLA_FLAGS', None)
+  out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
+                       check=True, cwd=REPO).stdout.split()
+  assert [float(v) for v in out] == [0.0, 32.0]

@@ -8,14 +8,16 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 # XLA:CPU (jaxlib 0.10) hands every convolution of a gradient program to YNNPACK on its own, where
-# the input gradient of a small CNN runs 1.7-3x slower than on XLA's own kernels (its default fusion
-# types are individual dots and convolutions, dot graphs and reductions; BENCHMARKS.md,
-# "AutoAttack 'standard' against fra31/auto-attack"). Keeping only YNNPACK's dot graphs, which
-# keep forward passes fast, is what the attacks want. The flag is read when JAX creates its CPU
-# client, so it must be set before the first computation; it is CPU-only, so accelerators are
-# untouched. Other jaxlib versions may not know it (an unknown XLA flag aborts), and a setting of
-# it in XLA_FLAGS wins.
-CPU_CONVOLUTION_FLAG = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT'
+# the input gradient of a small CNN runs 1.7-3x slower than on XLA's own kernels (BENCHMARKS.md,
+# "AutoAttack 'standard' against fra31/auto-attack"). jaxlib's default fusion types are individual
+# dots and convolutions, dot graphs and reductions; this flag keeps them all but the individual
+# convolutions. (Dot graphs alone, the earlier setting, make YNNPACK multiply by a constant splat,
+# e.g. `x @ jnp.zeros((64, 10))` under jit, into garbage; tests/test_cpu_convolution_flag.py checks
+# both.) The flag is read when JAX creates its CPU client, so it must be set before the first
+# computation; it is CPU-only, so accelerators are untouched. Other jaxlib versions may not know
+# it (an unknown XLA flag aborts), and a setting of it in XLA_FLAGS wins.
+CPU_CONVOLUTION_FLAG = ('--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
+                        'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE')
 _CPU_CONVOLUTION_OPTION = CPU_CONVOLUTION_FLAG.split('=')[0].lstrip('-')
 
 
