@@ -97,12 +97,15 @@ def format_table(summary):
   eps_text = f'{eps:.4g}' + (f' ({eps * 255:.3g}/255)' if summary['norm'] == 'linf' else '')
   lines = [f"{summary['model']} on {summary['dataset']} test[:{summary['num_examples']}], "
            f"checkpoint {summary['checkpoint']} (step {summary['step']}), {summary['norm']} "
-           f'ε = {eps_text}', '',
-           f"{'cascade':<12}{'stage':<12}{'accuracy':>10}{'broken':>9}{'seconds':>10}"]
-  for cascade, c in summary['cascades'].items():
-    lines.append(f"{cascade:<12}{'clean':<12}{100 * summary['clean_accuracy']:>9.2f}%")
+           f'ε = {eps_text}', '']
+  cascades = summary['cascades']
+  a = max([12] + [len(name) + 2 for name in cascades])   # column widths: names never run on
+  b = max([12] + [len(stage) + 2 for c in cascades.values() for stage in c['stage_accuracy']])
+  lines.append(f"{'cascade':<{a}}{'stage':<{b}}{'accuracy':>10}{'broken':>9}{'seconds':>10}")
+  for cascade, c in cascades.items():
+    lines.append(f"{cascade:<{a}}{'clean':<{b}}{100 * summary['clean_accuracy']:>9.2f}%")
     for stage, acc in c['stage_accuracy'].items():
-      lines.append(f"{'':<12}{stage:<12}{100 * acc:>9.2f}%{c['broken'][stage]:>9d}"
+      lines.append(f"{'':<{a}}{stage:<{b}}{100 * acc:>9.2f}%{c['broken'][stage]:>9d}"
                    f"{c['seconds'][stage]:>10.1f}")
   lines += ['', f"worst case over the cascades: {100 * summary['worst_case_robust_accuracy']:.2f}%"]
   masking = summary['gradient_masking']
