@@ -22,6 +22,9 @@ def get_config():
                                      # generated data never repeated (DeepMind's code: 4 emulated
                                      # workers on one host; data/input/batch_mix.py)
   c.dataset.test_size = 0            # evaluate on the first N test images (0 = all)
+  c.dataset.train_fraction = 1.0     # keep a class-balanced subset of the train split (after the
+                                     # held-out head; one fixed subset per fraction): the
+                                     # data-scarce regime (data/real.py train_subset)
 
   # --- Generated data ----------------------------------------------------------------------------
   c.generated = ml_collections.ConfigDict()

@@ -52,7 +52,11 @@ def load(name, split, data_dir=''):
 
 
 def training_splits(config):
-  """Train split without the held-out head, the held-out head, and the (truncated) test split."""
+  """Train split without the held-out head, the held-out head, and the (truncated) test split.
+
+  With `dataset.train_fraction` < 1 the train split (after the held-out head is cut, so the
+  held-out set never changes) keeps a class-balanced subset: `train_subset`.
+  """
   train = load(config.dataset.name, 'train', config.dataset.data_dir)
   test = load(config.dataset.name, 'test', config.dataset.data_dir)
   h = config.dataset.holdout
@@ -60,10 +64,36 @@ def training_splits(config):
     raise ValueError(f'config.dataset.holdout={h} leaves no training data '
                      f'({len(train["label"])} images).')
   n_test = config.dataset.test_size or len(test['label'])
-  return ({'image': train['image'][h:], 'label': train['label'][h:],
-           'id': np.arange(h, len(train['label']), dtype=np.int64)},
+  keep = h + train_subset(train['label'][h:], config.dataset.get('train_fraction', 1.0),
+                          info(config.dataset.name).num_classes)
+  return ({'image': train['image'][keep], 'label': train['label'][keep],
+           'id': keep.astype(np.int64)},
           {'image': train['image'][:h], 'label': train['label'][:h]},
           {'image': test['image'][:n_test], 'label': test['label'][:n_test]})
+
+
+SUBSET_SEED = 0  # one subset per fraction, whatever the run's seed: generators and classifiers
+                 # trained for a fraction all see the same images
+
+
+def train_subset(labels, fraction, num_classes):
+  """Indices (increasing) of a class-balanced subset: round(fraction * N / classes) images of
+  every class, drawn without replacement by a generator seeded with SUBSET_SEED; fraction 1 keeps
+  every index (the data-scarce regime of the paper's Sec. 2: `dataset.train_fraction`)."""
+  n = len(labels)
+  if not 0 < fraction <= 1:
+    raise ValueError(f'config.dataset.train_fraction={fraction}: must lie in (0, 1]')
+  if fraction == 1:
+    return np.arange(n)
+  per_class = round(fraction * n / num_classes)
+  counts = np.bincount(labels, minlength=num_classes)
+  if per_class < 1 or per_class > counts.min():
+    raise ValueError(f'config.dataset.train_fraction={fraction}: {per_class} images per class '
+                     f'of {n}, but the classes hold {counts.min()} to {counts.max()}')
+  rng = np.random.default_rng(SUBSET_SEED)
+  kept = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
+          for c in range(num_classes)]
+  return np.sort(np.concatenate(kept))
 
 
 def check(data, name):
