@@ -52,3 +52,12 @@ def test_one_subset_per_fraction_whatever_the_run_seed():
 def test_bad_fractions_are_named(fraction, message):
   with pytest.raises(ValueError, match=message):
     real.training_splits(_config(fraction))
+
+
+def test_the_methods_ddpm_trains_on_the_same_subset():
+  from trainer.pipeline import stages  # pylint: disable=g-import-not-at-top
+  c = _config(0.25)
+  ddpm_train, _, _ = real.training_splits(stages.ddpm_config(c))
+  robust_train, _, _ = real.training_splits(c)
+  np.testing.assert_array_equal(ddpm_train['id'], robust_train['id'])
+  assert len(robust_train['id']) == 290

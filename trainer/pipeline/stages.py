@@ -140,10 +140,12 @@ def _imported_ddpm(config, console):
 def ddpm_config(config):
   """The DDPM's training config: the preset pipeline.ddpm_preset names, on the method's dataset
   with its held-out size (so the generator never sees the images that select the robust
-  checkpoint) and seed; pipeline.ddpm_steps > 0 shortens (or lengthens) it."""
+  checkpoint), its train_fraction (the same subset the classifiers see) and seed;
+  pipeline.ddpm_steps > 0 shortens (or lengthens) it."""
   c = importlib.import_module(f'configs.{config.pipeline.ddpm_preset}').get_config()
   c.dataset.name, c.dataset.data_dir = config.dataset.name, config.dataset.data_dir
   c.dataset.holdout, c.seed = config.dataset.holdout, config.seed
+  c.dataset.train_fraction = config.dataset.train_fraction
   if config.pipeline.ddpm_steps:
     c.train.num_steps = config.pipeline.ddpm_steps
   return c
