@@ -163,6 +163,18 @@ class _ResumableWriter(shard_writer.ShardWriter):
       self._label_counts = np.sum(np.asarray(committed, np.int64), axis=0)
     self._shard_start_counts = self._label_counts.copy()
 
+  def write_batch(self, images, labels, scores=None, ids=None) -> None:
+    """The base class's write, one shard's part of the batch at a time: it adds a whole batch's
+    labels to the counts before writing, so a batch across a shard boundary would credit the
+    committed shard with labels of the next (and a resumed set would count them twice)."""
+    start, n = 0, len(labels)
+    while start < n:
+      shard = self._shard + (self._file is None)   # the open shard, or the next one
+      stop = min(n, start + self._bounds(shard)[1] - self._written)
+      super().write_batch(images[start:stop], labels[start:stop],
+                          None if scores is None else scores[start:stop], ids[start:stop])
+      start = stop
+
   def _finish_shard(self) -> None:
     super()._finish_shard()
     self._shard_counts.append((self._label_counts - self._shard_start_counts).tolist())
