@@ -107,12 +107,22 @@ def get_config():
   c.pipeline.ddpm_preset = 'ddpm_digits'   # ddpm, trained here: configs/<name>.py, run on this
                                            # config's dataset, held-out size and seed
   c.pipeline.ddpm_steps = 0                # ddpm, trained here: train steps (0 = the preset's)
-  c.pipeline.sampler = 'dpm++2m'           # ddpm: ddpm (Ho et al., 1,000 steps) | ddim | dpm++2m
-  c.pipeline.sampler_steps = 20            # ddpm: network evaluations per sample
+  c.pipeline.sampler = 'ddpm'              # ddpm generator: ddpm (the paper: the checkpoint's own
+                                           # ancestral sampler, Ho et al.'s) | ddim | dpm++2m
+                                           # (fewer steps; what they cost: BENCHMARKS.md)
+  c.pipeline.sampler_steps = 0             # network evaluations per sample (0: the sampler's
+                                           # default: ddpm the generator's T, 1,000; ddim 100;
+                                           # dpm++2m 20)
   c.pipeline.sample_batch_size = 256       # ddpm: images per sampling batch on each host
   c.pipeline.gaussian_components = 200     # PCA components per class (App. D)
-  c.pipeline.num_generated = 1_000_000     # samples drawn from the generator
-  c.pipeline.top_k = 0                     # keep the K best-scoring per class (0: keep all)
+  c.pipeline.num_generated = 1_000_000     # samples in the set (with top_k: candidates drawn)
+  c.pipeline.class_balanced = True         # num_generated / classes of each pseudo-label class:
+                                           # sample until every class has its share, keep the
+                                           # first (the paper's "100K per class"; CIFAR-100 10K);
+                                           # False: every sample, classes as they come
+  c.pipeline.top_k = 0                     # keep the K best-scoring per class of num_generated
+                                           # candidates instead (Carmon et al.; the paper's BigGAN
+                                           # and VDVAE sets; 0: off)
   c.pipeline.num_shards = 64
   c.pipeline.metrics_samples = 10_000      # per set, for complementarity/coverage
   c.pipeline.eval_examples = 0             # final evaluation on the first N test images (0: all)

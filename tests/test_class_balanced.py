@@ -160,3 +160,39 @@ def test_top_k_and_class_balanced_are_refused_together(tmp_path):
     write(str(tmp_path / 'toy'), top_k=5)
 
 
+
+def test_the_methods_gaussian_set_is_the_first_of_each_pseudo_label(tmp_path, monkeypatch):
+  """The method's samples stage with pipeline.class_balanced and the Gaussian fit: its stream
+  (gaussian_fit.sample_batch), pseudo-labelled, the first num / classes of each label kept."""
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from data import real  # pylint: disable=g-import-not-at-top
+  from data.generation import gaussian_fit  # pylint: disable=g-import-not-at-top
+  from trainer.generation import sample as sample_lib  # pylint: disable=g-import-not-at-top
+  from trainer.pipeline import console  # pylint: disable=g-import-not-at-top
+  from trainer.pipeline import stages  # pylint: disable=g-import-not-at-top
+  train = real.load('digits', 'train')
+  fit = gaussian_fit.fit(train['image'], train['label'], 10, n_components=16)
+  gaussian_fit.save(fit, str(tmp_path / 'fit.npz'))
+  def pseudo_label(images):   # skewed: class 9 takes 4 of 13 pixel sums, the others one each
+    total = images.reshape(len(images), -1).astype(np.int64).sum(1)
+    return np.minimum(total % 13, 9), total / total.max()
+  monkeypatch.setattr(sample_lib.classifier_lib, 'load', lambda path: (None, None, None))
+  monkeypatch.setattr(sample_lib.labeller, 'on_host', lambda *args: pseudo_label)
+  config = demo.get_config()
+  config.pipeline.num_generated, config.pipeline.num_shards = 200, 2
+  lines = []
+  manifest = stages.stage_samples(config, str(tmp_path), str(tmp_path / 'fit.npz'), 'clf',
+                                  console.Console(lines.append))
+  assert 'the first 20 of each class' in lines[0]
+  data = read(manifest)
+  np.testing.assert_array_equal(np.bincount(data['label'], minlength=10), [20] * 10)
+  counts, want = np.zeros(10, int), []
+  for b in range(100):
+    images, _ = gaussian_fit.sample_batch(fit, b, seed=config.seed, batch_size=1024)
+    labels, _ = pseudo_label(images)
+    keep = balanced.first_k(labels, counts, 20)
+    want += (b * 1024 + np.flatnonzero(keep)).tolist()
+    if counts.min() == 20:
+      break
+  np.testing.assert_array_equal(data['id'], want)
+  assert json.load(open(manifest))['metadata']['selection'] == 'class-balanced'

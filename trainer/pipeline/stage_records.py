@@ -26,7 +26,7 @@ _KEYS = {
     'generator': ('seed', 'dataset.', 'pipeline.generator', 'pipeline.gaussian_components',
                   'pipeline.ddpm_'),
     'samples': ('pipeline.num_generated', 'pipeline.top_k', 'pipeline.num_shards',
-                'pipeline.sampler'),
+                'pipeline.sampler', 'pipeline.class_balanced'),
     'data metrics': ('pipeline.metrics_samples',),
     'robust': ('seed', 'dataset.', 'model.', 'threat.', 'train.', 'optim.', 'generated.',
                'eval.every_steps', 'eval.pgd_steps', 'eval.selection_attack', 'eval.dtype'),

@@ -5,6 +5,7 @@ import jax
 
 import configs
 from data import real
+from models.diffusion import samplers
 from trainer.robust import objectives
 from trainer.attacks import compositions
 from trainer.attacks import projections
@@ -75,3 +76,12 @@ def validate_pipeline(config):
   presets = ddpm_presets()
   _require(p.ddpm_preset in presets, 'pipeline.ddpm_preset', p.ddpm_preset,
            f'must name a DDPM preset in configs/ by its module name: one of {", ".join(presets)}.')
+  _require(p.sampler in samplers.SAMPLERS, 'pipeline.sampler', p.sampler,
+           f'must be one of {", ".join(samplers.SAMPLERS)}.')
+  _require(isinstance(p.sampler_steps, int) and p.sampler_steps >= 0, 'pipeline.sampler_steps',
+           p.sampler_steps, "must be ≥ 0 (0: the sampler's default).")
+  classes = real.info(config.dataset.name).num_classes
+  _require(not p.class_balanced or p.top_k or p.num_generated % classes == 0,
+           'pipeline.num_generated', p.num_generated,
+           f'a class-balanced set (pipeline.class_balanced) needs a multiple of the {classes} '
+           'classes.')
