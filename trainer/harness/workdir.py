@@ -24,6 +24,14 @@ RENAMED = {'ema.decay': 'optim.ema_decay', 'train.eval_every_steps': 'eval.every
            'train.grid_samples': 'eval.grid_samples', 'train.grid_sampler': 'eval.grid_sampler',
            'train.grid_sampler_steps': 'eval.grid_sampler_steps'}
 
+# Keys added later: the value a config written before them meant by leaving them out.
+ADDED = {'dataset.train_fraction': 1.0, 'pipeline.class_balanced': False}
+
+
+def fill_added(old: dict, new: dict) -> dict:
+  """`old` (flat) with the ADDED keys that `new` has and `old` lacks, at their old meaning."""
+  return {**{k: v for k, v in ADDED.items() if k in new}, **old}
+
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a run of another config; resuming it would mix two experiments."""
@@ -79,6 +87,7 @@ def check_same_run(workdir, config, resumable=()) -> None:
     return
   old = {RENAMED.get(k, k): v for k, v in flat(read_json(path)).items()}
   new = flat(json.loads(config.to_json_best_effort()))
+  old = fill_added(old, new)
   allowed = RESUMABLE_CHANGES + tuple(resumable)
   changed = [k for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k) and not k.startswith(allowed)]

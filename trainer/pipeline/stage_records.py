@@ -110,6 +110,7 @@ def check(workdir, current, finished):
     if old is None:
       continue
     new = current[stage]
+    old = workdir_lib.fill_added(old, new)
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if changed:
       shown = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed[:3])
