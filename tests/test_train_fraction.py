@@ -61,3 +61,14 @@ def test_the_methods_ddpm_trains_on_the_same_subset():
   robust_train, _, _ = real.training_splits(c)
   np.testing.assert_array_equal(ddpm_train['id'], robust_train['id'])
   assert len(robust_train['id']) == 290
+
+
+def test_a_ddpm_batch_larger_than_the_subset_holds_whole_permutations():
+  from trainer.diffusion import ddpm  # pylint: disable=g-import-not-at-top
+  batch = ddpm.batch_indices(0, 5, 120, 128)     # 10% of digits: 120 images, batch 128
+  np.testing.assert_array_equal(batch, ddpm.batch_indices(0, 5, 120, 128))
+  assert len(batch) == 128 and set(batch.tolist()) == set(range(120))
+  assert np.bincount(batch).max() == 2
+  assert not np.array_equal(batch, ddpm.batch_indices(0, 6, 120, 128))
+  big = ddpm.batch_indices(0, 3, 50, 128)          # k = 3 permutations
+  assert np.bincount(big, minlength=50).min() >= 2 and np.bincount(big).max() == 3
