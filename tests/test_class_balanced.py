@@ -183,7 +183,7 @@ def test_the_methods_gaussian_set_is_the_first_of_each_pseudo_label(tmp_path, mo
   lines = []
   manifest = stages.stage_samples(config, str(tmp_path), str(tmp_path / 'fit.npz'), 'clf',
                                   console.Console(lines.append))
-  assert 'the first 20 of each class' in lines[0]
+  assert 'the first 20 of each class' in lines[0] and 'among' in lines[1]
   data = read(manifest)
   np.testing.assert_array_equal(np.bincount(data['label'], minlength=10), [20] * 10)
   counts, want = np.zeros(10, int), []
@@ -196,3 +196,17 @@ def test_the_methods_gaussian_set_is_the_first_of_each_pseudo_label(tmp_path, mo
       break
   np.testing.assert_array_equal(data['id'], want)
   assert json.load(open(manifest))['metadata']['selection'] == 'class-balanced'
+
+
+def test_the_method_refuses_a_set_size_the_classes_do_not_divide():
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from trainer.robust import config_validation  # pylint: disable=g-import-not-at-top
+  config = demo.get_config()
+  config.pipeline.num_generated = 10_001
+  with pytest.raises(ValueError, match=r'pipeline.num_generated=10001: a class-balanced set .* '
+                                       r'multiple of the 10 classes'):
+    config_validation.validate_pipeline(config)
+  config.pipeline.top_k = 100          # top-K takes candidates: any count
+  config_validation.validate_pipeline(config)
+  config.pipeline.top_k, config.pipeline.class_balanced = 0, False
+  config_validation.validate_pipeline(config)

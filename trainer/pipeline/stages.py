@@ -232,8 +232,11 @@ def stage_samples(config, workdir, generator, classifier, console):
       pseudolabel.label_with(classifier, shards.manifest_path(raw), prefix,
                              num_shards=config.pipeline.num_shards, top_k=top_k,
                              seed=config.seed, source_name='gaussian_fit')
-    count = shards.load_manifest(manifest)['count']
-    stage['headline'] = f'{count:,} pseudo-labelled samples in {config.pipeline.num_shards} shards'
+    written = shards.load_manifest(manifest)
+    drawn = written.get('metadata', {}).get('class_balance', {}).get('candidates')
+    stage['headline'] = (f"{written['count']:,} pseudo-labelled samples"
+                         + (f' (the first of each class among {drawn:,} drawn)' if drawn else '')
+                         + f' in {config.pipeline.num_shards} shards')
   return manifest
 
 
