@@ -26,6 +26,12 @@ columns per NFE, images/s for Heun with 18 and 20 steps (35 and 39 NFE: EDM's CI
 and DM-Improves-AT's), and device-days for 50M and 100M CIFAR-10 images at those NFE against
 the DDPM UNet at 1,000 (`--models=` with no DDPM skips the DDPM's timing; its FLOPs are then
 counted from its compilation alone).
+
+--whole=digits:64 times each sampler end to end instead, in this one process: the class-
+conditional digits UNet (the trained generator's architecture, random weights), one jitted
+program per sampler (compiled first, then one call timed, waited for): seconds per batch,
+images/s, and images/s x NFE, which is the same for every sampler when the network's evaluations
+are all its cost.
 """
 import argparse
 import time
@@ -36,6 +42,8 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from models.diffusion import edm_precond
+from models.diffusion import samplers as samplers_lib
+from models.diffusion import schedule
 from models.diffusion import song_unet
 from models.diffusion import unet as unet_lib
 
@@ -79,6 +87,27 @@ def measure(name, cfg, batch, evals, dtype):
   return unet_lib.count_params(params), flops, float(np.mean(times))
 
 
+def measure_whole(name, batch, dtype):
+  """Each sampler of SAMPLERS end to end on `batch` images of the conditional `name` UNet."""
+  cfg = unet_lib.digits_config(num_classes=10) if name == 'digits' else unet_lib.CIFAR10_DDPM
+  model = unet_lib.UNet(cfg, dtype=jnp.dtype(dtype))
+  params = unet_lib.init_params(model, jax.random.key(0))
+  eps_fn, ac = unet_lib.make_eps_fn(model), schedule.ho_linear().alphas_cumprod
+  y = jnp.arange(batch, dtype=jnp.int32) % 10 if cfg.num_class_embeds else None
+  print(f'\n| sampler ({name}, batch {batch}, {dtype}) | NFE | s per batch | images/s | '
+        'images/s x NFE |\n|---|---:|---:|---:|---:|')
+  for label, nfe in SAMPLERS:
+    kind = {'DDPM': 'ddpm', 'DDIM': 'ddim'}.get(label.split('-')[0], 'dpm++2m')
+    fn = jax.jit(lambda p, k, kind=kind, nfe=nfe: samplers_lib.sample(
+        eps_fn, p, ac, k, (batch,) + cfg.image_shape, sampler=kind, steps=nfe, y=y))
+    compiled = fn.lower(params, jax.random.key(1)).compile()
+    start = time.perf_counter()
+    compiled(params, jax.random.key(1)).block_until_ready()
+    seconds = time.perf_counter() - start
+    print(f'| {label} | {nfe} | {seconds:.1f} | {batch / seconds:.3g} | '
+          f'{batch * nfe / seconds:.1f} |', flush=True)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--models', default='digits,cifar10')
@@ -94,7 +123,13 @@ def main(argv=None):
                       help='EDM DDPM++ networks to measure too: digits,cifar10 (see edm_report)')
   parser.add_argument('--edm_batch', default='digits:256,cifar10:8',
                       help='images per NFE call, per EDM network')
+  parser.add_argument('--whole', default='',
+                      help='NAME:BATCH: time each sampler end to end on BATCH images instead')
   args = parser.parse_args(argv)
+  if args.whole:
+    name, batch = args.whole.split(':')
+    measure_whole(name, int(batch), args.dtype)
+    return
   batches = dict((k, int(v)) for k, v in (kv.split(':') for kv in args.batch.split(',')))
   configs = _configs()
   n_dev = jax.local_device_count()
