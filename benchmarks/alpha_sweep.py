@@ -1,21 +1,34 @@
 """Robust accuracy against the real share α, per generator: the paper's Fig. 3(a) and Fig. 5 at
-small scale.
+small scale, and in the data-scarce regime.
 
   python benchmarks/alpha_sweep.py --workdir=runs/alpha_sweep [--alphas=1.0,0.8,0.5,0.2]
       [--seeds=0,1,2] [--epochs=30] [--num_generated=10000] [--model=wrn-10-2] [--eps=0.1]
-      [--classifier_epochs=15] [--generators=gaussian[,ddpm] --ddpm_checkpoint=DIR]
-      [--attacks=aa+mt]
+      [--classifier_epochs=15] [--generators=gaussian[,ddpm] [--ddpm_checkpoint=DIR]]
+      [--samplers=ddpm-1000,ddim-100,dpm++2m-20] [--class_balanced=1]
+      [--train_fractions=0.1,0.25,0.5] [--attacks=aa+mt]
 
 On digits (the demo config, with the ε and pseudo-labeller epochs of the recorded Fig. 3(a) sweep as
 defaults): one non-robust classifier; per generator (the class-conditional Gaussian fit, and/or a
-diffusion model's checkpoint, e.g. one made by `trainer.train_generator`) N pseudo-labelled samples
-and their Algorithm-1 numbers; then TRADES for every (α, seed), the same model and budget for all,
-each evaluated on the whole digits test split on its best EMA checkpoint (held-out PGD selection)
-with PGD-40 (margin loss, sign steps of 2.5ε/40, uniform start) and, with --attacks, the named
-cascades of `trainer.evaluate`. α = 1 uses no generated data, so its runs are shared by the
-generators. Prints mean ± std per (generator, α) and each run's seconds; writes alpha_sweep.json,
-alpha_sweep.png and the generators' sample grids side by side (samples.png) into the workdir. Every
-finished run is skipped when the script is started again.
+diffusion model: --ddpm_checkpoint, e.g. one made by `trainer.train_generator`, or without it a DDPM
+the method trains, `configs/ddpm_digits.py`) N pseudo-labelled samples and their Algorithm-1
+numbers; then TRADES for every (α, seed), the same model and budget for all, each evaluated on the
+whole digits test split on its best EMA checkpoint (held-out PGD selection) with PGD-40 (margin
+loss, sign steps of 2.5ε/40, uniform start) and, with --attacks, the named cascades of
+`trainer.evaluate`. α = 1 uses no generated data, so its runs are shared by the generators and run
+first. Prints mean ± std per (generator, α) and each run's seconds; writes alpha_sweep.json (with
+each run's held-out robust accuracy curve and best step), alpha_sweep.png and the generators' sample
+grids side by side (samples.png) into the workdir. Every finished run is skipped when the script is
+started again.
+
+--samplers samples one DDPM with each sampler (NAME-STEPS; the demo's DPM-Solver++(2M)-20 without
+it): the generators become ddpm@NAME-STEPS, each with its set, data metrics and the wall time of
+its sampling stage (sampling.json). --class_balanced=1 (the default, as the paper's sets) keeps the
+first N / classes of each pseudo-label class; 0 keeps every sample (the sections of BENCHMARKS.md
+before the option). --train_fractions keeps a class-balanced subset of the training split
+(dataset.train_fraction) for everything trained (classifier, Gaussian fit, DDPM, TRADES): one tree
+per fraction (WORKDIR/f0.1, …; 1.0 is WORKDIR itself), and with several fractions fractions.json,
+fractions.png (accuracy and the gain over α = 1 against the kept fraction) and heldout.png (the
+held-out curves) at the top.
 """
 import argparse
 import copy
@@ -32,9 +45,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import demo  # noqa: E402
 from data import real  # noqa: E402
+from data.records import shards  # noqa: E402
 from trainer import cli  # noqa: E402
 from trainer.evaluation import evaluate as evaluate_lib  # noqa: E402
 from trainer.pipeline import console as console_lib  # noqa: E402
+from trainer.pipeline import report  # noqa: E402
 from trainer.pipeline import stages as method  # noqa: E402
 from trainer.robust import robust_accuracy  # noqa: E402
 from trainer import sharding  # noqa: E402
@@ -67,6 +82,8 @@ def run_one(base, out, manifest, alpha, seed, attacks):
     result['train_and_pgd40_seconds'] = time.time() - start
     json.dump(result, open(result_path, 'w'))
   result = json.load(open(result_path))
+  result['heldout_curve'] = heldout_curve(out)
+  result['best_step'] = json.load(open(os.path.join(out, 'best.json')))['step']
   for cascade in attacks:
     path = os.path.join(out, f'{cascade}.json')
     if not os.path.exists(path):
@@ -82,20 +99,60 @@ def run_one(base, out, manifest, alpha, seed, attacks):
   return result
 
 
-def generator_data(base, stages, classifier, generator, ddpm_checkpoint, console):
-  """The generator's pseudo-labelled shards and their data metrics, in stages/<generator>."""
+def heldout_curve(workdir):
+  """[(step, held-out robust accuracy)] of a training run, from its TensorBoard events."""
+  return [list(p) for p in report.read_scalars(workdir).get('holdout/robust_accuracy', [])]
+
+
+def variants(generators, samplers):
+  """[(name, generator, sampler, steps)]: one per generator, and the DDPM once per sampler."""
+  out = []
+  for generator in generators:
+    if generator != 'ddpm' or not samplers:
+      out.append((generator, generator, None, None))
+      continue
+    for spec in samplers:
+      name, steps = spec.rsplit('-', 1)
+      out.append((f'ddpm@{spec}', 'ddpm', name, int(steps)))
+  return out
+
+
+def ddpm_path(base, stages, checkpoint, console):
+  """The DDPM to sample: the one given, or the one the method trains in stages/ddpm."""
+  if checkpoint:
+    return checkpoint
+  c = copy.deepcopy(base)
+  c.pipeline.generator, c.pipeline.generator_checkpoint = 'ddpm', ''
+  return method.stage_generator(c, os.path.join(stages, 'ddpm'), console)
+
+
+def generator_data(base, stages, classifier, variant, ddpm, console):
+  """The generator's pseudo-labelled shards, their data metrics and the sampling stage's wall
+  time, in stages/<name>."""
+  name, generator, sampler, steps = variant
   c = copy.deepcopy(base)
   c.pipeline.generator = generator
-  c.pipeline.generator_checkpoint = ddpm_checkpoint if generator == 'ddpm' else ''
-  workdir = os.path.join(stages, generator)
+  c.pipeline.generator_checkpoint = ddpm if generator == 'ddpm' else ''
+  if sampler:
+    c.pipeline.sampler, c.pipeline.sampler_steps = sampler, steps
+  workdir = os.path.join(stages, name)
   made = method.stage_generator(c, workdir, console)
+  timing = os.path.join(workdir, 'generated', 'sampling.json')
+  start = time.time()
   manifest = method.stage_samples(c, workdir, made, classifier, console)
-  return manifest, method.stage_data_metrics(c, workdir, manifest, classifier, console)
+  if not os.path.exists(timing):
+    balance = shards.load_manifest(manifest)['metadata'].get('class_balance', {})
+    json.dump({'seconds': time.time() - start, 'images': c.pipeline.num_generated,
+               'candidates': balance.get('candidates', c.pipeline.num_generated)},
+              open(timing, 'w'))
+  numbers = method.stage_data_metrics(c, workdir, manifest, classifier, console)
+  return manifest, {**numbers, 'sampling': json.load(open(timing))}
 
 
 def summarise(results, attacks):
-  sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
-  out = {}
+  sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
+  out = {'best_steps': [r['best_step'] for r in results],
+         'heldout_curves': [r['heldout_curve'] for r in results]}
   for name, values in [('clean', [r['clean'] for r in results]),
                        ('robust', [r['robust'] for r in results])] + [
                            (a, [r[a]['robust'] for r in results]) for a in attacks]:
@@ -155,7 +212,106 @@ def print_table(summary, attacks):
             f" | {statistics.mean(r['seconds']):.0f} |")
 
 
-def main():
+def _cells(per_fraction):
+  """[(label, generator, α)]: real only, then each generator's mixes, as every fraction has them."""
+  first = next(iter(per_fraction.values()))
+  cells = [('real only (α = 1)', next(iter(first)), 1.0)]
+  for generator, rows in first.items():
+    cells += [(f'{generator}, α = {a:g}', generator, a) for a in sorted(rows, reverse=True)
+              if a != 1.0]
+  return cells
+
+
+def fraction_outputs(per_fraction, attacks, workdir, title):
+  """The table, fractions.json, fractions.png and heldout.png over the kept fractions."""
+  fractions = sorted(per_fraction)
+  cells = _cells(per_fraction)
+  for key, name in [('robust', 'PGD-40')] + [(a, a.upper()) for a in attacks]:
+    print(f'| {name} % | ' + ' | '.join(f'kept {f:g}' for f in fractions) + ' |')
+    print('|---|' + '---:|' * len(fractions))
+    for label, generator, alpha in cells:
+      row = []
+      for f in fractions:
+        r, base = per_fraction[f][generator][alpha][key], per_fraction[f][generator][1.0][key]
+        gain = '' if alpha == 1.0 else f' ({100 * (r["mean"] - base["mean"]):+.2f})'
+        row.append(f'{100 * r["mean"]:.2f} ± {100 * r["std"]:.2f}{gain}')
+      print(f'| {label} | ' + ' | '.join(row) + ' |')
+    print()
+  json.dump({str(f): {g: {str(a): r for a, r in rows.items()} for g, rows in s.items()}
+             for f, s in per_fraction.items()},
+            open(os.path.join(workdir, 'fractions.json'), 'w'), indent=1)
+  plot_fractions(per_fraction, cells, attacks, title, os.path.join(workdir, 'fractions.png'))
+  plot_heldout(per_fraction, cells, title, os.path.join(workdir, 'heldout.png'))
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_fractions(per_fraction, cells, attacks, title, path):
+  """Robust accuracy, and its gain over real data alone, against the kept fraction."""
+  plt = _pyplot()
+  keys = [('robust', 'PGD-40')] + [(a, a.upper()) for a in attacks]
+  fig, axes = plt.subplots(2, len(keys), figsize=(5.2 * len(keys), 7.4), squeeze=False)
+  fractions = sorted(per_fraction)
+  for column, (key, name) in enumerate(keys):
+    for label, generator, alpha in cells:
+      rows = [per_fraction[f][generator] for f in fractions]
+      mean = [100 * r[alpha][key]['mean'] for r in rows]
+      std = [100 * r[alpha][key]['std'] for r in rows]
+      style = dict(marker='o', capsize=3, label=label,
+                   linewidth=2.5 if alpha == 1.0 else 1.2, color='k' if alpha == 1.0 else None,
+                   linestyle='-' if alpha == 1.0 or generator.startswith('ddpm') else '--')
+      axes[0, column].errorbar(fractions, mean, yerr=std, **style)
+      if alpha != 1.0:
+        gain = [m - 100 * r[1.0][key]['mean'] for m, r in zip(mean, rows)]
+        axes[1, column].plot(fractions, gain, **{k: v for k, v in style.items()
+                                                 if k != 'capsize'})
+    axes[1, column].axhline(0, color='k', linewidth=2.5)
+    axes[0, column].set_ylabel(f'{name} robust accuracy (%)')
+    axes[1, column].set_ylabel(f'{name}: gain over real only (pp)')
+    for ax in axes[:, column]:
+      ax.set_xscale('log')
+      ax.set_xticks(fractions, [f'{f:g}' for f in fractions])
+      ax.set_xlabel('kept fraction of the digits training split')
+      ax.grid(alpha=0.3)
+  axes[0, 0].legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def _mean_curve(curves):
+  steps = sorted({s for c in curves for s, _ in c})
+  by_step = [[v for c in curves for s2, v in c if s2 == s] for s in steps]
+  return steps, [100 * statistics.mean(v) for v in by_step]
+
+
+def plot_heldout(per_fraction, cells, title, path):
+  """Held-out robust accuracy during training (mean over seeds), one panel per fraction."""
+  plt = _pyplot()
+  fractions = sorted(per_fraction)
+  fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 3.8), squeeze=False)
+  for ax, f in zip(axes[0], fractions):
+    for label, generator, alpha in cells:
+      steps, values = _mean_curve(per_fraction[f][generator][alpha]['heldout_curves'])
+      ax.plot(steps, values, label=label, linewidth=2.5 if alpha == 1.0 else 1.2,
+              color='k' if alpha == 1.0 else None,
+              linestyle='-' if alpha == 1.0 or generator.startswith('ddpm') else '--')
+    ax.set_title(f'kept {f:g}')
+    ax.set_xlabel('step')
+    ax.set_ylabel('held-out PGD robust accuracy (%)')
+    ax.grid(alpha=0.3)
+  axes[0, 0].legend(fontsize=7)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--alphas', default='1.0,0.8,0.5,0.2')
@@ -169,50 +325,93 @@ def main():
   parser.add_argument('--generators', default='gaussian', help='gaussian and/or ddpm')
   parser.add_argument('--ddpm_checkpoint', default='',
                       help="generator checkpoint directory for 'ddpm' (trainer.train_generator's "
-                      'WORKDIR/generator)')
+                      "WORKDIR/generator); '' trains one in the method's stages")
+  parser.add_argument('--samplers', default='',
+                      help='NAME-STEPS of each DDPM sampler, e.g. ddpm-1000,ddim-100,dpm++2m-20')
+  parser.add_argument('--class_balanced', type=int, choices=(0, 1), default=1,
+                      help='1: the first N / classes of each pseudo-label class; 0: every sample')
+  parser.add_argument('--train_fractions', default='1.0',
+                      help='kept fractions of the training split (class-balanced subsets)')
   parser.add_argument('--attacks', default='',
                       help='cascades of trainer.evaluate to run as well, e.g. aa+mt')
-  args = parser.parse_args()
-  base = demo.get_config()
-  base.threat.eps = args.eps
-  base.pipeline.classifier_epochs = args.classifier_epochs
-  base.train.num_epochs = args.epochs
-  base.model.name = args.model
-  base.pipeline.num_generated = args.num_generated
-  workdir = cli.absolute(args.workdir)
-  attacks = [a for a in args.attacks.split(',') if a]
-  generators = args.generators.split(',')
-  stages = os.path.join(workdir, 'method')
-  console = console_lib.Console()
-  classifier = method.stage_classifier(base, stages, console)
-  data = {g: generator_data(base, stages, classifier, g, cli.absolute(args.ddpm_checkpoint),
-                            console) for g in generators}
+  return parser.parse_args()
 
+
+def base_config(args, fraction):
+  c = demo.get_config()
+  c.threat.eps = args.eps
+  c.pipeline.classifier_epochs = args.classifier_epochs
+  c.train.num_epochs = args.epochs
+  c.model.name = args.model
+  c.pipeline.num_generated = args.num_generated
+  c.pipeline.class_balanced = bool(args.class_balanced)
+  c.dataset.train_fraction = fraction
+  return c
+
+
+def sweep(args, base, workdir, console):
+  """Every run of one kept fraction in `workdir`; returns (summary, data metrics)."""
+  attacks = [a for a in args.attacks.split(',') if a]
+  alphas = [float(a) for a in args.alphas.split(',')]
+  seeds = [int(s) for s in args.seeds.split(',')]
+  stages = os.path.join(workdir, 'method')
+  classifier = method.stage_classifier(base, stages, console)
+  real_only = {seed: run_one(base, os.path.join(workdir, REAL_ONLY, f'alpha1.0_seed{seed}'), '',
+                             1.0, seed, attacks) for seed in seeds if 1.0 in alphas}
+  kinds = variants(args.generators.split(','), [s for s in args.samplers.split(',') if s])
+  ddpm = (ddpm_path(base, stages, cli.absolute(args.ddpm_checkpoint), console)
+          if any(v[1] == 'ddpm' for v in kinds) else '')
+  data = {v[0]: generator_data(base, stages, classifier, v, ddpm, console) for v in kinds}
   # Seed by seed, so that an interrupted sweep has every (generator, α) at the same count.
   results = {}
-  for seed in [int(s) for s in args.seeds.split(',')]:
+  for seed in seeds:
     for generator, (manifest, _) in data.items():
-      for alpha in [float(a) for a in args.alphas.split(',')]:
-        out = os.path.join(workdir, REAL_ONLY if alpha == 1.0 else generator,
-                           f'alpha{alpha}_seed{seed}')
-        results.setdefault(generator, {}).setdefault(alpha, []).append(
-            run_one(base, out, manifest, alpha, seed, attacks))
+      for alpha in alphas:
+        result = real_only[seed] if alpha == 1.0 else run_one(
+            base, os.path.join(workdir, generator, f'alpha{alpha}_seed{seed}'), manifest, alpha,
+            seed, attacks)
+        results.setdefault(generator, {}).setdefault(alpha, []).append(result)
   summary = {g: {a: summarise(r, attacks) for a, r in rows.items()}
              for g, rows in results.items()}
   print_table(summary, attacks)
   print()
-  numeric = [k for k, v in data[generators[0]][1].items() if isinstance(v, float)]
-  print('| generator | ' + ' | '.join(numeric) + ' |')
-  print('|---|' + '---:|' * len(numeric))
-  for generator, (_, numbers) in data.items():
-    print(f'| {generator} | ' + ' | '.join(f'{numbers.get(k, float("nan")):.3f}'
-                                           for k in numeric) + ' |')
+  print_data_metrics({g: d[1] for g, d in data.items()})
   json.dump({'summary': {g: {str(a): r for a, r in rows.items()} for g, rows in summary.items()},
-             'data_metrics': {g: d[1] for g, d in data.items()}},
+             'data_metrics': {g: d[1] for g, d in data.items()},
+             'train_fraction': base.dataset.train_fraction},
             open(os.path.join(workdir, 'alpha_sweep.json'), 'w'), indent=2)
-  plot_samples(stages, generators, os.path.join(workdir, 'samples.png'))
+  plot_samples(stages, list(data), os.path.join(workdir, 'samples.png'))
   plot(summary, attacks, f'digits, ε = {args.eps:g}, TRADES {args.model}, '
-       f'seeds {args.seeds}', os.path.join(workdir, 'alpha_sweep.png'))
+       f'seeds {args.seeds}, kept {base.dataset.train_fraction:g}',
+       os.path.join(workdir, 'alpha_sweep.png'))
+  return summary, {g: d[1] for g, d in data.items()}
+
+
+def print_data_metrics(numbers):
+  first = next(iter(numbers.values()))
+  keys = [k for k, v in first.items() if isinstance(v, float)]
+  print('| generator | ' + ' | '.join(keys) + ' | sampling s | candidates | images/s |')
+  print('|---|' + '---:|' * (len(keys) + 3))
+  for generator, row in numbers.items():
+    timing = row['sampling']
+    print(f'| {generator} | ' + ' | '.join(f'{row.get(k, float("nan")):.3f}' for k in keys) +
+          f" | {timing['seconds']:.0f} | {timing['candidates']} | "
+          f"{timing['candidates'] / timing['seconds']:.2f} |")
+
+
+def main():
+  args = parse_args()
+  workdir = cli.absolute(args.workdir)
+  console = console_lib.Console()
+  fractions = [float(f) for f in args.train_fractions.split(',')]
+  per_fraction = {}
+  for fraction in fractions:
+    root = workdir if fraction == 1.0 else os.path.join(workdir, f'f{fraction:g}')
+    per_fraction[fraction], _ = sweep(args, base_config(args, fraction), root, console)
+  if len(fractions) > 1:
+    attacks = [a for a in args.attacks.split(',') if a]
+    fraction_outputs(per_fraction, attacks, workdir,
+                     f'digits, ε = {args.eps:g}, TRADES {args.model}, {args.epochs} epochs')
 
 
 if __name__ == '__main__':

@@ -36,6 +36,12 @@ parameters, GFLOPs per image per NFE from XLA (compiled on abstract parameters, 
 materialised), and device-days for --adm_num images (the paper's 5M ImageNet samples) at 250 /
 50 / 25 NFE (guided-diffusion's respaced DDPM-250, and 50 / 25 steps); with --adm_evals > 0 the
 evaluation is also timed at --adm_batch, as above (random weights, class labels 0..B-1).
+
+--whole=digits:64 times each sampler end to end instead, in this one process: the class-
+conditional digits UNet (the trained generator's architecture, random weights), one jitted
+program per sampler (compiled first, then one call timed, waited for): seconds per batch,
+images/s, and images/s x NFE, which is the same for every sampler when the network's evaluations
+are all its cost.
 """
 import argparse
 import time
@@ -49,6 +55,8 @@ from configs.adm import imagenet64, imagenet256
 from models.diffusion.edm import precond as edm_precond
 from models.interop import guided_diffusion as guided_diffusion_import
 from models.diffusion.edm import network as song_unet
+from models.diffusion import samplers as samplers_lib
+from models.diffusion import schedule
 from models.diffusion import unet as unet_lib
 
 PEAKS_TFLOPS = {'H100 (989 TFLOP/s bf16)': 989.0, 'TPU v4 (275 TFLOP/s bf16)': 275.0}
@@ -183,6 +191,27 @@ def adm_tables(names, batches, evals, dtype, num, utilisation, peak_tflops):
       print(f'| {sampler} | {nfe} | ' + ' | '.join(f'{d:,.3g}' for d in days) + ' |')
 
 
+def measure_whole(name, batch, dtype):
+  """Each sampler of SAMPLERS end to end on `batch` images of the conditional `name` UNet."""
+  cfg = unet_lib.digits_config(num_classes=10) if name == 'digits' else unet_lib.CIFAR10_DDPM
+  model = unet_lib.UNet(cfg, dtype=jnp.dtype(dtype))
+  params = unet_lib.init_params(model, jax.random.key(0))
+  eps_fn, ac = unet_lib.make_eps_fn(model), schedule.ho_linear().alphas_cumprod
+  y = jnp.arange(batch, dtype=jnp.int32) % 10 if cfg.num_class_embeds else None
+  print(f'\n| sampler ({name}, batch {batch}, {dtype}) | NFE | s per batch | images/s | '
+        'images/s x NFE |\n|---|---:|---:|---:|---:|')
+  for label, nfe in SAMPLERS:
+    kind = {'DDPM': 'ddpm', 'DDIM': 'ddim'}.get(label.split('-')[0], 'dpm++2m')
+    fn = jax.jit(lambda p, k, kind=kind, nfe=nfe: samplers_lib.sample(
+        eps_fn, p, ac, k, (batch,) + cfg.image_shape, sampler=kind, steps=nfe, y=y))
+    compiled = fn.lower(params, jax.random.key(1)).compile()
+    start = time.perf_counter()
+    compiled(params, jax.random.key(1)).block_until_ready()
+    seconds = time.perf_counter() - start
+    print(f'| {label} | {nfe} | {seconds:.1f} | {batch / seconds:.3g} | '
+          f'{batch * nfe / seconds:.1f} |', flush=True)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--models', default='digits,cifar10')
@@ -204,7 +233,13 @@ def main(argv=None):
   parser.add_argument('--adm_evals', type=int, default=0, help='timed ADM calls (0: FLOPs only)')
   parser.add_argument('--adm_num', type=float, default=5e6,
                       help='ADM images to project for (the paper: 5M ImageNet samples)')
+  parser.add_argument('--whole', default='',
+                      help='NAME:BATCH: time each sampler end to end on BATCH images instead')
   args = parser.parse_args(argv)
+  if args.whole:
+    name, batch = args.whole.split(':')
+    measure_whole(name, int(batch), args.dtype)
+    return
   batches = dict((k, int(v)) for k, v in (kv.split(':') for kv in args.batch.split(',') if kv))
   configs = _configs()
   n_dev = jax.local_device_count()

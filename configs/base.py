@@ -47,6 +47,9 @@ def get_config():
                                      # generated data never repeated (DeepMind's code: 4 emulated
                                      # workers on one host; data/input/batch_mix.py)
   c.dataset.test_size = 0            # evaluate on the first N test images (0 = all)
+  c.dataset.train_fraction = 1.0     # keep a class-balanced subset of the train split (after the
+                                     # held-out head; one fixed subset per fraction): the
+                                     # data-scarce regime (data/real.py train_subset)
 
   # --- Generated data ----------------------------------------------------------------------------
   c.generated = ml_collections.ConfigDict()
@@ -138,13 +141,23 @@ def get_config():
                                            # that objective (ddpm_*, edm_*), run on this config's
                                            # dataset, held-out size and seed
   c.pipeline.generator_steps = 0           # ddpm/edm, trained here: steps (0 = the preset's)
-  c.pipeline.sampler = 'dpm++2m'           # ddpm: ddpm (Ho et al., 1,000 steps) | ddim |
-                                           # dpm++2m; edm: heun | euler
-  c.pipeline.sampler_steps = 20            # network evaluations (edm: noise levels) per sample
+  c.pipeline.sampler = 'ddpm'              # ddpm generator: ddpm (the paper: the checkpoint's own
+                                           # ancestral sampler, Ho et al.'s) | ddim | dpm++2m
+                                           # (fewer steps; what they cost: BENCHMARKS.md); edm
+                                           # generator: heun | euler
+  c.pipeline.sampler_steps = 0             # network evaluations per sample, or noise levels for
+                                           # heun/euler (0: the sampler's default: ddpm the
+                                           # generator's T, 1,000; ddim 100; dpm++2m 20; heun 18)
   c.pipeline.sample_batch_size = 256       # ddpm: images per sampling batch on each host
   c.pipeline.gaussian_components = 200     # PCA components per class (App. D)
-  c.pipeline.num_generated = 1_000_000     # samples drawn from the generator
-  c.pipeline.top_k = 0                     # keep the K best-scoring per class (0: keep all)
+  c.pipeline.num_generated = 1_000_000     # samples in the set (with top_k: candidates drawn)
+  c.pipeline.class_balanced = True         # num_generated / classes of each pseudo-label class:
+                                           # sample until every class has its share, keep the
+                                           # first (the paper's "100K per class"; CIFAR-100 10K);
+                                           # False: every sample, classes as they come
+  c.pipeline.top_k = 0                     # keep the K best-scoring per class of num_generated
+                                           # candidates instead (Carmon et al.; the paper's BigGAN
+                                           # and VDVAE sets; 0: off)
   c.pipeline.num_shards = 64
   c.pipeline.metrics_samples = 10_000      # per set, for complementarity/coverage
   c.pipeline.eval_examples = 0             # final evaluation on the first N test images (0: all)

@@ -23,6 +23,7 @@ def get_config():
   c.dataset.data_dir = ''
   c.dataset.holdout = 128        # the classifier's held-out head: never trained on here either
   c.dataset.test_size = 0
+  c.dataset.train_fraction = 1.0   # a class-balanced subset (configs/base.py)
   c.dataset.flip = False         # a mirrored digit is a different (or no) digit
 
   # --- The UNet (models/diffusion/unet.py UNetConfig fields) -------------------------------------

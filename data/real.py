@@ -69,18 +69,52 @@ def streams(dataset) -> bool:
 
 
 def training_splits(config):
-  """Train split without the held-out head, the held-out head, and the (truncated) test split."""
+  """Train split without the held-out head, the held-out head, and the (truncated) test split.
+
+  With `dataset.train_fraction` < 1 the train split (after the held-out head is cut, so the
+  held-out set never changes) keeps a class-balanced subset: `train_subset`.
+  """
   ds = datasets.get(_options(config.dataset))
   h, n = config.dataset.holdout, ds.size('train')
   if h >= n:
     raise ValueError(f'config.dataset.holdout={h} leaves no training data ({n} images).')
   holdout = ds.load('train', 0, h)
   test = ds.load('test', 0, config.dataset.test_size or None)
+  fraction = config.dataset.get('train_fraction', 1.0)
   if streams(ds.options):
+    if fraction != 1.0:
+      raise ValueError(f'config.dataset.train_fraction={fraction}: a subset of a streamed '
+                       'training split is not built; set dataset.storage=ram')
     return ds.stream('train', skip=h), holdout, test
   train = ds.load('train', h, None)
-  train['id'] = np.arange(h, h + len(train['label']), dtype=np.int64)
+  keep = train_subset(train['label'], fraction, ds.info.num_classes)
+  train = {'image': train['image'][keep], 'label': train['label'][keep],
+           'id': (h + keep).astype(np.int64)}
   return train, holdout, test
+
+
+SUBSET_SEED = 0  # one subset per fraction, whatever the run's seed: generators and classifiers
+                 # trained for a fraction all see the same images
+
+
+def train_subset(labels, fraction, num_classes):
+  """Indices (increasing) of a class-balanced subset: round(fraction * N / classes) images of
+  every class, drawn without replacement by a generator seeded with SUBSET_SEED; fraction 1 keeps
+  every index (the data-scarce regime of the paper's Sec. 2: `dataset.train_fraction`)."""
+  n = len(labels)
+  if not 0 < fraction <= 1:
+    raise ValueError(f'config.dataset.train_fraction={fraction}: must lie in (0, 1]')
+  if fraction == 1:
+    return np.arange(n)
+  per_class = round(fraction * n / num_classes)
+  counts = np.bincount(labels, minlength=num_classes)
+  if per_class < 1 or per_class > counts.min():
+    raise ValueError(f'config.dataset.train_fraction={fraction}: {per_class} images per class '
+                     f'of {n}, but the classes hold {counts.min()} to {counts.max()}')
+  rng = np.random.default_rng(SUBSET_SEED)
+  kept = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
+          for c in range(num_classes)]
+  return np.sort(np.concatenate(kept))
 
 
 def check(data, dataset) -> None:

@@ -235,9 +235,12 @@ def _committed(path):
     return 0
 
 
-@pytest.mark.parametrize('top_k', [0, 12])
-def test_killed_and_rerun_ends_with_exactly_the_uninterrupted_set(tmp_path, top_k):
+@pytest.mark.parametrize('top_k,class_balanced', [(0, False), (12, False), (0, True)])
+def test_killed_and_rerun_ends_with_exactly_the_uninterrupted_set(tmp_path, top_k,
+                                                                  class_balanced):
   num, kwargs = 240, {'shards': 6, 'top_k': top_k, 'checkpoint_every': 4}
+  if class_balanced:
+    kwargs['class_balanced'] = True
   out = str(tmp_path / 'killed' / 'toy')
   state = out + ('.topk.npz' if top_k else '.progress.json')
   proc = launch({'out': out, 'kwargs': {'num': num, 'sleep': 0.05, **kwargs}},
@@ -249,13 +252,15 @@ def test_killed_and_rerun_ends_with_exactly_the_uninterrupted_set(tmp_path, top_
   neighbour.write_bytes(b'')
   again = finish(launch({'out': out, 'kwargs': {'num': num, **kwargs}},
                         str(tmp_path / 'second.log'), devices=2))
-  assert 0 < again['sampled'] < num          # it resumed rather than starting over
   want = write(str(tmp_path / 'whole' / 'toy'), num=num, **kwargs)
+  assert 0 < again['sampled'] < want.sampled  # it resumed rather than starting over
   got, ids = read_set(again['manifest'])
   ref, _ = read_set(want.manifest)
   assert len(ids) == len(set(ids.tolist())) == (top_k * CLASSES if top_k else num)
   for key in ('id', 'image', 'label', 'score'):
     np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+  if class_balanced:
+    assert np.bincount(got['label']).tolist() == [num // CLASSES] * CLASSES
   neighbour.unlink()                        # still there: only this set's leftovers go
   assert sorted(os.listdir(tmp_path / 'killed')) == sorted(os.listdir(tmp_path / 'whole'))
 
@@ -291,15 +296,18 @@ def test_top_k_memory_is_bounded_by_k_times_classes(tmp_path):
   assert 0 < peaks[0] == peaks[1] <= k * CLASSES * per_sample
 
 
-def test_the_command_samples_a_conditional_unet_checkpoint(tmp_path):
+@pytest.mark.parametrize('balanced', [False, True])
+def test_the_command_samples_a_conditional_unet_checkpoint(tmp_path, balanced):
   """trainer.sample end to end on a tiny class-conditional UNet: labels are the classes it was
-  conditioned on, the set reads back, and the manifest names generator, sampler, steps, seed."""
+  conditioned on, the set reads back, and the manifest names generator, sampler, steps, seed;
+  --class_balanced draws each class's share directly and the manifest says so."""
   from models.diffusion import checkpoint, schedule  # pylint: disable=g-import-not-at-top
   cfg, _, params = tiny_unet(10)
   checkpoint.save(str(tmp_path / 'ckpt'), cfg, schedule.ho_linear(), params, name='tiny-ddpm')
   args = [sys.executable, '-m', 'trainer.sample', f'--generator={tmp_path / "ckpt"}',
           '--num=20', f'--out={tmp_path / "gen" / "tiny"}', '--shards=2', '--sampler=ddim',
-          '--steps=2', '--seed=3', '--batch_size=8', '--noprogress']
+          '--steps=2', '--seed=3', '--batch_size=8', '--noprogress'] + (
+              ['--class_balanced'] if balanced else [])
   done = subprocess.run(args, cwd=ROOT, env=_env(2), capture_output=True, text=True,
                         timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -312,6 +320,11 @@ def test_the_command_samples_a_conditional_unet_checkpoint(tmp_path):
   manifest = json.load(open(manifest_path))
   assert (manifest['generator'], manifest['seed']) == ('tiny-ddpm', 3)
   assert (manifest['metadata']['sampler'], manifest['metadata']['steps']) == ('ddim', 2)
+  assert manifest['metadata']['selection'] == ('class-balanced' if balanced else 'all')
+  if balanced:
+    odd = subprocess.run(args[:4] + ['--num=21'] + args[5:], cwd=ROOT, env=_env(2),
+                         capture_output=True, text=True, timeout=300)
+    assert odd.returncode == 1 and 'not a multiple of the 10 classes' in odd.stdout + odd.stderr
 
 
 if __name__ == '__main__':

@@ -283,8 +283,8 @@ def sample(gaussian_fit: GaussianFit, n, *, seed, batch_size=1024) -> Iterator[t
   """Streams n class-balanced samples as (uint8 NHWC images, int64 labels) batches.
 
   Only one batch is alive at a time, so any n fits in memory. Batch b draws from its own
-  generator seeded with (seed, b): a batch can be regenerated alone, e.g. when an interrupted
-  shard writer resumes, but the stream depends on batch_size as well as on seed.
+  generator seeded with (seed, b): a batch can be regenerated alone (`sample_batch`), e.g. when
+  an interrupted shard writer resumes, but the stream depends on batch_size as well as on seed.
 
   Args:
     gaussian_fit: the fit.
@@ -295,18 +295,28 @@ def sample(gaussian_fit: GaussianFit, n, *, seed, batch_size=1024) -> Iterator[t
   if n < 0 or batch_size < 1 or seed < 0:
     raise ValueError(f'need n >= 0, batch_size >= 1 and seed >= 0; got {n}, {batch_size}, {seed}')
   factors = sampling_factors(gaussian_fit)
-  num_classes = gaussian_fit.num_classes
-  for b, lo in enumerate(range(0, n, batch_size)):
-    rng = np.random.default_rng([seed, b])
-    labels = np.arange(lo, min(n, lo + batch_size), dtype=np.int64) % num_classes
-    rng.shuffle(labels)
-    images = np.empty((labels.size, gaussian_fit.centres.shape[1]), np.uint8)
-    for c in range(num_classes):
-      where = np.nonzero(labels == c)[0]
-      if where.size:
-        z = sample_latent(gaussian_fit, c, where.size, rng, factors)
-        images[where] = quantise(decode(gaussian_fit, c, z))
-    yield images.reshape((labels.size,) + gaussian_fit.image_shape), labels
+  for b in range(-(-n // batch_size)):
+    yield sample_batch(gaussian_fit, b, seed=seed, batch_size=batch_size, factors=factors,
+                       count=min(batch_size, n - b * batch_size))
+
+
+def sample_batch(gaussian_fit: GaussianFit, b, *, seed, batch_size, factors=None, count=None):
+  """Batch b of the stream `sample` draws (`count` of its rows; all by default): samples
+  b * batch_size + i of class (b * batch_size + i) mod classes, shuffled, from the generator
+  seeded with (seed, b)."""
+  factors = sampling_factors(gaussian_fit) if factors is None else factors
+  lo = b * batch_size
+  rng = np.random.default_rng([seed, b])
+  labels = np.arange(lo, lo + (batch_size if count is None else count),
+                     dtype=np.int64) % gaussian_fit.num_classes
+  rng.shuffle(labels)
+  images = np.empty((labels.size, gaussian_fit.centres.shape[1]), np.uint8)
+  for c in range(gaussian_fit.num_classes):
+    where = np.nonzero(labels == c)[0]
+    if where.size:
+      z = sample_latent(gaussian_fit, c, where.size, rng, factors)
+      images[where] = quantise(decode(gaussian_fit, c, z))
+  return images.reshape((labels.size,) + gaussian_fit.image_shape), labels
 
 
 def quantise(x):

@@ -31,6 +31,17 @@ by name rather than mixed in. With `top_k`, the per-class selector (at most K ×
 is saved atomically every `checkpoint_every` batches to `OUT….topk.npz` and restored on restart;
 the kept samples are written once all batches are seen.
 
+Class-balanced (`class_balanced=True`, the paper's "until we have 100K images for each class"):
+the set holds num / classes of each class. A conditional generator draws them directly (sample i
+is of class i mod classes). With a labeller the host's sample stream runs on past num: each
+sample is kept while its class has fewer than its share (balanced.first_k), written as it comes,
+so memory is one batch and the per-class counts; each shard commit also records the id of its
+last record, and a restarted run goes on from the sample after it with the committed counts,
+ending with exactly the set an uninterrupted run writes. The stream is bounded (max_candidates);
+a class the labeller rarely predicts stops the run with its count, committed shards kept, and a
+run with a larger bound goes on. Host h fills its own share of each class (as top-K's K_h); the
+manifest records the selection and how many candidates were drawn.
+
 Top-K across hosts: host h keeps the best K_h of each class among its own samples, K_h = K // P
 (+1 for the first K % P hosts), so the whole set holds K per class. This is the global top-K only
 in distribution (the hosts' streams are exchangeable); it needs no cross-host traffic.
@@ -50,6 +61,7 @@ import numpy as np
 import tqdm
 
 from data import files
+from data.generation import balanced
 from data.generation import topk
 from data.records import shard_writer
 from data.records import shards
@@ -143,12 +155,17 @@ class _ResumableWriter(shard_writer.ShardWriter):
 
   It sets the writer's position to the first uncommitted shard (the base class always starts at
   shard 0); everything else (framing, temporary names, renames, the manifest) is the base
-  class's. Never used as a context manager: an exception must keep the committed shards.
+  class's. Each commit reports the shards' label counts and the id of each shard's last record
+  (where a class-balanced stream resumes). Never used as a context manager: an exception must
+  keep the committed shards.
   """
 
-  def __init__(self, prefix: str, *, committed: list[list[int]], on_commit: Callable, **kwargs):
+  def __init__(self, prefix: str, *, committed: list[list[int]], last_ids: list[int],
+               on_commit: Callable, **kwargs):
     super().__init__(prefix, **kwargs)
     self._on_commit = on_commit
+    self._last_ids = list(last_ids)
+    self._batch_ids, self._batch_start = np.zeros(0, np.int64), 0
     self._shard_counts = [list(c) for c in committed]
     self._shard = len(committed) - 1
     self._written = self._bounds(len(committed))[0] if committed else 0
@@ -157,11 +174,37 @@ class _ResumableWriter(shard_writer.ShardWriter):
       self._label_counts = np.sum(np.asarray(committed, np.int64), axis=0)
     self._shard_start_counts = self._label_counts.copy()
 
+  @property
+  def label_counts(self) -> np.ndarray:
+    return self._label_counts
+
+  @property
+  def last_ids(self) -> list[int]:
+    return list(self._last_ids)
+
+  @property
+  def metadata(self) -> dict:
+    return self._metadata   # written into the manifest by close()
+
+  def write_batch(self, images, labels, scores=None, ids=None) -> None:
+    """The base class's write, one shard's part of the batch at a time: it adds a whole batch's
+    labels to the counts before writing, so a batch across a shard boundary would credit the
+    committed shard with labels of the next (and a resumed set would count them twice)."""
+    start, n = 0, len(labels)
+    while start < n:
+      shard = self._shard + (self._file is None)   # the open shard, or the next one
+      stop = min(n, start + self._bounds(shard)[1] - self._written)
+      self._batch_ids, self._batch_start = np.asarray(ids[start:stop]), self._written
+      super().write_batch(images[start:stop], labels[start:stop],
+                          None if scores is None else scores[start:stop], ids[start:stop])
+      start = stop
+
   def _finish_shard(self) -> None:
     super()._finish_shard()
     self._shard_counts.append((self._label_counts - self._shard_start_counts).tolist())
     self._shard_start_counts = self._label_counts.copy()
-    self._on_commit(self._shard_counts)
+    self._last_ids.append(int(self._batch_ids[self._written - 1 - self._batch_start]))
+    self._on_commit(self._shard_counts, self._last_ids)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,8 +233,8 @@ def _batches(sample_batch, label_batch, key, plan: HostPlan, start: int):
     yield i, images, labels.astype(np.int64), scores.astype(np.float32)
 
 
-def _progress(plan, done, enabled, desc):
-  return tqdm.tqdm(total=plan.total, initial=done, unit='img', desc=desc, smoothing=0.1,
+def _progress(total, done, enabled, desc):
+  return tqdm.tqdm(total=total, initial=done, unit='img', desc=desc, smoothing=0.1,
                    disable=not enabled, dynamic_ncols=True)
 
 
@@ -204,26 +247,32 @@ def _check_state(path: str, saved: dict, want: dict) -> None:
                      f'--out')
 
 
-def _write_all(sample_batch, label_batch, key, plan, prefix, writer_args, settings, progress):
-  """Every sample of the host, resumed at the first uncommitted shard."""
+def _resumable_writer(prefix, total, writer_args, settings):
+  """The host's writer, after the shards its `.progress.json` says are committed."""
   state_path = f'{prefix}.progress.json'
   text = _read(state_path)
-  committed = []
+  state = {'committed': [], 'last_ids': []}
   if text is not None:
     state = json.loads(text)
     _check_state(state_path, state['settings'], settings)
-    committed = state['committed']
 
-  def on_commit(shard_counts):
-    files.write_atomic(state_path, json.dumps({'settings': settings,
-                                          'committed': shard_counts}).encode())
+  def on_commit(shard_counts, last_ids):
+    files.write_atomic(state_path, json.dumps({'settings': settings, 'committed': shard_counts,
+                                               'last_ids': last_ids}).encode())
 
-  writer = _ResumableWriter(prefix, committed=committed, on_commit=on_commit,
-                            total=plan.total, **writer_args)
+  return _ResumableWriter(prefix, committed=state['committed'],
+                          last_ids=state.get('last_ids', []), on_commit=on_commit, total=total,
+                          **writer_args)
+
+
+def _write_all(sample_batch, label_batch, key, plan, prefix, writer_args, settings, progress):
+  """Every sample of the host, resumed at the first uncommitted shard."""
+  state_path = f'{prefix}.progress.json'
+  writer = _resumable_writer(prefix, plan.total, writer_args, settings)
   position = writer.written
   first = position // plan.batch_size      # every host batch but the last is full
   skip = position - first * plan.batch_size
-  bar = _progress(plan, position, progress, f'sample {posixpath.basename(prefix)}')
+  bar = _progress(plan.total, position, progress, f'sample {posixpath.basename(prefix)}')
   sampled = 0
   for i, images, labels, scores in _batches(sample_batch, label_batch, key, plan, first):
     ids = plan.ids(i)
@@ -236,6 +285,56 @@ def _write_all(sample_batch, label_batch, key, plan, prefix, writer_args, settin
   manifest = writer.close()
   files.remove(state_path)
   return manifest, plan.total, sampled, 0
+
+
+def _resume_point(plan, last_id):
+  """(host batch, rows to skip in it) just after sample `last_id` (-1: the start)."""
+  if last_id < 0:
+    return 0, 0
+  i = int(np.searchsorted(plan.batches, last_id // plan.batch_size))
+  return i, last_id - int(plan.batches[i]) * plan.batch_size + 1
+
+
+def _write_balanced(sample_batch, label_batch, key, plan, prefix, writer_args, settings, progress,
+                    k, num_classes):
+  """The first k of each class in the host's sample stream (balanced.py), written as they come;
+  the stream goes on until every class has k or the plan's candidates are spent."""
+  state_path = f'{prefix}.progress.json'
+  writer = _resumable_writer(prefix, k * num_classes, writer_args, settings)
+  counts = writer.label_counts.copy()
+  last_ids = writer.last_ids
+  first, skip = _resume_point(plan, last_ids[-1] if last_ids else -1)
+  bar = _progress(k * num_classes, writer.written, progress,
+                  f'sample {k}/class {posixpath.basename(prefix)}')
+  sampled, last = 0, last_ids[-1] if last_ids else -1
+  stream = _batches(sample_batch, label_batch, key, plan, first) if counts.min() < k else ()
+  for i, images, labels, scores in stream:
+    ids = plan.ids(i)
+    if i == first and skip:
+      images, labels, scores, ids = images[skip:], labels[skip:], scores[skip:], ids[skip:]
+    keep = balanced.first_k(labels, counts, k)
+    writer.write_batch(images[keep], labels[keep], scores[keep], ids=ids[keep])
+    sampled += len(ids)
+    bar.update(int(keep.sum()))
+    last = int(ids[np.flatnonzero(keep)[-1]]) if keep.any() else last
+    if counts.min() >= k:   # full: the batch dispatched ahead is not needed
+      break
+  bar.close()
+  if counts.min() < k:
+    raise ValueError(
+        f'{prefix}: {plan.total:,} candidates gave fewer than {k} of some classes '
+        f'({{class: count}} = {balanced.short_classes(counts, k)}); run again with more '
+        f'candidates (--max_candidates) to go on from the last committed shard')
+  writer.metadata['class_balance'] = {'per_class': k, 'candidates': _candidates(plan, last)}
+  manifest = writer.close()
+  files.remove(state_path)
+  return manifest, k * num_classes, sampled, 0
+
+
+def _candidates(plan, last_id):
+  """How many samples of the host's stream came up to and including `last_id`."""
+  i, rows = _resume_point(plan, last_id)
+  return int(plan.counts[:i].sum()) + rows
 
 
 def _save_selector(path, selector, batches_done, settings):
@@ -267,7 +366,7 @@ def _write_top_k(sample_batch, label_batch, key, plan, prefix, writer_args, sett
   selector = topk.TopKPerClass(k, num_classes)
   start = _load_selector(state_path, selector, settings)
   peak = selector.held_nbytes()
-  bar = _progress(plan, int(plan.counts[:start].sum()), progress,
+  bar = _progress(plan.total, int(plan.counts[:start].sum()), progress,
                   f'sample+top-{k} {posixpath.basename(prefix)}')
   sampled = 0
   for i, images, labels, scores in _batches(sample_batch, label_batch, key, plan, start):
@@ -300,6 +399,7 @@ def _write_top_k(sample_batch, label_batch, key, plan, prefix, writer_args, sett
 def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str, *, num: int,
                   batch_size: int, num_shards: int, image_shape, num_classes: int,
                   generator: str, sampler: str, steps: int, seed: int, top_k: int = 0,
+                  class_balanced: bool = False, max_candidates: int = 0,
                   process_index: int = 0, process_count: int = 1,
                   barrier: Callable[[], None] | None = None, progress: bool = True,
                   checkpoint_every: int = _CHECKPOINT_EVERY,
@@ -307,8 +407,12 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
                   jpeg_quality: int = 95) -> SamplingResult:
   """Samples `num` images (or keeps the top-K of them) into OUT's shards; see module docstring.
 
-  `barrier()` must return once every host has reached it (jax's sync_global_devices); it is
-  needed, and only called, when process_count > 1.
+  With `class_balanced`, the set holds num / classes samples of each class: a conditional
+  generator (`label_batch=None`, sample i of class i mod classes) draws them directly; with a
+  labeller, samples are drawn until each class has its share and the first of each class are
+  kept (balanced.py), at most `max_candidates` of them (0: 10 x num); a run stopped short of
+  them resumes with a larger bound. `barrier()` must return once every host has reached it
+  (jax's sync_global_devices); it is needed, and only called, when process_count > 1.
   """
   import jax  # pylint: disable=g-import-not-at-top  (data/ stays importable without jax)
   if process_count > 1 and barrier is None:
@@ -316,7 +420,13 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
   if top_k and top_k < process_count:
     raise ValueError(f'top_k={top_k} is split over {process_count} hosts: it must be at least '
                      f'the number of hosts')
-  plan = host_plan(num, batch_size, num_shards, process_index, process_count)
+  if top_k and class_balanced:
+    raise ValueError(f'top_k={top_k} and class_balanced: choose one (a top-K set is '
+                     f'class-balanced already, by score)')
+  first_of_class = class_balanced and label_batch is not None
+  plan = host_plan(_candidate_count(num, num_classes, class_balanced, max_candidates,
+                                    label_batch, process_count),
+                   batch_size, num_shards, process_index, process_count)
   prefix = host_prefix(out, process_index, process_count)
   settings = dict(num=num, batch_size=batch_size, num_shards=num_shards, generator=generator,
                   sampler=sampler, steps=steps, seed=seed, top_k=top_k,
@@ -325,6 +435,8 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
   if encoding != 'raw':   # absent for raw sets, so runs started before encodings still resume
     settings.update(encoding=encoding,
                     jpeg_quality=jpeg_quality if encoding == 'jpeg' else None)
+  if class_balanced:   # only then: a set written before the option keeps its settings
+    settings['class_balanced'] = True
   host_manifest = shards.manifest_path(prefix)
   files.makedirs(posixpath.dirname(prefix))
   if _finished(host_manifest, settings):
@@ -333,17 +445,24 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
       files.remove(prefix + state)
   else:
     _remove_leftovers(prefix)
+    selection = ('top-k' if top_k else 'class-balanced' if class_balanced else 'all')
     writer_args = dict(num_shards=plan.num_shards, image_shape=image_shape,
                        num_classes=num_classes, source=generator, seed=seed,
-                       metadata={**(metadata or {}), 'sampling': settings},
+                       metadata={**(metadata or {}), 'sampling': settings,
+                                 'selection': selection},
                        encoding=encoding, jpeg_quality=jpeg_quality)
     key = jax.random.key(seed)
     start = time.time()
     if top_k:
-      k = top_k // process_count + (process_index < top_k % process_count)
+      k = balanced.host_share(top_k, process_index, process_count)
       host_manifest, written, sampled, peak = _write_top_k(
           sample_batch, label_batch, key, plan, prefix, writer_args, settings, progress, k,
           num_classes, seed, checkpoint_every)
+    elif first_of_class:
+      k = balanced.host_share(num // num_classes, process_index, process_count)
+      host_manifest, written, sampled, peak = _write_balanced(
+          sample_batch, label_batch, key, plan, prefix, writer_args, settings, progress, k,
+          num_classes)
     else:
       host_manifest, written, sampled, _ = _write_all(
           sample_batch, label_batch, key, plan, prefix, writer_args, settings, progress)
@@ -356,6 +475,24 @@ def write_samples(sample_batch: Callable, label_batch: Callable | None, out: str
       _merge_manifests(out, process_count)
     barrier()
   return SamplingResult(manifest, host_manifest, written, sampled, peak)
+
+
+def _candidate_count(num, num_classes, class_balanced, max_candidates, label_batch,
+                     process_count):
+  """Samples the plan may draw: num, or with a labelled class-balanced set the bound on its
+  candidates (sample ids are 32-bit)."""
+  if not class_balanced:
+    return num
+  k = balanced.per_class(num, num_classes)
+  if label_batch is None:
+    return num   # drawn class by class: sample i is of class i mod classes
+  if k < process_count:
+    raise ValueError(f'{k} per class is split over {process_count} hosts: it must be at least '
+                     f'the number of hosts')
+  bound = max_candidates or min(10 * num, 2 ** 32 - 1)
+  if not num <= bound < 2 ** 32:
+    raise ValueError(f'max_candidates={bound}: must lie in [num={num}, 2^32)')
+  return bound
 
 
 def _finished(manifest_path: str, settings: dict) -> bool:
@@ -376,6 +513,11 @@ def _merge_manifests(out: str, process_count: int) -> str:
   merged['count'] = sum(p['count'] for p in parts)
   merged['label_counts'] = np.sum([p['label_counts'] for p in parts], axis=0).tolist()
   merged['shards'] = [s for p in parts for s in p['shards']]
+  balance = [p.get('metadata', {}).get('class_balance') for p in parts]
+  if all(balance):   # the whole set's K and the candidates every host drew
+    merged['metadata'] = dict(merged['metadata'], class_balance={
+        'per_class': sum(b['per_class'] for b in balance),
+        'candidates': sum(b['candidates'] for b in balance)})
   merged['hosts'] = [posixpath.basename(host_prefix(out, h, process_count)) + '.json'
                      for h in range(process_count)]
   path = shards.manifest_path(out)

@@ -44,11 +44,19 @@ class DiffusionState:
 
 
 def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
-  """The global batch of step `step` (0-based): epoch-wise permutations, dropping the remainder."""
+  """The global batch of step `step` (0-based): epoch-wise permutations, dropping the remainder.
+
+  A set smaller than the batch (a data-scarce subset, dataset.train_fraction) fills each batch
+  with whole permutations, k = ceil(batch / set) of them, cut to the batch: every image at least
+  k - 1 times, at most k.
+  """
+  if num_examples < 1:
+    raise ValueError('no training images')
   per_epoch = num_examples // batch_size
   if per_epoch == 0:
-    raise ValueError(f'config.train.batch_size={batch_size} exceeds the {num_examples} training '
-                     'images.')
+    k = -(-batch_size // num_examples)
+    return np.concatenate([np.random.default_rng([seed, step * k + j]).permutation(num_examples)
+                           for j in range(k)])[:batch_size]
   epoch, pos = divmod(step, per_epoch)
   order = np.random.default_rng([seed, epoch]).permutation(num_examples)
   return order[pos * batch_size:(pos + 1) * batch_size]

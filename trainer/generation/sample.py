@@ -5,9 +5,10 @@ google/ddpm-cifar10-32 imported from diffusers, guided-diffusion's ImageNet mode
 ε-samplers, or an EDM generator with Heun's or Euler's. Each batch is sampled and, with --classifier
 (a training workdir), pseudo-labelled on the devices: label = arg-max class, score = its softmax
 probability. Without a classifier the generator must be class-conditional: sample i is drawn for
-class i mod classes. Sample i's noise is a function of (seed, i) alone, so the set does not depend
-on the device count, the host count or a restart: killed and run again with the same command, it
-finishes with exactly N samples, each once (data/generation/sampling.py).
+class i mod classes. With --class_balanced the set holds num / classes of each class (the paper's
+"until we have 100K images for each class"). Sample i's noise is a function of (seed, i) alone, so
+the set does not depend on the device count, the host count or a restart: killed and run again
+with the same command, it finishes with exactly N samples, each once (data/generation/sampling.py).
 
 Multi-host: each host samples its own batches on its own devices and writes its own shards; the
 set's manifest lists them all.
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
 from data import real
+from data.generation import gaussian_fit
 from data.generation import sampling
 from models.diffusion import generators
 from trainer import sharding
@@ -59,9 +61,15 @@ def make_sample_batch(draw: Callable, params: Any, mesh, *, batch_size: int, ima
 
 def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int, sampler: str,
                      steps: int | None = None, seed: int = 0, classifier: str | None = None,
-                     checkpoint: str = 'best', top_k: int = 0, batch_size: int = 256,
-                     dtype: str = 'float32', progress: bool = True) -> sampling.SamplingResult:
-  """Loads the generator (and classifier), builds the jitted functions, writes the set."""
+                     checkpoint: str = 'best', top_k: int = 0, class_balanced: bool = False,
+                     max_candidates: int = 0, batch_size: int = 256, dtype: str = 'float32',
+                     progress: bool = True) -> sampling.SamplingResult:
+  """Loads the generator (and classifier), builds the jitted functions, writes the set.
+
+  `class_balanced`: num / classes of each class, drawn class by class from a conditional
+  generator without a classifier, else the first of each pseudo-label class in the sample stream
+  (at most `max_candidates` drawn; data/generation/sampling.py).
+  """
   if not 1 <= num < 2 ** 32:
     raise ValueError(f'--num={num}: sample ids are 32-bit, so 1 <= num < 2^32')
   generator = generators.load(generator_path, dtype=dtype)
@@ -93,8 +101,30 @@ def sample_to_shards(generator_path: str, out: str, *, num: int, num_shards: int
   return sampling.write_samples(
       sample_batch, label_batch, out, num=num, batch_size=batch_size, num_shards=num_shards,
       image_shape=generator.image_shape, num_classes=num_classes, generator=generator.name,
-      sampler=sampler, steps=steps, seed=seed, top_k=top_k,
-      process_index=jax.process_index(), process_count=jax.process_count(),
+      sampler=sampler, steps=steps, seed=seed, top_k=top_k, class_balanced=class_balanced,
+      max_candidates=max_candidates, process_index=jax.process_index(),
+      process_count=jax.process_count(),
       barrier=lambda: multihost_utils.sync_global_devices('trainer.sample'), progress=progress,
       metadata={'generator_checkpoint': generator_path, 'classifier': classifier or None,
                 'sampler': sampler, 'steps': steps, 'dtype': dtype})
+
+
+def gaussian_to_shards(fit_path: str, out: str, *, num: int, num_shards: int, classifier: str,
+                       seed: int = 0, batch_size: int = 1024,
+                       progress: bool = True) -> sampling.SamplingResult:
+  """A class-balanced set of the Gaussian fit (App. D), pseudo-labelled by `classifier` as the
+  paper's: samples are drawn until each pseudo-label class has num / classes, the first of each
+  kept (the fit draws its classes in turn, the classifier decides the label)."""
+  fit = gaussian_fit.load(fit_path)
+  factors = gaussian_fit.sampling_factors(fit)
+  _, model, variables = classifier_lib.load(classifier)
+  return sampling.write_samples(
+      lambda key, b: gaussian_fit.sample_batch(fit, b, seed=seed, batch_size=batch_size,
+                                               factors=factors)[0],
+      labeller.on_host(model, variables, batch_size, local_mesh()), out, num=num,
+      batch_size=batch_size, num_shards=num_shards, image_shape=fit.image_shape,
+      num_classes=fit.num_classes, generator='gaussian_fit', sampler='gaussian', steps=0,
+      seed=seed, class_balanced=True, process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      barrier=lambda: multihost_utils.sync_global_devices('trainer.sample'), progress=progress,
+      metadata={'generator_checkpoint': fit_path, 'classifier': classifier})

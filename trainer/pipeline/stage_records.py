@@ -25,7 +25,7 @@ _KEYS = {
                    'train.epoch_size', 'eval.every_steps', 'pipeline.classifier_'),
     'generator': ('seed', 'dataset.', 'pipeline.generator', 'pipeline.gaussian_components'),
     'samples': ('pipeline.num_generated', 'pipeline.top_k', 'pipeline.num_shards',
-                'pipeline.sampler'),
+                'pipeline.sampler', 'pipeline.class_balanced'),
     'data metrics': ('pipeline.metrics_samples',),
     'robust': ('seed', 'dataset.', 'model.', 'threat.', 'train.', 'optim.', 'generated.',
                'eval.every_steps', 'eval.pgd_steps', 'eval.selection_attack', 'eval.dtype'),
@@ -89,13 +89,13 @@ def _recorded(workdir):
   return workdir_lib.read_json(path) if path.exists() else {}
 
 
-def _from_training_workdir(workdir, stage, current):
+def _from_training_workdir(workdir, stage):
   """The settings a training stage of a workdir without stages.json ran with, from its own
-  config.json (classifier/ and robust/ have one) under today's key names, or None."""
+  config.json (classifier/ and robust/ have one), or None."""
   path = epath.Path(workdir, stage, 'config.json')
   if stage not in ('classifier', 'robust') or not path.exists():
     return None
-  return _select(workdir_lib.in_todays_keys(_flat(workdir_lib.read_json(path)), current), stage)
+  return _select(_flat(workdir_lib.read_json(path)), stage)
 
 
 def check(workdir, current, finished):
@@ -105,10 +105,11 @@ def check(workdir, current, finished):
   for stage in STAGES:
     if not finished(stage):
       continue
-    old = recorded.get(stage) or _from_training_workdir(workdir, stage, current[stage])
+    old = recorded.get(stage) or _from_training_workdir(workdir, stage)
     if old is None:
       continue
     new = current[stage]
+    old = workdir_lib.in_todays_keys(old, new)
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if changed:
       shown = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed[:3])

@@ -144,10 +144,12 @@ def _imported_generator(config, console):
 def generator_config(config):
   """The generator's training config: the preset pipeline.generator_preset names, on the
   method's dataset with its held-out size (so the generator never sees the images that select
-  the robust checkpoint) and seed; pipeline.generator_steps > 0 shortens (or lengthens) it."""
+  the robust checkpoint), its train_fraction (the same subset the classifiers see) and seed;
+  pipeline.generator_steps > 0 shortens (or lengthens) it."""
   c = importlib.import_module(f'configs.{config.pipeline.generator_preset}').get_config()
   c.dataset.name, c.dataset.data_dir = config.dataset.name, config.dataset.data_dir
   c.dataset.holdout, c.seed = config.dataset.holdout, config.seed
+  c.dataset.train_fraction = config.dataset.train_fraction
   if config.pipeline.generator_steps:
     c.train.num_steps = config.pipeline.generator_steps
   return c
@@ -189,32 +191,56 @@ def _sample_gaussian(config, fit_path, raw):
     progress.close()
 
 
+def _selection(config):
+  """How the set is chosen, for the console: the paper's class balance, top-K, or every sample."""
+  p = config.pipeline
+  if p.top_k:
+    return f', top-{p.top_k} per class'
+  if p.class_balanced:
+    classes = real.info(config.dataset.name).num_classes
+    return f', the first {p.num_generated // classes:,} of each class'
+  return ''
+
+
+def sampler_name(config):
+  """'ddpm-1000' and the like: the sampler and its network evaluations per sample."""
+  steps = config.pipeline.sampler_steps
+  return f'{config.pipeline.sampler}-{steps}' if steps else f'{config.pipeline.sampler} (T steps)'
+
+
 def stage_samples(config, workdir, generator, classifier, console):
-  """Samples the generator straight into shards pseudo-labelled by the classifier."""
+  """Samples the generator straight into shards pseudo-labelled by the classifier: the first
+  num_generated / classes of each class (pipeline.class_balanced, the paper's sets), the top-K
+  of each class, or every sample."""
   kind = config.pipeline.generator
   prefix = os.path.join(workdir, 'generated', kind)
   raw = prefix + '-raw'
   manifest = shards.manifest_path(prefix)
   top_k, n = config.pipeline.top_k, config.pipeline.num_generated
-  how = (f'{config.pipeline.sampler}-{config.pipeline.sampler_steps}, ' if kind != 'gaussian'
-         else '')
-  with console.stage('samples', f'{n:,} samples, {how}pseudo-labelled'
-                     + (f', top-{top_k} per class' if top_k else ''), manifest,
-                     _done(manifest)) as stage:
+  balanced = config.pipeline.class_balanced and not top_k   # a top-K set is balanced already
+  how = f'{sampler_name(config)}, ' if kind != 'gaussian' else ''
+  with console.stage('samples', f'{n:,} samples, {how}pseudo-labelled{_selection(config)}',
+                     manifest, _done(manifest)) as stage:
     if kind != 'gaussian' and not _done(manifest):
       sample.sample_to_shards(generator, prefix, num=n, num_shards=config.pipeline.num_shards,
                               sampler=config.pipeline.sampler,
                               steps=config.pipeline.sampler_steps, seed=config.seed,
-                              classifier=classifier, top_k=top_k,
+                              classifier=classifier, top_k=top_k, class_balanced=balanced,
                               batch_size=config.pipeline.sample_batch_size)
+    elif balanced and not _done(manifest):
+      sample.gaussian_to_shards(generator, prefix, num=n, num_shards=config.pipeline.num_shards,
+                                classifier=classifier, seed=config.seed)
     elif not _done(manifest):
       if not _done(shards.manifest_path(raw)):
         _sample_gaussian(config, generator, raw)
       pseudolabel.label_with(classifier, shards.manifest_path(raw), prefix,
                              num_shards=config.pipeline.num_shards, top_k=top_k,
                              seed=config.seed, source_name='gaussian_fit')
-    count = shards.load_manifest(manifest)['count']
-    stage['headline'] = f'{count:,} pseudo-labelled samples in {config.pipeline.num_shards} shards'
+    written = shards.load_manifest(manifest)
+    drawn = written.get('metadata', {}).get('class_balance', {}).get('candidates')
+    stage['headline'] = (f"{written['count']:,} pseudo-labelled samples"
+                         + (f' (the first of each class among {drawn:,} drawn)' if drawn else '')
+                         + f' in {config.pipeline.num_shards} shards')
   return manifest
 
 

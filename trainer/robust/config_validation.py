@@ -6,6 +6,7 @@ import jax
 import configs
 from data import real
 from data.input import alpha_schedule
+from models.diffusion import generators
 from trainer.robust import objectives
 from trainer.robust import optimizer
 from trainer.attacks import compositions
@@ -91,9 +92,17 @@ def validate_pipeline(config):
   _require(isinstance(p.generator_steps, int) and p.generator_steps >= 0,
            'pipeline.generator_steps', p.generator_steps,
            "must be ≥ 0 (0: the preset's train.num_steps).")
-  if p.generator == 'gaussian' or p.generator_checkpoint:
-    return
-  presets = generator_presets(p.generator)
-  _require(p.generator_preset in presets, 'pipeline.generator_preset', p.generator_preset,
-           f'must name a {p.generator.upper()} preset in configs/ by its module name: one of '
-           f'{", ".join(presets)}.')
+  if p.generator != 'gaussian' and not p.generator_checkpoint:   # a generator trained here
+    presets = generator_presets(p.generator)
+    _require(p.generator_preset in presets, 'pipeline.generator_preset', p.generator_preset,
+             f'must name a {p.generator.upper()} preset in configs/ by its module name: one of '
+             f'{", ".join(presets)}.')
+  _require(p.sampler in generators.SAMPLERS, 'pipeline.sampler', p.sampler,
+           f'must be one of {", ".join(generators.SAMPLERS)}.')
+  _require(isinstance(p.sampler_steps, int) and p.sampler_steps >= 0, 'pipeline.sampler_steps',
+           p.sampler_steps, "must be ≥ 0 (0: the sampler's default).")
+  classes = real.info(config.dataset).num_classes
+  _require(not p.class_balanced or p.top_k or p.num_generated % classes == 0,
+           'pipeline.num_generated', p.num_generated,
+           f'a class-balanced set (pipeline.class_balanced) needs a multiple of the {classes} '
+           'classes.')
