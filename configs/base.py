@@ -148,7 +148,18 @@ def get_config():
   c.pipeline.sampler_steps = 0             # network evaluations per sample, or noise levels for
                                            # heun/euler (0: the sampler's default: ddpm the
                                            # generator's T, 1,000; ddim 100; dpm++2m 20; heun 18)
+  c.pipeline.sampler_spacing = ''          # the sampler's timesteps ('': its own; 'guided' is
+                                           # guided-diffusion's --timestep_respacing S)
   c.pipeline.sample_batch_size = 256       # ddpm: images per sampling batch on each host
+  c.pipeline.labels = 'classifier'         # classifier: pseudo-labels from the non-robust
+                                           # classifier (the paper's CIFAR sets) | generator: a
+                                           # class-conditional generator's own classes, with no
+                                           # classifier (footnote 12; no data metrics either)
+  c.pipeline.classes = ''                  # labels='generator': the generator's classes to
+                                           # sample ('': all, in order; 'dataset': the dataset's
+                                           # class map, e.g. TinyImageNet's 200 of ImageNet's
+                                           # 1,000; or ids '3,7,12'); label i is the i-th
+  c.pipeline.shard_encoding = 'raw'        # how the shards store images: raw | png | jpeg
   c.pipeline.gaussian_components = 200     # PCA components per class (App. D)
   c.pipeline.num_generated = 1_000_000     # samples in the set (with top_k: candidates drawn)
   c.pipeline.class_balanced = True         # num_generated / classes of each pseudo-label class:

@@ -8,6 +8,15 @@ valid set of 200 classes" (Sec. 6): its class for TinyImageNet class i is
 `real.info(config.dataset).class_map[i]`, and the generator's own class labels are the labels
 (no pseudo-labeller). The paper states no sample count for TinyImageNet; 1M is its default.
 
+The whole method (trainer.method) takes that checkpoint imported (trainer.import_generator
+--format=guided-diffusion --source=64x64_diffusion.pt --flags=configs/adm/imagenet64.py) and
+samples it with its learned-variance ancestral sampler at guided-diffusion's 250 respaced steps
+into PNG shards, 5,000 per class:
+
+  python -m trainer.method --config=configs/tinyimagenet_linf_wrn28_10.py \\
+      --config.dataset.path=gs://BUCKET/tiny-imagenet-200 \\
+      --config.pipeline.generator_checkpoint=gs://BUCKET/adm_imagenet64 --workdir=…
+
 The training details the paper does not state follow DeepMind's code as the CIFAR presets do
 (`base.reference_training`); the 64×64 images keep the CIFAR crop (pad 4) and flips.
 
@@ -28,4 +37,8 @@ def get_config():
   c.generated.alpha = 0.3
   c.train.num_epochs = 400
   c.train.epoch_size = 50_000   # CIFAR-10-equivalent epochs: 19.5K steps at batch 1024
+  p = c.pipeline
+  p.generator, p.labels, p.classes = 'ddpm', 'generator', 'dataset'   # footnotes 9 and 12
+  p.sampler, p.sampler_steps, p.sampler_spacing = 'ddpm', 250, 'guided'
+  p.shard_encoding = 'png'
   return c

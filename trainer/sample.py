@@ -2,11 +2,15 @@
 
   python -m trainer.sample --generator=CKPT --num=N --out=DIR/NAME --shards=K \\
       --sampler=ddpm|ddim|dpm++2m|heun|euler --steps=S --seed=0 [--classifier=WORKDIR] \\
-      [--class_balanced [--max_candidates=M] | --top_k=K] [--batch_size=B]
+      [--class_balanced [--max_candidates=M] | --top_k=K] [--batch_size=B] \\
+      [--classes=3,7,12|DATASET:PATH] [--spacing=guided] [--encoding=raw|png|jpeg]
 
 The paper's DDPM sets: --sampler=ddpm (the checkpoint's ancestral sampler, its 1,000 steps) and
 --class_balanced (N / classes of each class, no confidence filtering); --top_k is the filter it
 used for BigGAN and VDVAE samples. An EDM generator samples with --sampler=heun (or euler).
+TinyImageNet from OpenAI's ImageNet-64 ADM (the paper's Sec. 6): --classes=tiny_imagenet:DIR (its
+200 classes' ImageNet indices; labels are TinyImageNet's own), --sampler=ddpm --steps=250
+--spacing=guided (guided-diffusion's --timestep_respacing 250), --encoding=png.
 
 Killed and run again with the same command, it finishes with exactly N samples, each once.
 Multi-host: pass --distributed on every process (coordinator flags as in trainer.main); OUT.json
@@ -39,6 +43,15 @@ _MAX_CANDIDATES = flags.DEFINE_integer('max_candidates', 0, 'With --class_balanc
                                        'classifier: samples drawn at most (0: 10 x num).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Images per batch on each host (a '
                                    'multiple of its device count; same on every host).')
+_CLASSES = flags.DEFINE_string('classes', '', 'Sample a class-conditional generator for these of '
+                               "its classes only: ids '3,7,12', or DATASET:PATH for that "
+                               "dataset's class map (tiny_imagenet:DIR); label i is the i-th.")
+_SPACING = flags.DEFINE_string('spacing', '', "Timestep spacing of ddpm/ddim ('leading', "
+                               "'trailing', 'guided', 'guided_ddim') or dpm++2m ('logsnr', "
+                               "'uniform', 'linspace'); default: the sampler's own.")
+_ENCODING = flags.DEFINE_enum('encoding', 'raw', ['raw', 'png', 'jpeg'], 'How shards store '
+                              'images: raw pixels, PNG (lossless, ~2x smaller) or JPEG.')
+_JPEG_QUALITY = flags.DEFINE_integer('jpeg_quality', 95, 'JPEG quality (--encoding=jpeg).')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'UNet compute dtype.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize().')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar (images/s, ETA).')
@@ -56,7 +69,11 @@ def main():
       num_shards=_SHARDS.value, sampler=_SAMPLER.value, steps=_STEPS.value, seed=_SEED.value,
       classifier=cli.absolute(_CLASSIFIER.value), checkpoint=_CHECKPOINT.value, top_k=_TOP_K.value,
       class_balanced=_CLASS_BALANCED.value, max_candidates=_MAX_CANDIDATES.value,
-      batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value, progress=_PROGRESS.value)
+      batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value,
+      classes=sample.parse_classes(_CLASSES.value), encoding=_ENCODING.value,
+      jpeg_quality=_JPEG_QUALITY.value,
+      sampler_options={'spacing': _SPACING.value} if _SPACING.value else None,
+      progress=_PROGRESS.value)
   if jax.process_index() == 0:
     print(result.manifest, flush=True)
 

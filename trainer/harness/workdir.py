@@ -38,7 +38,9 @@ ADDED = {
     'dataset.ram_limit_gb': 4.0, 'dataset.shuffle_window': 10_000, 'dataset.cycle_length': 16,
     'dataset.on_corrupt': 'raise', 'dataset.crop': 'pad',
     'generated.alpha_schedule': [], 'generated.smooth_real_labels': False,
-    'eval.chunk_size': 2048, 'dataset.train_fraction': 1.0, 'pipeline.class_balanced': False}
+    'eval.chunk_size': 2048, 'dataset.train_fraction': 1.0, 'pipeline.class_balanced': False,
+    'pipeline.sampler_spacing': '', 'pipeline.labels': 'classifier', 'pipeline.classes': '',
+    'pipeline.shard_encoding': 'raw'}
 
 
 class ConfigMismatchError(ValueError):

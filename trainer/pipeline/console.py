@@ -30,3 +30,8 @@ class Console:
       self.seconds[name] = time.time() - start
       self._print(f'{tag}done in {self.seconds[name]:.0f} s: {result.get("headline", "")}')
     self.headlines[name] = result.get('headline', '')
+
+  def skip(self, name, why):
+    """A stage this config does not run, and why."""
+    self._print(f'[{STAGES.index(name) + 1}/{len(STAGES)}] {name:<13}skipped: {why}')
+    self.headlines[name] = f'skipped: {why}'

@@ -143,19 +143,14 @@ def write(out, config):
   for name, key in (('classifier', 'classifier'), ('generator', 'generator'),
                     ('samples', 'samples'), ('data metrics', 'data_metrics'),
                     ('robust', 'robust'), ('evaluation', 'evaluation')):
-    where = out[key] if isinstance(out[key], str) else {
+    where = out[key] if out[key] is None or isinstance(out[key], str) else {
         'data_metrics': os.path.join(workdir, 'generated', 'data_metrics.json'),
         'evaluation': os.path.join(out['robust'], 'eval.json')}[key]
+    shown_where = '' if where is None else f'`{rel(where)}`'   # None: a skipped stage
     seconds = out['seconds'].get(name)
-    lines.append(f"| {name} | `{rel(where)}` | {out['headlines'].get(name, '')} | "
+    lines.append(f"| {name} | {shown_where} | {out['headlines'].get(name, '')} | "
                  f"{'' if seconds is None else f'{seconds:.0f}'} |")
-  data = out['data_metrics']
-  lines += ['', '## Generated data (Algorithm 1, App. D)', '',
-            '| ' + ' | '.join(label for _, label in METRIC_NAMES) + ' |',
-            '|' + '---:|' * len(METRIC_NAMES),
-            '| ' + ' | '.join(f'{data[k]:.3f}' for k, _ in METRIC_NAMES) + ' |', '',
-            *_fd_lines(data),
-            '![samples, one row per pseudo-label](generated/samples.png)', '']
+  lines += ['', *_data_lines(out['data_metrics'])]
   evaluation = out['evaluation']
   lines += ['## Evaluation', '',
             f"{evaluation['model']}, test[:{evaluation['num_examples']}], "
@@ -164,7 +159,7 @@ def write(out, config):
             *_evaluation_table(evaluation), '',
             f"worst case over the cascades: {_pct(evaluation['worst_case_robust_accuracy'])}", '']
   lines += ['## Training', '']
-  runs = [(name, out[name]) for name in TRAINING_STAGES]
+  runs = [(name, out[name]) for name in TRAINING_STAGES if out[name]]
   if out.get('generator_run'):  # a DDPM trained by the method
     runs.insert(0, ('generator', out['generator_run']))
   for name, run_dir in runs:
@@ -178,12 +173,27 @@ def write(out, config):
   return path
 
 
+def _data_lines(data):
+  """report.md's section on the generated data (none without a classifier to measure it)."""
+  if data is None:
+    return ["The generator's own classes label the generated data: no classifier, so no "
+            'Algorithm 1 numbers (pipeline.labels).', '']
+  return ['## Generated data (Algorithm 1, App. D)', '',
+          '| ' + ' | '.join(label for _, label in METRIC_NAMES) + ' |',
+          '|' + '---:|' * len(METRIC_NAMES),
+          '| ' + ' | '.join(f'{data[k]:.3f}' for k, _ in METRIC_NAMES) + ' |', '',
+          *_fd_lines(data),
+          '![samples, one row per pseudo-label](generated/samples.png)', '']
+
+
 def closing(out):
   """The console's closing report: where each stage's output lies and the headline numbers."""
-  rows = [('non-robust classifier', shown(out['classifier'])),
+  skipped = "none (the generator's labels)"
+  rows = [('non-robust classifier', shown(out['classifier']) if out['classifier'] else skipped),
           ('generator', shown(out['generator'])),
-          ('pseudo-labelled shards', shown(out['samples'])),
-          ('data metrics', data_metrics_line(out['data_metrics'])),
+          ('labelled shards', shown(out['samples'])),
+          ('data metrics', data_metrics_line(out['data_metrics']) if out['data_metrics']
+           else skipped),
           ('robust (TRADES) run', shown(out['robust'])),
           ('evaluation', evaluation_line(out['evaluation'])),
           ('report', shown(out['report'])),

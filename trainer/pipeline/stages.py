@@ -1,6 +1,8 @@
 """The whole method's stages, each writing its output last and skipped when that output exists.
 
-  1. classifier/      non-robust classifier (train.loss='standard') on the real training set
+  1. classifier/      non-robust classifier (train.loss='standard') on the real training set;
+                      none with pipeline.labels='generator' (a class-conditional generator's
+                      own labels, the paper's footnote 12)
   2. generator/       class-conditional Gaussian fit of the real training set (App. D), or
                       (pipeline.generator='ddpm' or 'edm') a diffusion model: the checkpoint
                       given by pipeline.generator_checkpoint, or without one a generator
@@ -9,7 +11,8 @@
   3. generated/       N samples → pseudo-labelled by the classifier (optionally top-K per class)
                       → shards
   4. generated/       Algorithm 1's complementarity and coverage and the classifier-feature
-                      Fréchet distance (data_metrics.json, TensorBoard), samples.png
+                      Fréchet distance (data_metrics.json, TensorBoard), samples.png; skipped
+                      without a classifier (its features are the space they are measured in)
   5. robust/          TRADES on batches of α real and 1 − α generated images
   6. robust/eval.json final evaluation with the attack cascade(s) of config.eval.attacks
      report.md        the stage table, the evaluation per attack stage, samples and curves
@@ -88,7 +91,15 @@ def _accuracies(final, keys):
   return ', '.join(f'{label} {progress.percent(final[k])}' for k, label in keys if k in final)
 
 
+def labels_from_generator(config):
+  return config.pipeline.labels == 'generator'
+
+
 def stage_classifier(config, workdir, console):
+  if labels_from_generator(config):
+    console.skip('classifier', "the generator's own classes are the labels "
+                 "(pipeline.labels='generator')")
+    return None
   out = os.path.join(workdir, 'classifier')
   c = classifier_config(config)
   with console.stage('classifier', f'training a non-robust {c.model.name} '
@@ -197,7 +208,7 @@ def _selection(config):
   if p.top_k:
     return f', top-{p.top_k} per class'
   if p.class_balanced:
-    classes = real.info(config.dataset.name).num_classes
+    classes = real.info(config.dataset).num_classes
     return f', the first {p.num_generated // classes:,} of each class'
   return ''
 
@@ -208,10 +219,26 @@ def sampler_name(config):
   return f'{config.pipeline.sampler}-{steps}' if steps else f'{config.pipeline.sampler} (T steps)'
 
 
+def generator_classes(config, generator):
+  """pipeline.classes as the generator's class ids (None: all of them, which must then be the
+  dataset's classes)."""
+  spec, num_classes = config.pipeline.classes, real.info(config.dataset).num_classes
+  classes = (list(real.info(config.dataset).class_map) if spec == 'dataset'
+             else sample.parse_classes(spec))
+  count = len(classes) if classes is not None else generators.load(generator).num_classes
+  if count != num_classes:
+    hint = (" (pipeline.classes='dataset' takes the dataset's class map)"
+            if real.info(config.dataset).class_map else '')
+    raise ValueError(f'pipeline.classes={spec!r}: {count} generator classes for the '
+                     f'{num_classes} classes of {config.dataset.name}{hint}')
+  return classes
+
+
 def stage_samples(config, workdir, generator, classifier, console):
-  """Samples the generator straight into shards pseudo-labelled by the classifier: the first
-  num_generated / classes of each class (pipeline.class_balanced, the paper's sets), the top-K
-  of each class, or every sample."""
+  """Samples the generator straight into shards pseudo-labelled by the classifier (or labelled
+  by a class-conditional generator, pipeline.labels='generator'): the first num_generated /
+  classes of each class (pipeline.class_balanced, the paper's sets), the top-K of each class, or
+  every sample."""
   kind = config.pipeline.generator
   prefix = os.path.join(workdir, 'generated', kind)
   raw = prefix + '-raw'
@@ -219,14 +246,19 @@ def stage_samples(config, workdir, generator, classifier, console):
   top_k, n = config.pipeline.top_k, config.pipeline.num_generated
   balanced = config.pipeline.class_balanced and not top_k   # a top-K set is balanced already
   how = f'{sampler_name(config)}, ' if kind != 'gaussian' else ''
-  with console.stage('samples', f'{n:,} samples, {how}pseudo-labelled{_selection(config)}',
+  labelled = 'pseudo-labelled' if classifier else 'labelled by the generator'
+  with console.stage('samples', f'{n:,} samples, {how}{labelled}{_selection(config)}',
                      manifest, _done(manifest)) as stage:
     if kind != 'gaussian' and not _done(manifest):
-      sample.sample_to_shards(generator, prefix, num=n, num_shards=config.pipeline.num_shards,
-                              sampler=config.pipeline.sampler,
-                              steps=config.pipeline.sampler_steps, seed=config.seed,
-                              classifier=classifier, top_k=top_k, class_balanced=balanced,
-                              batch_size=config.pipeline.sample_batch_size)
+      spacing = config.pipeline.sampler_spacing
+      sample.sample_to_shards(
+          generator, prefix, num=n, num_shards=config.pipeline.num_shards,
+          sampler=config.pipeline.sampler, steps=config.pipeline.sampler_steps, seed=config.seed,
+          classifier=classifier, top_k=top_k, class_balanced=balanced,
+          batch_size=config.pipeline.sample_batch_size,
+          classes=None if classifier else generator_classes(config, generator),
+          encoding=config.pipeline.shard_encoding,
+          sampler_options={'spacing': spacing} if spacing else None)
     elif balanced and not _done(manifest):
       sample.gaussian_to_shards(generator, prefix, num=n, num_shards=config.pipeline.num_shards,
                                 classifier=classifier, seed=config.seed)
@@ -238,7 +270,7 @@ def stage_samples(config, workdir, generator, classifier, console):
                              seed=config.seed, source_name='gaussian_fit')
     written = shards.load_manifest(manifest)
     drawn = written.get('metadata', {}).get('class_balance', {}).get('candidates')
-    stage['headline'] = (f"{written['count']:,} pseudo-labelled samples"
+    stage['headline'] = (f"{written['count']:,} {labelled} samples"
                          + (f' (the first of each class among {drawn:,} drawn)' if drawn else '')
                          + f' in {config.pipeline.num_shards} shards')
   return manifest
@@ -309,6 +341,10 @@ def stage_data_metrics(config, workdir, manifest, classifier, console):
   out = os.path.join(workdir, 'generated', 'data_metrics.json')
   grid = os.path.join(workdir, 'generated', 'samples.png')
   n = config.pipeline.metrics_samples
+  if classifier is None:
+    console.skip('data metrics', 'no classifier to measure them in (pipeline.labels='
+                 "'generator')")
+    return None
   with console.stage('data metrics', f'complementarity, coverage and {FD_LABEL} on {n} per set',
                      out, _done(out)) as stage:
     if not _done(out):
@@ -378,7 +414,8 @@ def run(config, workdir, console=None, redo=None):
   workdir = cli.absolute(workdir)
   console = console or Console()
   out = {'workdir': workdir, 'status': 'finished'}
-  config_validation.validate_pipeline(config)  # a rerun may skip the stages that validate
+  # A rerun may skip the stages that validate; the dataset's classes size the balanced set.
+  config_validation.validate_pipeline(config, real.info(config.dataset).num_classes)
   with lease.Lease(workdir):  # one method per workdir; its training stages hold their own
     return _run(config, workdir, console, redo, out)
 

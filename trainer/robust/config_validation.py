@@ -84,8 +84,10 @@ def generator_presets(kind):
                 if m.name.startswith(f'{kind}_'))
 
 
-def validate_pipeline(config):
-  """The keys of the whole method (trainer.method) that no training stage reads."""
+def validate_pipeline(config, num_classes=None):
+  """The keys of the whole method (trainer.method) that no training stage reads. The class-
+  balanced set size is checked against `num_classes`, or without it against a built-in dataset's
+  (a dataset read from a path is not read here; the method passes its count)."""
   p = config.pipeline
   _require(p.generator in ('gaussian', 'ddpm', 'edm'), 'pipeline.generator', p.generator,
            "must be 'gaussian', 'ddpm' or 'edm'.")
@@ -101,8 +103,22 @@ def validate_pipeline(config):
            f'must be one of {", ".join(generators.SAMPLERS)}.')
   _require(isinstance(p.sampler_steps, int) and p.sampler_steps >= 0, 'pipeline.sampler_steps',
            p.sampler_steps, "must be ≥ 0 (0: the sampler's default).")
-  classes = real.info(config.dataset).num_classes
-  _require(not p.class_balanced or p.top_k or p.num_generated % classes == 0,
+  _require(p.labels in ('classifier', 'generator'), 'pipeline.labels', p.labels,
+           "must be 'classifier' or 'generator'.")
+  _require(p.labels == 'classifier' or p.generator != 'gaussian', 'pipeline.labels', p.labels,
+           "'generator' takes a class-conditional diffusion generator's own classes: set "
+           "pipeline.generator to 'ddpm' or 'edm'.")
+  _require(p.labels == 'generator' or not p.classes, 'pipeline.classes', p.classes,
+           "samples a class-conditional generator for its own labels: set pipeline.labels to "
+           "'generator'.")
+  _require(p.shard_encoding in ('raw', 'png', 'jpeg'), 'pipeline.shard_encoding',
+           p.shard_encoding, "must be 'raw', 'png' or 'jpeg'.")
+  _require(p.shard_encoding == 'raw' or p.generator != 'gaussian', 'pipeline.shard_encoding',
+           p.shard_encoding, "applies to a diffusion generator's shards; the Gaussian fit's are "
+           'raw.')
+  builtin = real.DATASETS.get(config.dataset.name)
+  classes = num_classes or (builtin.num_classes if builtin else 0)
+  _require(not classes or not p.class_balanced or p.top_k or p.num_generated % classes == 0,
            'pipeline.num_generated', p.num_generated,
            f'a class-balanced set (pipeline.class_balanced) needs a multiple of the {classes} '
            'classes.')
