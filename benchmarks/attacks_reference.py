@@ -44,6 +44,7 @@ import argparse
 import hashlib
 import importlib
 import importlib.util
+import io
 import os
 import platform
 import re
@@ -57,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from data import files
 from trainer.attacks.autoattack import autoattack
 
 STAGES = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
@@ -232,9 +234,10 @@ def _cached(cache_dir, tag, build):
       return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(saved[f'a{i}'])
                                                     for i in range(len(leaves))])
   tree = build(tree)
-  np.savez(path + '.tmp.npz', **{f'a{i}': np.asarray(a)
-                                 for i, a in enumerate(jax.tree_util.tree_leaves(tree))})
-  os.replace(path + '.tmp.npz', path)
+  buffer = io.BytesIO()
+  leaves = jax.tree_util.tree_leaves(tree)
+  np.savez(buffer, **{f'a{i}': np.asarray(a) for i, a in enumerate(leaves)})
+  files.write_atomic(path, buffer.getvalue())
   return tree
 
 

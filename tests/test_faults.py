@@ -3,6 +3,7 @@ nothing already saved is lost or changed."""
 import json
 import os
 import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -213,3 +214,32 @@ def test_training_on_a_cut_shard_stops_in_one_line_naming_it(tmp_path):
   trainer_runs.one_line_error(proc, 'set-00001-of-00002.tfrecord',
                               'ends after 60 records, its manifest counts 100')
   assert not (tmp_path / 'runs' / 'x' / 'done.json').exists()
+
+
+# --- Commands pointed at the wrong place, optional packages ---------------------------------------
+
+@pytest.mark.integration
+@pytest.mark.parametrize('where', ['missing', 'empty'])
+def test_evaluate_on_a_workdir_without_a_run_is_one_line(tmp_path, where):
+  if where == 'empty':
+    (tmp_path / 'runs' / 'x').mkdir(parents=True)
+  proc = trainer_runs.run_command(str(tmp_path), 'trainer.evaluate', '--workdir=runs/x')
+  trainer_runs.one_line_error(proc, 'No config.json in workdir', 'runs/x',
+                              'is it a training workdir?')
+  assert not (tmp_path / 'runs' / 'x' / 'eval.json').exists()
+
+
+@pytest.mark.integration
+def test_export_without_pytorch_is_one_line(tmp_path):
+  """An environment whose `import torch` fails, as one without PyTorch does."""
+  (tmp_path / 'no_torch' / 'torch').mkdir(parents=True)
+  (tmp_path / 'no_torch' / 'torch' / '__init__.py').write_text(
+      "raise ImportError('No module named torch')\n")
+  environ = trainer_runs.env(2, str(tmp_path / 'jax-cache'))
+  environ['PYTHONPATH'] = f"{tmp_path / 'no_torch'}{os.pathsep}{trainer_runs.ROOT}"
+  proc = subprocess.run([sys.executable, '-m', 'trainer.export', '--workdir=runs/x',
+                         '--out=model.pt'], cwd=tmp_path, env=environ, capture_output=True,
+                        text=True, timeout=300)
+  trainer_runs.one_line_error(proc, 'trainer.export needs PyTorch, which is not installed',
+                              'pip install torch==')
+  assert not (tmp_path / 'model.pt').exists()

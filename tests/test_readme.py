@@ -99,3 +99,12 @@ def test_main_command_on_a_fresh_clone_runs_the_method_and_resumes(clone):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert {p: p.stat().st_mtime_ns for p in workdir.rglob('*.json')} == before
   assert sum('done before' in line for line in proc.stdout.splitlines()) == 6
+
+  # A start with a setting the finished stages did not run with is refused in one line before
+  # any work, and nothing is rewritten.
+  command = readme_main_command() + ' -- ' + ' '.join(TOY + ['--config.train.beta=3'])
+  proc = subprocess.run(['bash', '-c', command], cwd=clone, capture_output=True, text=True,
+                        env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'),
+                        timeout=600)
+  trainer_runs.one_line_error(proc, 'the robust stage', 'train.beta: 6.0 -> 3.0', '--redo=robust')
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob('*.json')} == before

@@ -122,8 +122,8 @@ def check(workdir, current, finished):
 
 def record(workdir, stage, current):
   """Writes the settings `stage` finished with (process 0 writes)."""
-  if jax.process_index() == 0:
-    recorded = _recorded(workdir)
+  recorded = _recorded(workdir)
+  if jax.process_index() == 0 and recorded.get(stage) != current[stage]:  # a rerun writes nothing
     recorded[stage] = current[stage]
     workdir_lib.write_json(epath.Path(workdir, _RECORD), recorded)
 
