@@ -35,12 +35,15 @@ flags.mark_flags_as_required(['npz', 'out', 'shards'])
 def main():
   out = cli.absolute(_OUT.value)
   cli.check_gcs_readable(_NPZ.value, '--npz')
+  # A file that is not a usable npz is refused before any folder is made.
+  npz = import_npz.open_npz(cli.absolute(_NPZ.value), num_classes=_NUM_CLASSES.value,
+                            image_key=_IMAGE_KEY.value, label_key=_LABEL_KEY.value,
+                            score_key=_SCORE_KEY.value)
   cli.start(out.rsplit('/', 1)[0] if '/' in out else '.')
-  path = import_npz.import_npz(
-      cli.absolute(_NPZ.value), out, num_shards=_SHARDS.value, shuffle=_SHUFFLE.value,
-      seed=_SEED.value, source=_GENERATOR.value, num_classes=_NUM_CLASSES.value,
-      image_key=_IMAGE_KEY.value, label_key=_LABEL_KEY.value, score_key=_SCORE_KEY.value,
-      progress=_PROGRESS.value, encoding=_ENCODING.value, jpeg_quality=_JPEG_QUALITY.value)
+  path = import_npz.write_shards(
+      npz, out, num_shards=_SHARDS.value, shuffle=_SHUFFLE.value, seed=_SEED.value,
+      source=_GENERATOR.value, progress=_PROGRESS.value, encoding=_ENCODING.value,
+      jpeg_quality=_JPEG_QUALITY.value)
   print(path, flush=True)
 
 

@@ -31,6 +31,7 @@ import posixpath
 import struct
 import tempfile
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 import tqdm
@@ -221,6 +222,32 @@ def _label_range(labels: NpzMember, chunk: int) -> tuple[int, int]:
   return int(lo), int(hi)
 
 
+class NpzSet(NamedTuple):
+  """The checked arrays of one npz: images, labels, optional scores, and the class count."""
+  path: str
+  images: NpzMember
+  labels: NpzMember
+  scores: NpzMember | None
+  num_classes: int
+
+
+def open_npz(src: str, *, num_classes: int | None = None, image_key: str = 'image',
+             label_key: str = 'label', score_key: str | None = None) -> NpzSet:
+  """Opens and checks `src` (arrays, shapes, label range); writes nothing."""
+  images = NpzMember(src, image_key)
+  labels = NpzMember(src, label_key)
+  scores = NpzMember(src, score_key) if score_key else None
+  _check_members(images, labels)
+  if len(images) == 0:
+    raise ValueError(f'{src}: {image_key!r} holds no images')
+  lo, hi = _label_range(labels, 1 << 22)
+  num_classes = hi + 1 if num_classes is None else num_classes
+  if lo < 0 or hi >= num_classes:
+    raise ValueError(f'{src}: labels span [{lo}, {hi}], outside [0, '
+                     f'{num_classes})')
+  return NpzSet(src, images, labels, scores, num_classes)
+
+
 def import_npz(src: str, out: str, *, num_shards: int, shuffle: bool = False,
                seed: int = 0, source: str | None = None,
                num_classes: int | None = None, image_key: str = 'image',
@@ -228,19 +255,20 @@ def import_npz(src: str, out: str, *, num_shards: int, shuffle: bool = False,
                progress: bool = True, encoding: str = 'raw',
                jpeg_quality: int = 95) -> str:
   """Writes the shard set `out` from `src`; returns the manifest path."""
-  images = NpzMember(src, image_key)
-  labels = NpzMember(src, label_key)
-  scores = NpzMember(src, score_key) if score_key else None
-  _check_members(images, labels)
+  npz = open_npz(src, num_classes=num_classes, image_key=image_key, label_key=label_key,
+                 score_key=score_key)
+  return write_shards(npz, out, num_shards=num_shards, shuffle=shuffle, seed=seed,
+                      source=source, progress=progress, encoding=encoding,
+                      jpeg_quality=jpeg_quality)
+
+
+def write_shards(npz: NpzSet, out: str, *, num_shards: int, shuffle: bool = False,
+                 seed: int = 0, source: str | None = None, progress: bool = True,
+                 encoding: str = 'raw', jpeg_quality: int = 95) -> str:
+  """Writes the shard set `out` from an opened npz; returns the manifest path."""
+  src, images, labels, scores, num_classes = npz
   n = len(images)
-  if n == 0:
-    raise ValueError(f'{src}: {image_key!r} holds no images')
   chunk = max(1, _CHUNK_BYTES // images.row_bytes)
-  lo, hi = _label_range(labels, 1 << 22)
-  num_classes = hi + 1 if num_classes is None else num_classes
-  if lo < 0 or hi >= num_classes:
-    raise ValueError(f'{src}: labels span [{lo}, {hi}], outside [0, '
-                     f'{num_classes})')
   order = None
   if shuffle:
     order = np.random.default_rng(seed).permutation(n)
