@@ -3,14 +3,16 @@ small scale, and in the data-scarce regime.
 
   python benchmarks/alpha_sweep.py --workdir=runs/alpha_sweep [--alphas=1.0,0.8,0.5,0.2]
       [--seeds=0,1,2] [--epochs=30] [--num_generated=10000] [--model=wrn-10-2] [--eps=0.1]
-      [--classifier_epochs=15] [--generators=gaussian[,ddpm] [--ddpm_checkpoint=DIR]]
+      [--classifier_epochs=15] [--generators=gaussian[,ddpm][,edm] [--ddpm_checkpoint=DIR]
+      [--edm_checkpoint=DIR]]
       [--samplers=ddpm-1000,ddim-100,dpm++2m-20] [--class_balanced=1]
       [--train_fractions=0.1,0.25,0.5] [--attacks=aa+mt]
 
 On digits (the demo config, with the ε and pseudo-labeller epochs of the recorded Fig. 3(a) sweep as
 defaults): one non-robust classifier; per generator (the class-conditional Gaussian fit, and/or a
-diffusion model: --ddpm_checkpoint, e.g. one made by `trainer.train_generator`, or without it a DDPM
-the method trains, `configs/ddpm_digits.py`) N pseudo-labelled samples and their Algorithm-1
+diffusion model: --ddpm_checkpoint / --edm_checkpoint, e.g. one made by `trainer.train_generator`,
+or without it one the method trains, `configs/ddpm_digits.py` / `edm_digits.py`; an EDM samples
+with Heun's 18 noise levels, 35 evaluations) N pseudo-labelled samples and their Algorithm-1
 numbers; then TRADES for every (α, seed), the same model and budget for all, each evaluated on the
 whole digits test split on its best EMA checkpoint (held-out PGD selection) with PGD-40 (margin
 loss, sign steps of 2.5ε/40, uniform start) and, with --attacks, the named cascades of
@@ -104,12 +106,16 @@ def heldout_curve(workdir):
   return [list(p) for p in report.read_scalars(workdir).get('holdout/robust_accuracy', [])]
 
 
+# The sampler of each diffusion kind unless --samplers names others (the DDPM's: the demo's).
+DEFAULT_SAMPLER = {'edm': ('heun', 18)}
+
+
 def variants(generators, samplers):
   """[(name, generator, sampler, steps)]: one per generator, and the DDPM once per sampler."""
   out = []
   for generator in generators:
     if generator != 'ddpm' or not samplers:
-      out.append((generator, generator, None, None))
+      out.append((generator, generator, *DEFAULT_SAMPLER.get(generator, (None, None))))
       continue
     for spec in samplers:
       name, steps = spec.rsplit('-', 1)
@@ -117,22 +123,23 @@ def variants(generators, samplers):
   return out
 
 
-def ddpm_path(base, stages, checkpoint, console):
-  """The DDPM to sample: the one given, or the one the method trains in stages/ddpm."""
+def diffusion_path(base, stages, kind, checkpoint, console):
+  """The DDPM or EDM to sample: the one given, or the one the method trains in stages/KIND."""
   if checkpoint:
     return checkpoint
   c = copy.deepcopy(base)
-  c.pipeline.generator, c.pipeline.generator_checkpoint = 'ddpm', ''
-  return method.stage_generator(c, os.path.join(stages, 'ddpm'), console)
+  c.pipeline.generator, c.pipeline.generator_checkpoint = kind, ''
+  c.pipeline.generator_preset = f'{kind}_digits'
+  return method.stage_generator(c, os.path.join(stages, kind), console)
 
 
-def generator_data(base, stages, classifier, variant, ddpm, console):
+def generator_data(base, stages, classifier, variant, checkpoints, console):
   """The generator's pseudo-labelled shards, their data metrics and the sampling stage's wall
   time, in stages/<name>."""
   name, generator, sampler, steps = variant
   c = copy.deepcopy(base)
   c.pipeline.generator = generator
-  c.pipeline.generator_checkpoint = ddpm if generator == 'ddpm' else ''
+  c.pipeline.generator_checkpoint = checkpoints.get(generator, '')
   if sampler:
     c.pipeline.sampler, c.pipeline.sampler_steps = sampler, steps
   workdir = os.path.join(stages, name)
@@ -264,7 +271,7 @@ def plot_fractions(per_fraction, cells, attacks, title, path):
       std = [100 * r[alpha][key]['std'] for r in rows]
       style = dict(marker='o', capsize=3, label=label,
                    linewidth=2.5 if alpha == 1.0 else 1.2, color='k' if alpha == 1.0 else None,
-                   linestyle='-' if alpha == 1.0 or generator.startswith('ddpm') else '--')
+                   linestyle='-' if alpha == 1.0 or not generator.startswith('gaussian') else '--')
       axes[0, column].errorbar(fractions, mean, yerr=std, **style)
       if alpha != 1.0:
         gain = [m - 100 * r[1.0][key]['mean'] for m, r in zip(mean, rows)]
@@ -300,7 +307,7 @@ def plot_heldout(per_fraction, cells, title, path):
       steps, values = _mean_curve(per_fraction[f][generator][alpha]['heldout_curves'])
       ax.plot(steps, values, label=label, linewidth=2.5 if alpha == 1.0 else 1.2,
               color='k' if alpha == 1.0 else None,
-              linestyle='-' if alpha == 1.0 or generator.startswith('ddpm') else '--')
+              linestyle='-' if alpha == 1.0 or not generator.startswith('gaussian') else '--')
     ax.set_title(f'kept {f:g}')
     ax.set_xlabel('step')
     ax.set_ylabel('held-out PGD robust accuracy (%)')
@@ -322,10 +329,12 @@ def parse_args():
   parser.add_argument('--eps', type=float, default=0.1, help='L∞ radius (demo: 0.15)')
   parser.add_argument('--classifier_epochs', type=int, default=15,
                       help='epochs of the non-robust pseudo-labeller (demo: 12)')
-  parser.add_argument('--generators', default='gaussian', help='gaussian and/or ddpm')
+  parser.add_argument('--generators', default='gaussian', help='gaussian, ddpm and/or edm')
   parser.add_argument('--ddpm_checkpoint', default='',
                       help="generator checkpoint directory for 'ddpm' (trainer.train_generator's "
                       "WORKDIR/generator); '' trains one in the method's stages")
+  parser.add_argument('--edm_checkpoint', default='',
+                      help="the same for 'edm' (configs/edm_digits.py when '')")
   parser.add_argument('--samplers', default='',
                       help='NAME-STEPS of each DDPM sampler, e.g. ddpm-1000,ddim-100,dpm++2m-20')
   parser.add_argument('--class_balanced', type=int, choices=(0, 1), default=1,
@@ -359,9 +368,11 @@ def sweep(args, base, workdir, console):
   real_only = {seed: run_one(base, os.path.join(workdir, REAL_ONLY, f'alpha1.0_seed{seed}'), '',
                              1.0, seed, attacks) for seed in seeds if 1.0 in alphas}
   kinds = variants(args.generators.split(','), [s for s in args.samplers.split(',') if s])
-  ddpm = (ddpm_path(base, stages, cli.absolute(args.ddpm_checkpoint), console)
-          if any(v[1] == 'ddpm' for v in kinds) else '')
-  data = {v[0]: generator_data(base, stages, classifier, v, ddpm, console) for v in kinds}
+  given = {'ddpm': args.ddpm_checkpoint, 'edm': args.edm_checkpoint}
+  checkpoints = {kind: diffusion_path(base, stages, kind, cli.absolute(given[kind]), console)
+                 for kind in given if any(v[1] == kind for v in kinds)}
+  data = {v[0]: generator_data(base, stages, classifier, v, checkpoints, console)
+          for v in kinds}
   # Seed by seed, so that an interrupted sweep has every (generator, α) at the same count.
   results = {}
   for seed in seeds:

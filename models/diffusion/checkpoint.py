@@ -123,31 +123,58 @@ def save(path: str, unet: unet_lib.UNetConfig, schedule: schedule_lib.Schedule, 
   """
   flat = {k: np.ascontiguousarray(v, np.float32) for k, v in flatten(params).items()}
   check_params(expected_shapes(unet), flat, 'the parameters given to save()')
+  manifest = {'format': FORMAT, 'version': VERSION, 'name': name, 'source': source,
+              'image_shape': list(unet.image_shape), 'num_classes': unet.num_class_embeds,
+              'num_timesteps': schedule.num_timesteps}
+  write_directory(path, manifest, {'unet': ('unet.json', unet.to_json()),
+                                   'schedule': ('schedule.json', json.dumps(schedule.to_dict()))},
+                  flat)
+
+
+def write_directory(path: str, manifest: dict[str, Any], texts: dict[str, tuple[str, str]],
+                    flat: dict[str, np.ndarray]) -> None:
+  """Writes a checkpoint directory: `texts` ({key: (file name, text)}), the parameters, and the
+  manifest last, listing them; a directory without its manifest is not a checkpoint, so a save
+  cut short never passes for one."""
   d = epath.Path(path)
   d.mkdir(parents=True, exist_ok=True)
   (d / 'manifest.json').unlink(missing_ok=True)
-  (d / 'unet.json').write_text(unet.to_json())
-  (d / 'schedule.json').write_text(json.dumps(schedule.to_dict()))
+  for file_name, text in texts.values():
+    (d / file_name).write_text(text)
   (d / 'params.safetensors').write_bytes(st_numpy.save(flat))
-  manifest = {
-      'format': FORMAT, 'version': VERSION, 'name': name, 'source': source,
-      'image_shape': list(unet.image_shape), 'num_classes': unet.num_class_embeds,
-      'num_timesteps': schedule.num_timesteps,
-      'num_params': int(sum(v.size for v in flat.values())),
-      'files': {'unet': 'unet.json', 'schedule': 'schedule.json',
-                'params': 'params.safetensors'},
-  }
+  files = {**{key: file_name for key, (file_name, _) in texts.items()},
+           'params': 'params.safetensors'}
+  manifest = {**manifest, 'num_params': int(sum(v.size for v in flat.values())), 'files': files}
   (d / 'manifest.json').write_text(json.dumps(manifest, indent=2))
 
 
-def _read_json(path: epath.Path) -> dict[str, Any]:
+def _read_json(path: epath.Path, saved_by: str) -> dict[str, Any]:
   if not path.exists():
-    raise FileNotFoundError(f'{path} not found: is {path.parent} a generator checkpoint '
-                            f'(models.diffusion.checkpoint.save)?')
+    raise FileNotFoundError(f'{path} not found: is {path.parent} a checkpoint of {saved_by}?')
   try:
     return json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f'{path} is not valid JSON: {e}') from None
+
+
+def read_directory(path: str, fmt: str, version: int, saved_by: str):
+  """(manifest, {key: the JSON of each listed file}, flat parameters, their path) of a checkpoint
+  directory written by `write_directory` in format `fmt` (`saved_by` names the writer)."""
+  d = epath.Path(path)
+  manifest = _read_json(d / 'manifest.json', saved_by)
+  if manifest.get('format') != fmt or manifest.get('version') != version:
+    raise ValueError(f'{d / "manifest.json"}: format {manifest.get("format")!r} version '
+                     f'{manifest.get("version")!r}, expected {fmt!r} version {version}.')
+  files = dict(manifest['files'])
+  params_path = d / files.pop('params')
+  texts = {key: _read_json(d / name, saved_by) for key, name in files.items()}
+  if not params_path.exists():
+    raise FileNotFoundError(f'{params_path} not found (listed in {d / "manifest.json"}).')
+  try:
+    flat = st_numpy.load(params_path.read_bytes())
+  except Exception as e:  # safetensors raises its own error type for a damaged file
+    raise ValueError(f'{params_path}: not a readable safetensors file ({e}).') from None
+  return manifest, texts, flat, params_path
 
 
 def load(path: str, dtype: str = 'float32') -> Generator:
@@ -162,19 +189,10 @@ def load(path: str, dtype: str = 'float32') -> Generator:
     ValueError: naming the file and key, for another format or version, an unknown architecture
       key, or parameters of another architecture (missing, unexpected or wrong-shaped keys).
   """
-  d = epath.Path(path)
-  manifest = _read_json(d / 'manifest.json')
-  if manifest.get('format') != FORMAT or manifest.get('version') != VERSION:
-    raise ValueError(f'{d / "manifest.json"}: format {manifest.get("format")!r} version '
-                     f'{manifest.get("version")!r}, expected {FORMAT!r} version {VERSION}.')
-  files = manifest['files']
-  unet = unet_lib.UNetConfig.from_dict(_read_json(d / files['unet']),
-                                       source=str(d / files['unet']))
-  schedule = schedule_lib.Schedule.from_dict(_read_json(d / files['schedule']))
-  params_path = d / files['params']
-  if not params_path.exists():
-    raise FileNotFoundError(f'{params_path} not found (listed in {d / "manifest.json"}).')
-  flat = st_numpy.load(params_path.read_bytes())
+  manifest, texts, flat, params_path = read_directory(path, FORMAT, VERSION,
+                                                      'models.diffusion.checkpoint.save')
+  unet = unet_lib.UNetConfig.from_dict(texts['unet'], source=f'{path}/unet.json')
+  schedule = schedule_lib.Schedule.from_dict(texts['schedule'])
   check_params(expected_shapes(unet), flat, str(params_path))
   params = traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()},
                                         sep='/')

@@ -18,9 +18,7 @@ import json
 from typing import Any, Optional
 
 import jax.numpy as jnp
-from etils import epath
 from flax import traverse_util
-from safetensors import numpy as st_numpy
 
 from models import dtypes
 from models.diffusion import checkpoint
@@ -98,30 +96,12 @@ def save(path: str, network: song_unet.SongUNetConfig, precond: edm_precond.Prec
   """
   flat = {k: v.astype('float32') for k, v in checkpoint.flatten(params).items()}
   checkpoint.check_params(expected_shapes(network), flat, 'the parameters given to save()')
-  d = epath.Path(path)
-  d.mkdir(parents=True, exist_ok=True)
-  (d / 'manifest.json').unlink(missing_ok=True)
-  (d / 'network.json').write_text(network.to_json())
-  (d / 'precond.json').write_text(json.dumps(precond.to_dict(), indent=2, sort_keys=True))
-  (d / 'params.safetensors').write_bytes(st_numpy.save(flat))
-  manifest = {
-      'format': FORMAT, 'version': VERSION, 'name': name, 'source': source,
-      'image_shape': list(network.image_shape), 'num_classes': network.label_dim or None,
-      'precond': precond.kind, 'num_params': int(sum(v.size for v in flat.values())),
-      'files': {'network': 'network.json', 'precond': 'precond.json',
-                'params': 'params.safetensors'},
-  }
-  (d / 'manifest.json').write_text(json.dumps(manifest, indent=2))
-
-
-def _read_json(path: epath.Path) -> dict[str, Any]:
-  if not path.exists():
-    raise FileNotFoundError(f'{path} not found: is {path.parent} an EDM generator checkpoint '
-                            f'(models.diffusion.edm.checkpoint.save)?')
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path} is not valid JSON: {e}') from None
+  manifest = {'format': FORMAT, 'version': VERSION, 'name': name, 'source': source,
+              'image_shape': list(network.image_shape),
+              'num_classes': network.label_dim or None, 'precond': precond.kind}
+  precond_json = json.dumps(precond.to_dict(), indent=2, sort_keys=True)
+  checkpoint.write_directory(path, manifest, {'network': ('network.json', network.to_json()),
+                                              'precond': ('precond.json', precond_json)}, flat)
 
 
 def load(path: str, dtype: str = 'float32') -> EDMGenerator:
@@ -132,23 +112,10 @@ def load(path: str, dtype: str = 'float32') -> EDMGenerator:
     ValueError: naming the file and key, for another format or version, an unknown
       architecture or preconditioning key, or parameters of another architecture.
   """
-  d = epath.Path(path)
-  manifest = _read_json(d / 'manifest.json')
-  if manifest.get('format') != FORMAT or manifest.get('version') != VERSION:
-    raise ValueError(f'{d / "manifest.json"}: format {manifest.get("format")!r} version '
-                     f'{manifest.get("version")!r}, expected {FORMAT!r} version {VERSION}.')
-  files = manifest['files']
-  network = song_unet.SongUNetConfig.from_dict(_read_json(d / files['network']),
-                                               source=str(d / files['network']))
-  precond = edm_precond.Precond.from_dict(_read_json(d / files['precond']),
-                                          source=str(d / files['precond']))
-  params_path = d / files['params']
-  if not params_path.exists():
-    raise FileNotFoundError(f'{params_path} not found (listed in {d / "manifest.json"}).')
-  try:
-    flat = st_numpy.load(params_path.read_bytes())
-  except Exception as e:  # safetensors raises its own error type for a damaged file
-    raise ValueError(f'{params_path}: not a readable safetensors file ({e}).') from None
+  manifest, texts, flat, params_path = checkpoint.read_directory(
+      path, FORMAT, VERSION, 'models.diffusion.edm.checkpoint.save')
+  network = song_unet.SongUNetConfig.from_dict(texts['network'], source=f'{path}/network.json')
+  precond = edm_precond.Precond.from_dict(texts['precond'], source=f'{path}/precond.json')
   checkpoint.check_params(expected_shapes(network), flat, str(params_path))
   params = traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()},
                                         sep='/')
