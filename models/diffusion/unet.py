@@ -45,13 +45,14 @@ upcasts the softmax too), and eps comes out in float32.
 """
 
 import dataclasses
-import json
 import math
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from models.diffusion import config_json
 
 DOWN_BLOCKS = ('DownBlock2D', 'AttnDownBlock2D', 'ResnetDownsampleBlock2D')
 UP_BLOCKS = ('UpBlock2D', 'AttnUpBlock2D', 'ResnetUpsampleBlock2D')
@@ -66,7 +67,7 @@ ACTIVATIONS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(config_json.JsonConfig):
   """The architecture; field names and meanings are those of diffusers' `UNet2DModel`.
 
   The subset Ho et al.'s model and ADM need is supported (positional time embedding, the
@@ -76,6 +77,8 @@ class UNetConfig:
   a conv, the `Resnet*sampleBlock2D`s always with a resnet). `init` is ours (see the module
   docstring).
   """
+  KIND = 'UNet'
+
   sample_size: int = 32
   in_channels: int = 3
   out_channels: int = 3
@@ -160,23 +163,6 @@ class UNetConfig:
   def learned_variance(self) -> bool:
     """Whether the output is [eps, v] (2 x in_channels), v the log-variance interpolation."""
     return self.out_channels == 2 * self.in_channels
-
-  def to_dict(self) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self).items()}
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any], *, source: str = 'UNet config') -> 'UNetConfig':
-    """From `to_dict`'s output; an unknown key is an error that names it and the source."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f'{source}: unknown UNet config keys {unknown}; known: {sorted(names)}.')
-    return cls(**d)
-
 
 # google/ddpm-cifar10-32 (Ho et al.'s CIFAR-10 model): the dataclass defaults are its config.
 CIFAR10_DDPM = UNetConfig()

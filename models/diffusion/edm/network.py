@@ -37,7 +37,6 @@ attention softmax are float32, and F comes out in float32.
 """
 
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -45,6 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.diffusion import config_json
 from models.diffusion.unet import timestep_embedding
 
 SKIP_SCALE = math.sqrt(0.5)
@@ -61,12 +61,14 @@ def group_count(channels: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class SongUNetConfig:
+class SongUNetConfig(config_json.JsonConfig):
   """The architecture; field names and defaults are those of the reference `SongUNet`.
 
   The four fields after `channel_mult_noise` name the DDPM++ choices; `validate` refuses the
   others (they exist so an imported NCSN++ configuration is named, not misread).
   """
+  KIND = 'SongUNet'
+
   img_resolution: int = 32
   in_channels: int = 3
   out_channels: int = 3
@@ -116,27 +118,6 @@ class SongUNetConfig:
   def image_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of x and of D(x)."""
     return (self.img_resolution, self.img_resolution, self.in_channels)
-
-  def to_dict(self) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self).items()}
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any], *, source: str = 'SongUNet config') -> 'SongUNetConfig':
-    """From `to_dict`'s output; an unknown key is an error that names it and the source."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f'{source}: unknown SongUNet config keys {unknown}; known: '
-                       f'{sorted(names)}.')
-    try:
-      return cls(**d)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f'{source}: {e}') from None
-
 
 # The released edm-cifar10-32x32-cond-vp network (NVlabs/edm train.py, --arch=ddpmpp --cond=1 on
 # CIFAR-10 with the defaults --dropout=0.13 --augment=0.12): 128 x [2, 2, 2] channels, 4 blocks
