@@ -89,14 +89,20 @@ def expected_shapes(unet: unet_lib.UNetConfig) -> dict[str, jax.ShapeDtypeStruct
   return traverse_util.flatten_dict(unet_lib.param_shapes(unet_lib.UNet(unet)), sep='/')
 
 
-def check_params(expected: dict[str, Any], actual: dict[str, Any], source: str) -> None:
+def check_params(expected: dict[str, Any], actual: dict[str, Any], source: str,
+                 origin: dict[str, str] | None = None) -> None:
   """A clear error naming each missing, unexpected or wrong-shaped key of `actual`.
 
   Args:
     expected: key -> anything with a `.shape` (the architecture's parameters).
     actual: key -> array (what the file holds).
     source: the file, for the message.
+    origin: our key -> the file's own key, named beside ours in the message (imports).
   """
+  if origin:
+    label = lambda k: f'{k} (from {origin[k]})' if k in origin else k  # noqa: E731
+    expected = {label(k): v for k, v in expected.items()}
+    actual = {label(k): v for k, v in actual.items()}
   missing = sorted(set(expected) - set(actual))
   unexpected = sorted(set(actual) - set(expected))
   shapes = sorted(f'{k}: file {tuple(actual[k].shape)}, architecture {tuple(expected[k].shape)}'

@@ -141,10 +141,7 @@ def convert_weights(state: dict[str, np.ndarray], unet: unet_lib.UNetConfig, *,
   if unexpected:
     raise ValueError(f'{source} does not match the UNet architecture of its config: '
                      f'unexpected keys ({len(unexpected)}): {", ".join(sorted(unexpected)[:8])}')
-  labelled = {f'{k} (from {origin[k]})': v for k, v in out.items()}
-  expected_labelled = {f'{k} (from {origin[k]})' if k in origin else k: v
-                       for k, v in expected.items()}
-  checkpoint.check_params(expected_labelled, labelled, source)
+  checkpoint.check_params(expected, out, source, origin)
   return out
 
 

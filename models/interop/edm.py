@@ -151,10 +151,7 @@ def convert_weights(state: dict[str, np.ndarray], network: song_unet.SongUNetCon
   if unexpected:
     raise ValueError(f'{source} does not match the DDPM++ architecture read off it: unexpected '
                      f'keys ({len(unexpected)}): {", ".join(sorted(unexpected)[:8])}')
-  labelled = {f'{k} (from {origin[k]})': v for k, v in out.items()}
-  expected_labelled = {f'{k} (from {origin[k]})' if k in origin else k: v
-                       for k, v in expected.items()}
-  checkpoint.check_params(expected_labelled, labelled, source)
+  checkpoint.check_params(expected, out, source, origin)
   return out
 
 

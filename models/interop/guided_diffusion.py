@@ -280,10 +280,7 @@ def convert_weights(state: Mapping[str, np.ndarray], unet: unet_lib.UNetConfig, 
   if unexpected:
     raise ValueError(f'{source} does not match the UNet of its flags: unexpected keys '
                      f'({len(unexpected)}): {", ".join(sorted(unexpected)[:8])}')
-  expected = checkpoint.expected_shapes(unet)
-  checkpoint.check_params(
-      {f'{k} (from {origin[k]})' if k in origin else k: v for k, v in expected.items()},
-      {f'{k} (from {origin[k]})': v for k, v in out.items()}, source)
+  checkpoint.check_params(checkpoint.expected_shapes(unet), out, source, origin)
   return out
 
 
