@@ -23,3 +23,16 @@ def _single_threaded_blas():
   """Test matrices are tiny: extra BLAS threads only add contention on a shared CPU."""
   with threadpool_limits(limits=1, user_api='blas'):
     yield
+
+
+@pytest.fixture(scope='module')
+def gcs(tmp_path_factory):
+  """A local GCS emulator (tests/gcs_emulator.py), and this process's clients pointed at it."""
+  from gcs_emulator import GcsEmulator  # pylint: disable=g-import-not-at-top  (gs:// tests only)
+  emulator = GcsEmulator(tmp_path_factory.mktemp('gcs')).start()
+  with pytest.MonkeyPatch.context() as patch:
+    patch.delenv('GOOGLE_APPLICATION_CREDENTIALS', raising=False)
+    for key, value in emulator.env({}).items():
+      patch.setenv(key, value)
+    yield emulator
+  emulator.stop()

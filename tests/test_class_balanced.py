@@ -17,25 +17,7 @@ from data.generation import balanced
 from data.generation import sampling
 from data.records import shards
 
-SHAPE = (4, 4, 1)
-CLASSES = 3
-BATCH = 8
-
-
-class Killed(Exception):
-  pass
-
-
-def sample_batch(key, b, kill_at=None):
-  del key
-  if kill_at is not None and b >= kill_at:
-    raise Killed(f'batch {b}')
-  return np.random.default_rng([7, int(b)]).integers(0, 256, (BATCH,) + SHAPE, dtype=np.uint8)
-
-
-def label_batch(images):
-  first = images.reshape(len(images), -1)[:, 0].astype(np.int64)
-  return np.digitize(first, [150, 230]), images.mean((1, 2, 3)) / 255.0
+from toy_sampler import BATCH, CLASSES, SHAPE, Killed, label_batch, sample_batch  # noqa: F401
 
 
 def write(out, num=60, shards_=4, sample=sample_batch, **kw):

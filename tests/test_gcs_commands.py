@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 import trainer_runs as runs
-from gcs_emulator import GcsEmulator
 from configs import base
 from data.records import shards
 
@@ -35,17 +34,6 @@ TOY = {'model.name': 'wrn-10-1', 'pipeline.classifier_model': 'wrn-10-1',
        'pipeline.class_balanced': False}   # a 4-step classifier's labels need not fill a class
 NUM_IMPORTED = 40
 
-
-@pytest.fixture(scope='module')
-def gcs(tmp_path_factory):
-  """The emulator, and this process's clients pointed at it (to read results back)."""
-  emulator = GcsEmulator(tmp_path_factory.mktemp('gcs')).start()
-  with pytest.MonkeyPatch.context() as patch:
-    patch.delenv('GOOGLE_APPLICATION_CREDENTIALS', raising=False)
-    for key, value in emulator.env({}).items():
-      patch.setenv(key, value)
-    yield emulator
-  emulator.stop()
 
 
 @pytest.fixture(scope='module')

@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 
 import trainer_runs as runs
-from gcs_emulator import GcsEmulator
 from data.records import shard_writer
 
 pytestmark = pytest.mark.integration
@@ -33,17 +32,6 @@ pytestmark = pytest.mark.integration
 STEPS, EVERY = 18, 6
 NUM_GENERATED = 256
 
-
-@pytest.fixture(scope='module')
-def gcs(tmp_path_factory):
-  """The emulator, and this process's clients pointed at it (to read checkpoints back)."""
-  emulator = GcsEmulator(tmp_path_factory.mktemp('gcs')).start()
-  with pytest.MonkeyPatch.context() as patch:
-    patch.delenv('GOOGLE_APPLICATION_CREDENTIALS', raising=False)
-    for key, value in emulator.env({}).items():
-      patch.setenv(key, value)
-    yield emulator
-  emulator.stop()
 
 
 @pytest.fixture(scope='module')
