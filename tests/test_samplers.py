@@ -185,7 +185,8 @@ def test_ddim_matches_diffusers_ddim_scheduler(steps, spacing):
                             timestep_spacing=spacing)
   want = _run_diffusers(scheduler, steps, noise, lambda j: {'eta': 0.0})
   ac = scheduler.alphas_cumprod.numpy().astype(np.float64)
-  got = samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=steps, spacing=spacing)
+  got = samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=steps, spacing=spacing,
+                     eps_from_x0=False)   # diffusers' re-noising with the network's eps
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
 
 
@@ -338,10 +339,10 @@ def test_ddim_trailing_when_T_mod_S_is_not_zero(steps):
   ts = samplers.timesteps(T, steps, 'trailing')
   np.testing.assert_array_equal(ts, scheduler.timesteps.numpy())   # the same grid
   offset = samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=steps, spacing='trailing',
-                         prev_timestep='offset')
+                         prev_timestep='offset', eps_from_x0=False)
   np.testing.assert_allclose(np.asarray(offset), want, atol=1e-4)
   grid = np.asarray(samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=steps,
-                                  spacing='trailing'))
+                                  spacing='trailing', eps_from_x0=False))
   np.testing.assert_allclose(grid, _ddim_on_the_grid(ac, ts, noise[0]), atol=1e-4)
   gap = np.abs(grid - want).max()
   print(f'S = {steps}: max |next-grid DDIM - diffusers DDIM| = {gap:.1e}')
@@ -349,7 +350,8 @@ def test_ddim_trailing_when_T_mod_S_is_not_zero(steps):
 
 
 def test_ddim_eps_from_x0():
-  """guided-diffusion re-derives eps from the clipped x_0; without clipping it is the same."""
+  """By default eps is re-derived from the clipped x_0 (guided-diffusion); diffusers keeps the
+  network's (eps_from_x0=False); without clipping the two are the same."""
   ac = linear_alphas_cumprod()
   key = jax.random.key(9)
   noise = _initial_and_step_noise(key, 0)
@@ -357,12 +359,14 @@ def test_ddim_eps_from_x0():
   got = samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=10, eps_from_x0=True)
   np.testing.assert_allclose(got, _ddim_on_the_grid(ac, ts, noise[0], eps_from_x0=True),
                              atol=1e-4)
-  plain = samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=10)
-  assert np.abs(np.asarray(got) - np.asarray(plain)).max() > 1e-3   # x_0 was clipped
+  np.testing.assert_array_equal(got, samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE,
+                                                   steps=10))   # the default
+  network = samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, steps=10, eps_from_x0=False)
+  assert np.abs(np.asarray(got) - np.asarray(network)).max() > 1e-3   # x_0 was clipped
   kw = dict(steps=10, clip_denoised=False)
   np.testing.assert_allclose(
       samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, eps_from_x0=True, **kw),
-      samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, **kw), atol=2e-5)
+      samplers.ddim(_eps_jax, None, ac, key, (B,) + SHAPE, eps_from_x0=False, **kw), atol=2e-5)
 
 
 def test_to_uint8_floor_like_guided_diffusion():
