@@ -2,7 +2,7 @@
 
   python -m benchmarks.attacks_reference --reference=DIR [--families=cnn-nhwc,cnn-nchw,...]
       [--n 100] [--batch_size 100] [--train_steps 300] [--torch_threads N] [--no_warm]
-      [--cache_dir DIR]
+      [--cache_dir DIR] [--gradient_only]
 
 DIR is a checkout of github.com/fra31/auto-attack (the directory holding the `autoattack`
 package); it is put on sys.path at run time and never copied here. Every family is attacked by
@@ -39,6 +39,11 @@ per-query overhead: one query inside its compiled loop (the loop of 1 + K querie
 of 1, over K) divided by one jitted forward pass of the same batch (the points left for Square),
 measured back to back in this process, median of three alternations, in process CPU time
 (less disturbed by other jobs on a shared machine than wall-clock) and wall-clock.
+
+--gradient_only times, per family, one APGD step's work alone: the input gradient of the summed
+cross-entropy over the clean-correct points, jitted on our side and eager on torch's, the median
+of ten after a warm-up; it says whether a stage slower than fra31's is slow in the model's
+arithmetic (XLA:CPU against PyTorch's kernels) or around it.
 """
 import argparse
 import hashlib
@@ -419,6 +424,30 @@ def _row(name, stage, ref, ours):
   return f'{name:<18}{stage:<8}' + ''.join(f'{c:>19}' for c in cells) + ''.join(ratios)
 
 
+def gradient_ratio(logits_fn, torch_model, x, y, *, repeats=10):
+  """(ours, torch) seconds of one input gradient of the summed cross-entropy over the batch, the
+  work of one APGD step: the median of `repeats` after a warm-up, each waited for."""
+  import torch  # pylint: disable=g-import-not-at-top
+  loss = lambda z: optax.softmax_cross_entropy_with_integer_labels(logits_fn(z), y).sum()
+  grad = jax.jit(jax.grad(loss))
+  x_j, y_t = jnp.asarray(x), torch.tensor(y, dtype=torch.long)
+
+  def torch_grad():
+    z = torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), requires_grad=True)
+    torch.nn.functional.cross_entropy(torch_model(z), y_t, reduction='sum').backward()
+    return z.grad
+
+  jax.block_until_ready(grad(x_j))
+  torch_grad()
+  ours = np.median([_timed(grad, x_j)[0] for _ in range(repeats)])
+  theirs = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    torch_grad()
+    theirs.append(time.perf_counter() - start)
+  return ours, float(np.median(theirs))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--reference', required=True,
@@ -440,6 +469,9 @@ def main():
   parser.add_argument('--no_warm', action='store_true', help='skip the second (warm) JAX run')
   parser.add_argument('--overhead_only', action='store_true',
                       help="only Square's query/forward overhead, labels = the model's predictions")
+  parser.add_argument('--gradient_only', action='store_true',
+                      help="only one APGD step's work: an input gradient of the loss at the "
+                      "clean-correct points, ours against torch's")
   parser.add_argument('--apgd_t_seeds', type=int, default=0,
                       help='instead of the table: APGD-T on both sides with this many seeds')
   args = parser.parse_args()
@@ -471,6 +503,13 @@ def main():
       overhead = query_overhead(logits_fn, x, predicted)
       print(f'{name} ({label}), {n} points at {side}x{side}x{channels}: query/forward '
             f'{overhead[0]:.2f}x cpu, {overhead[1]:.2f}x wall', flush=True)
+      continue
+    if args.gradient_only:
+      correct = logits.argmax(1) == y
+      ours, theirs = gradient_ratio(logits_fn, torch_model, x[correct], y[correct])
+      print(f'{name} ({label}), input gradient of {correct.sum()} points at {side}x{side}x'
+            f'{channels}: ours {1e3 * ours:.1f} ms, torch {1e3 * theirs:.1f} ms, torch / ours '
+            f'{theirs / ours:.2f}x', flush=True)
       continue
     if args.apgd_t_seeds:
       apgd_t_seeds(args.reference, logits_fn, torch_model, x, y, eps=eps, seeds=args.apgd_t_seeds)
