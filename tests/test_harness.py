@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from trainer.harness import checkpoints
@@ -110,6 +111,19 @@ def test_non_finite_weights_are_neither_evaluated_nor_saved(tmp_path):
   manager = checkpoints.manager(tmp_path / 'checkpoints', ('state',))
   assert manager.latest_step() == 4
   assert not (tmp_path / 'done.json').exists()
+
+
+def test_a_relative_checkpoint_directory_saves_and_restores(tmp_path, monkeypatch):
+  """Orbax's tensorstore refuses a relative path when it restores; a library caller (a benchmark,
+  a notebook) need not make it absolute first."""
+  monkeypatch.chdir(tmp_path)
+  tree = {'w': np.arange(4, dtype=np.float32)}
+  with checkpoints.manager('runs/x/checkpoints', ('state',)) as manager:
+    manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(tree)))
+    manager.wait_until_finished()
+  with checkpoints.manager('runs/x/checkpoints', ('state',)) as manager:
+    restored = manager.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore(tree)))
+  np.testing.assert_array_equal(restored['state']['w'], tree['w'])
 
 
 def test_non_finite_metrics_stop_at_the_log_step(tmp_path):

@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from data import files
 from data.input import pipeline
 from trainer.harness import workdir as workdir_lib
 
@@ -36,8 +37,11 @@ def manager(directory, item_names, *, keep=None, every_steps=None, async_save=Fa
   if every_steps:
     policy = policies.AnySavePolicy([policies.FixedIntervalPolicy(every_steps),
                                      policies.PreemptionCheckpointingPolicy()])
+  directory = os.fspath(directory)
+  if files.is_local(directory):
+    directory = os.path.abspath(directory)   # Orbax's tensorstore refuses a relative path
   return ocp.CheckpointManager(
-      os.fspath(directory), item_names=tuple(item_names),
+      directory, item_names=tuple(item_names),
       options=ocp.CheckpointManagerOptions(
           max_to_keep=keep, save_decision_policy=policy, enable_async_checkpointing=async_save,
           cleanup_tmp_directories=True))
