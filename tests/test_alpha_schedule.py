@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fake_datasets as fake
+import toy_mix_data
 from configs import base
 from data import datasets
 from data import real as real_lib
@@ -33,20 +34,11 @@ REAL_ROWS = [4] * 4 + [12] * 4 + [0] * 4 + [8] * 4
 @pytest.fixture(scope='module')
 def gen_set(tmp_path_factory):
   """64 generated 8x8 images in 8 shards; ids 0..63."""
-  prefix = str(tmp_path_factory.mktemp('gen') / 'gen')
-  rng = np.random.default_rng(1)
-  with shard_writer.ShardWriter(prefix, num_shards=8, total=64, image_shape=SHAPE,
-                                num_classes=10, source='test', seed=0) as writer:
-    writer.write_batch(rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8),
-                       rng.integers(0, 10, 64))
-  return writer.manifest_path
+  return toy_mix_data.generated_set(tmp_path_factory.mktemp('gen'), SHAPE)
 
 
 def _real(n=40):
-  rng = np.random.default_rng(2)
-  labels = rng.integers(0, 10, n)
-  labels[:10] = np.arange(10)
-  return rng.integers(0, 256, (n, *SHAPE), dtype=np.uint8), labels, 1000 + np.arange(n)
+  return toy_mix_data.real_split(SHAPE, n)
 
 
 def _config(path, *, alpha=ALPHA, schedule=SCHEDULE, prefetch=0, pad=2):
@@ -276,12 +268,8 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope='module')
 def gen_set3(tmp_path_factory):
   """64 generated 8x8 images of 3 classes in 8 shards."""
-  prefix = str(tmp_path_factory.mktemp('gen3') / 'gen')
-  rng = np.random.default_rng(3)
-  with shard_writer.ShardWriter(prefix, num_shards=8, total=64, image_shape=SHAPE,
-                                num_classes=3, source='test', seed=0) as writer:
-    writer.write_batch(rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8), np.arange(64) % 3)
-  return writer.manifest_path
+  return toy_mix_data.generated_set(tmp_path_factory.mktemp('gen3'), SHAPE, num_classes=3,
+                                    seed=3, labels=np.arange(64) % 3)
 
 
 def _streamed_config(root, generated, prefetch=0):

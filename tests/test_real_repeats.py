@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
+import toy_mix_data
 from configs import base
 from data.input import batch_mix
 from data.input import pipeline
-from data.records import shard_writer
 
 SHAPE = (8, 8, 3)
 PAD = 2
@@ -22,20 +22,11 @@ PAD = 2
 @pytest.fixture(scope='module')
 def gen_path(tmp_path_factory):
   """64 generated images (ids 0..63) in 8 shards."""
-  prefix = str(tmp_path_factory.mktemp('gen') / 'gen')
-  rng = np.random.default_rng(1)
-  with shard_writer.ShardWriter(prefix, num_shards=8, total=64, image_shape=SHAPE,
-                                num_classes=10, source='test', seed=0) as writer:
-    writer.write_batch(rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8),
-                       rng.integers(0, 10, 64))
-  return writer.manifest_path
+  return toy_mix_data.generated_set(tmp_path_factory.mktemp('gen'), SHAPE)
 
 
 def _real(n=40):
-  rng = np.random.default_rng(2)
-  labels = rng.integers(0, 10, n)
-  labels[:10] = np.arange(10)
-  return rng.integers(0, 256, (n, *SHAPE), dtype=np.uint8), labels, 1000 + np.arange(n)
+  return toy_mix_data.real_split(SHAPE, n)
 
 
 def _iterator(path, *, repeats, alpha=0.5, batch_size=16, host=0, hosts=1, prefetch=0):
